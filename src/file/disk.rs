@@ -1,0 +1,404 @@
+//! The synchronous file operations of the file store. Everything here blocks and runs on
+//! the blocking thread pool, never on the async workers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::id::validate_id;
+use crate::record::{Record, Timestamp};
+
+/// Where staging files live while they are written.
+pub(crate) const STAGING_DIR: &str = ".tmp";
+/// Where the sidecar lock files live.
+pub(crate) const LOCKS_DIR: &str = ".locks";
+/// Staging files older than this belong to a killed writer.
+pub(crate) const STAGING_ORPHAN_AGE: Duration = Duration::from_secs(600);
+
+/// How hard a write tries to reach the disk before it returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Staging file + atomic rename: a killed process (even SIGKILL) leaves the old record or
+    /// the new one, never a torn one. A power loss may lose recent writes.
+    #[default]
+    Rename,
+    /// Also fsync the staging file before the rename and the directory after it, so a write
+    /// that returned survives power loss.
+    Fsync,
+}
+
+/// The directory of a file store and its layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) dir: PathBuf,
+    pub(crate) staging: PathBuf,
+    pub(crate) locks: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Layout {
+            staging: dir.join(STAGING_DIR),
+            locks: dir.join(LOCKS_DIR),
+            dir,
+        }
+    }
+
+    pub(crate) fn create_dirs(&self) -> Result<()> {
+        for dir in [&self.dir, &self.staging, &self.locks] {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.locks.join(format!("{name}.lock"))
+    }
+
+    /// The id a directory entry's file name holds, if it is a record file.
+    pub(crate) fn id_of(file_name: &std::ffi::OsStr) -> Option<&str> {
+        let id = file_name.to_str()?.strip_suffix(".json")?;
+        validate_id(id).ok().map(|()| id)
+    }
+
+    /// Locks `name` exclusively, waiting for other processes. Names are ids, or `@name` for
+    /// store-wide locks (`@` is not allowed in ids, so the two never meet).
+    pub(crate) fn lock(&self, name: &str) -> Result<FileLock> {
+        self.lock_with(name, true)
+            .map(|lock| lock.expect("a blocking lock is always taken"))
+    }
+
+    /// Locks `name` if no other process holds it.
+    pub(crate) fn try_lock(&self, name: &str) -> Result<Option<FileLock>> {
+        self.lock_with(name, false)
+    }
+
+    fn lock_with(&self, name: &str, wait: bool) -> Result<Option<FileLock>> {
+        let path = self.lock_path(name);
+        loop {
+            let file = match open_lock_file(&path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    // The locks directory itself was removed; make it again.
+                    fs::create_dir_all(&self.locks).map_err(|e| Error::io(&self.locks, e))?;
+                    open_lock_file(&path).map_err(|e| Error::io(&path, e))?
+                }
+                Err(error) => return Err(Error::io(&path, error)),
+            };
+            if wait {
+                file.lock().map_err(|e| Error::io(&path, e))?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+                }
+            }
+            // A holder may have removed the lock file between our open and our lock; a lock
+            // on that unlinked file protects nothing, so start over on the file now there.
+            if is_same_file(&file, &path) {
+                return Ok(Some(FileLock { file, path }));
+            }
+        }
+    }
+
+    /// Reads the record of `id`. `Ok(None)` when there is no file.
+    pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
+        let path = self.record_path(id);
+        let mut file = match open_no_follow(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io(&path, symlink_aware(error))),
+        };
+        let mut bytes = Vec::with_capacity(512);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&path, e))?;
+        parse_record(id, &path, &bytes, || {
+            file.metadata()
+                .and_then(|m| m.modified())
+                .map(Timestamp::from_system_time)
+                .unwrap_or_default()
+        })
+        .map(Some)
+    }
+
+    /// Writes `record` atomically: a unique staging file, then a rename over the record file.
+    pub(crate) fn write(&self, record: &Record, durability: Durability) -> Result<()> {
+        let path = self.record_path(&record.id);
+        let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Serde {
+            id: record.id.clone(),
+            source: e,
+        })?;
+        bytes.push(b'\n');
+        let mut staged = match staging_file(&self.staging, &record.id) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
+                staging_file(&self.staging, &record.id).map_err(|e| Error::io(&self.staging, e))?
+            }
+            Err(error) => return Err(Error::io(&self.staging, error)),
+        };
+        let staged_path = staged.path().to_path_buf();
+        staged
+            .write_all(&bytes)
+            .map_err(|e| Error::io(&staged_path, e))?;
+        if durability == Durability::Fsync {
+            staged
+                .as_file()
+                .sync_all()
+                .map_err(|e| Error::io(&staged_path, e))?;
+        }
+        // `persist` renames; on failure the staging file is removed when `staged` drops.
+        staged
+            .persist(&path)
+            .map_err(|e| Error::io(&path, e.error))?;
+        if durability == Durability::Fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the record file of `id`. Returns whether there was one.
+    pub(crate) fn remove(&self, id: &str, durability: Durability) -> Result<bool> {
+        let path = self.record_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if durability == Durability::Fsync {
+                    sync_dir(&self.dir)?;
+                }
+                Ok(true)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(Error::io(&path, error)),
+        }
+    }
+
+    /// The ids of every record file, sorted; entries that are not record files are skipped.
+    pub(crate) fn ids(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(Error::io(&self.dir, error)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            if let Some(id) = Self::id_of(&entry.file_name()) {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes staging files left by killed writers. Returns how many, and the problems.
+    pub(crate) fn remove_orphan_staging(&self, problems: &mut Vec<(PathBuf, io::Error)>) -> usize {
+        let Ok(entries) = fs::read_dir(&self.staging) else {
+            return 0;
+        };
+        let cutoff = SystemTime::now()
+            .checked_sub(STAGING_ORPHAN_AGE)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < cutoff);
+            if old {
+                match fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) => problems.push((path, error)),
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes lock files of ids that have no record, taking each lock first so nobody holding
+    /// it is disturbed. Returns how many were removed.
+    pub(crate) fn remove_unused_locks(&self, problems: &mut Vec<(PathBuf, io::Error)>) -> usize {
+        let Ok(entries) = fs::read_dir(&self.locks) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".lock"))
+                .filter(|id| validate_id(id).is_ok())
+            else {
+                continue;
+            };
+            if self.record_path(id).symlink_metadata().is_ok() {
+                continue;
+            }
+            match self.try_lock(id) {
+                Ok(Some(lock)) => {
+                    // Checked again under the lock: a writer may have made the record since.
+                    if self.record_path(id).symlink_metadata().is_err() {
+                        match lock.remove() {
+                            Ok(()) => removed += 1,
+                            Err(error) => problems.push((entry.path(), error)),
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(Error::Io { path, source }) => problems.push((path, source)),
+                Err(_) => {}
+            }
+        }
+        removed
+    }
+}
+
+/// An exclusive lock on a sidecar lock file, released when dropped.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Removes the lock file while still holding it; whoever opened it meanwhile sees the
+    /// file gone after locking and opens the new one.
+    pub(crate) fn remove(self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+        // `self.file` drops here, releasing the lock.
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; unlocking first makes the release prompt
+        // even if the descriptor were shared.
+        let _ = self.file.unlock();
+    }
+}
+
+/// Parses a record file. Files in the envelope format must name `id`; any other JSON object
+/// is taken as a plain status written by another tool (version 0, times from the file).
+pub(crate) fn parse_record(
+    id: &str,
+    path: &Path,
+    bytes: &[u8],
+    file_time: impl FnOnce() -> Timestamp,
+) -> Result<Record> {
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
+        id: id.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    // The common case, one pass: our own envelope.
+    let record = match serde_json::from_slice::<Record>(bytes) {
+        Ok(record) => record,
+        Err(envelope_error) => {
+            let value: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
+            let Value::Object(map) = value else {
+                return Err(corrupt("the file holds JSON that is not an object".into()));
+            };
+            let is_envelope = ["id", "version", "status"]
+                .iter()
+                .all(|key| map.contains_key(*key));
+            if is_envelope {
+                return Err(corrupt(Box::new(envelope_error)));
+            }
+            let time = file_time();
+            return Ok(Record {
+                id: id.to_string(),
+                version: 0,
+                created_at: time,
+                updated_at: time,
+                status: Value::Object(map),
+            });
+        }
+    };
+    if record.id != id {
+        return Err(corrupt(
+            format!("the file holds the record of id `{}`", record.id).into(),
+        ));
+    }
+    Ok(record)
+}
+
+fn staging_file(dir: &Path, id: &str) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!("{id}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    no_follow(&mut options);
+    options.open(path).map_err(symlink_aware)
+}
+
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    no_follow(&mut options);
+    options.open(path)
+}
+
+#[cfg(unix)]
+fn no_follow(options: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(libc::O_NOFOLLOW);
+}
+
+#[cfg(not(unix))]
+fn no_follow(_options: &mut OpenOptions) {}
+
+/// Turns the `ELOOP` of `O_NOFOLLOW` into an error that says what happened.
+fn symlink_aware(error: io::Error) -> io::Error {
+    #[cfg(unix)]
+    if error.raw_os_error() == Some(libc::ELOOP) {
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link; the store never follows links",
+        );
+    }
+    error
+}
+
+#[cfg(unix)]
+fn is_same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_same_file(_file: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}

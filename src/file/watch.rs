@@ -1,0 +1,298 @@
+//! Watching a file store: `notify` events are hints; a reconciler re-reads and diffs.
+//!
+//! The notify callback runs on notify's own thread and never blocks: it records which ids are
+//! dirty (or that a full rescan is needed) and wakes the reconciler task. The reconciler
+//! re-reads those files off the async threads and publishes what changed to the store's hub.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use super::FileStorage;
+use super::disk::Layout;
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
+
+/// How a file store's watches learn about changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchMode {
+    /// File system events (inotify, FSEvents, ...), with a full rescan whenever the event
+    /// queue overflows or the directory is replaced.
+    #[default]
+    Events,
+    /// Re-read the directory at this interval: for file systems that deliver no events
+    /// (network mounts, some container bind mounts).
+    Poll(Duration),
+}
+
+/// How often the reconciler looks for a store directory that was removed to come back.
+const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
+/// Polling interval used when file system events cannot be had at all.
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Signals {
+    dirty: Mutex<HashSet<String>>,
+    rescan: AtomicBool,
+    directory_gone: AtomicBool,
+    problem: Mutex<Option<String>>,
+    wake: Notify,
+}
+
+impl Signals {
+    fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(
+            &mut *self
+                .dirty
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Called on notify's thread for every event: record, wake, return. Never blocks on
+    /// anything but the short dirty-set lock.
+    fn on_event(&self, dir: &Path, result: notify::Result<notify::Event>) {
+        match result {
+            Ok(event) => {
+                if event.need_rescan() {
+                    self.rescan.store(true, Ordering::SeqCst);
+                }
+                for path in &event.paths {
+                    if path == dir {
+                        if matches!(
+                            event.kind,
+                            EventKind::Remove(_)
+                                | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                        ) {
+                            self.directory_gone.store(true, Ordering::SeqCst);
+                        }
+                    } else if let Some(id) = path.file_name().and_then(Layout::id_of) {
+                        self.dirty
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .insert(id.to_string());
+                    }
+                }
+            }
+            Err(error) => {
+                *self
+                    .problem
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+                self.rescan.store(true, Ordering::SeqCst);
+            }
+        }
+        self.wake.notify_one();
+    }
+}
+
+fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::RecommendedWatcher> {
+    let callback_signals = Arc::downgrade(signals);
+    let callback_dir = dir.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |result| {
+        if let Some(signals) = callback_signals.upgrade() {
+            signals.on_event(&callback_dir, result);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Starts the watcher and reconciler of `store`, seeded with a full scan taken after the
+/// watcher is in place, so no change falls between the two.
+pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
+    let dir = store.dir().to_path_buf();
+    let signals = Arc::new(Signals::default());
+    let (watcher, poll) = match store.inner.watch_mode {
+        WatchMode::Poll(interval) => (None, Some(interval)),
+        WatchMode::Events => match event_watcher(&dir, &signals) {
+            Ok(watcher) => (Some(watcher), None),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "no file system events; polling instead");
+                (None, Some(FALLBACK_POLL))
+            }
+        },
+    };
+    let records = scan(&store).await?.0;
+    let hub = Arc::new(WatchHub::new(records));
+    let reconciler = Reconciler {
+        store,
+        dir,
+        hub: Arc::downgrade(&hub),
+        signals,
+        watcher,
+        poll,
+    };
+    let task = tokio::spawn(reconciler.run());
+    Ok(HubHandle {
+        hub,
+        _source: Box::new(AbortOnDrop(task)),
+    })
+}
+
+/// Every live record and the errors of unreadable ones.
+async fn scan(store: &FileStorage) -> Result<(Vec<Record>, Vec<Error>)> {
+    store
+        .blocking(|inner| {
+            let mut records = Vec::new();
+            let mut errors = Vec::new();
+            for id in inner.layout.ids()? {
+                match inner.read_live(&id) {
+                    Ok(Some(record)) => records.push(record),
+                    Ok(None) => {}
+                    Err(error) => errors.push(error),
+                }
+            }
+            Ok((records, errors))
+        })
+        .await
+}
+
+struct Reconciler {
+    store: FileStorage,
+    dir: PathBuf,
+    hub: Weak<WatchHub>,
+    signals: Arc<Signals>,
+    /// Dropped with the task, which stops notify's thread.
+    watcher: Option<notify::RecommendedWatcher>,
+    poll: Option<Duration>,
+}
+
+impl Reconciler {
+    async fn run(mut self) {
+        loop {
+            match self.poll {
+                Some(interval) => {
+                    let _ = tokio::time::timeout(interval, self.signals.wake.notified()).await;
+                }
+                None => self.signals.wake.notified().await,
+            }
+            let Some(hub) = self.hub.upgrade() else {
+                return;
+            };
+            if let Some(problem) = self
+                .signals
+                .problem
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()
+            {
+                hub.report(Error::backend("file watch", problem));
+            }
+            if self.signals.directory_gone.swap(false, Ordering::SeqCst) {
+                drop(hub);
+                if !self.rewatch().await {
+                    return;
+                }
+                continue;
+            }
+            if self.signals.rescan.swap(false, Ordering::SeqCst) {
+                // Events were lost: everything dirty is covered by the full scan.
+                self.signals.take_dirty();
+                self.full_scan(&hub, true).await;
+            } else if self.poll.is_some() {
+                self.signals.take_dirty();
+                self.full_scan(&hub, false).await;
+            } else {
+                let dirty = self.signals.take_dirty();
+                if !dirty.is_empty() {
+                    self.reread(&hub, dirty).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the whole directory: as a resync when continuity was lost, else as a diff.
+    async fn full_scan(&self, hub: &WatchHub, resync: bool) {
+        match scan(&self.store).await {
+            Ok((records, errors)) => {
+                for error in errors {
+                    hub.report(error);
+                }
+                if resync {
+                    hub.replace_all(records);
+                } else {
+                    let present: HashSet<String> =
+                        records.iter().map(|record| record.id.clone()).collect();
+                    for id in hub.known_ids() {
+                        if !present.contains(&id) {
+                            hub.apply(&id, None);
+                        }
+                    }
+                    for record in records {
+                        let id = record.id.clone();
+                        hub.apply(&id, Some(record));
+                    }
+                }
+            }
+            Err(error) => {
+                hub.report(error);
+                self.signals.rescan.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn reread(&self, hub: &WatchHub, dirty: HashSet<String>) {
+        let ids: Vec<String> = dirty.into_iter().collect();
+        let read = self
+            .store
+            .blocking(move |inner| {
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        let current = inner.read_live(&id);
+                        (id, current)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        match read {
+            Ok(results) => {
+                for (id, current) in results {
+                    match current {
+                        Ok(current) => hub.apply(&id, current),
+                        Err(error) => hub.report(error),
+                    }
+                }
+            }
+            Err(error) => {
+                hub.report(error);
+                self.signals.rescan.store(true, Ordering::SeqCst);
+                self.signals.wake.notify_one();
+            }
+        }
+    }
+
+    /// The directory was removed or moved away: wait for it to exist again, watch the new
+    /// one, and resync. Returns false when the hub is gone meanwhile.
+    async fn rewatch(&mut self) -> bool {
+        self.watcher = None;
+        loop {
+            if self.hub.strong_count() == 0 {
+                return false;
+            }
+            if self.dir.is_dir() {
+                if self.poll.is_none() {
+                    match event_watcher(&self.dir, &self.signals) {
+                        Ok(watcher) => self.watcher = Some(watcher),
+                        Err(error) => {
+                            tracing::debug!(dir = %self.dir.display(), %error, "watch not yet possible");
+                            tokio::time::sleep(DIRECTORY_RETRY).await;
+                            continue;
+                        }
+                    }
+                }
+                self.signals.rescan.store(true, Ordering::SeqCst);
+                self.signals.wake.notify_one();
+                return true;
+            }
+            tokio::time::sleep(DIRECTORY_RETRY).await;
+        }
+    }
+}

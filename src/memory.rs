@@ -1,0 +1,260 @@
+//! An in-process store: for tests and for embedding where nothing must outlive the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::id::validate_id;
+use crate::record::{Record, SharedClock, SystemClock};
+use crate::storage::{
+    CleanupOptions, CleanupReport, ListFilter, Listing, LockGuard, PutMode, SyncStorage, UpdateFn,
+    WatchOptions, WatchSelector, WatchStream,
+};
+use crate::ttl::TtlPolicy;
+use crate::watch::{HubHandle, SharedHub, WatchHub};
+
+/// Keeps records in memory. Cloning gives another handle on the same records.
+#[derive(Clone, Debug)]
+pub struct MemoryStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    records: Mutex<HashMap<String, Record>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    ttl: TtlPolicy,
+    clock: SharedClock,
+    hub: SharedHub,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// An empty store with the default TTL policy and the system clock.
+    pub fn new() -> Self {
+        Self::with_options(TtlPolicy::default(), Arc::new(SystemClock))
+    }
+
+    /// An empty store with this TTL policy and clock.
+    pub fn with_options(ttl: TtlPolicy, clock: SharedClock) -> Self {
+        MemoryStorage {
+            inner: Arc::new(Inner {
+                records: Mutex::new(HashMap::new()),
+                locks: Mutex::new(HashMap::new()),
+                ttl,
+                clock,
+                hub: SharedHub::default(),
+            }),
+        }
+    }
+
+    fn records(&self) -> MutexGuard<'_, HashMap<String, Record>> {
+        // Every mutation is one insert or remove, so a poisoned map is still consistent.
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn live<'a>(&self, records: &'a HashMap<String, Record>, id: &str) -> Option<&'a Record> {
+        let now = self.inner.clock.now();
+        records
+            .get(id)
+            .filter(|record| !self.inner.ttl.is_expired(record, now))
+    }
+
+    /// Publishes the state of `id` to watchers; called with the records lock held so that
+    /// watchers see writes in the order they happened.
+    fn publish(&self, records: &HashMap<String, Record>, id: &str) {
+        if let Some(handle) = self.inner.hub.running() {
+            handle.hub.apply(id, self.live(records, id).cloned());
+        }
+    }
+
+    fn write_locked(
+        &self,
+        records: &mut HashMap<String, Record>,
+        id: &str,
+        status: Value,
+        mode: PutMode,
+    ) -> Result<Record> {
+        let current = self.live(records, id).cloned();
+        match (mode, &current) {
+            (PutMode::Create, Some(existing)) => {
+                return Err(Error::AlreadyExists {
+                    id: id.to_string(),
+                    version: existing.version,
+                });
+            }
+            (PutMode::Update(expected), found)
+                if found.as_ref().map(|r| r.version) != Some(expected) =>
+            {
+                return Err(Error::VersionConflict {
+                    id: id.to_string(),
+                    expected,
+                    found: found.as_ref().map(|r| r.version),
+                });
+            }
+            _ => {}
+        }
+        let now = self.inner.clock.now();
+        let record = Record {
+            id: id.to_string(),
+            version: current.as_ref().map_or(1, |r| r.version + 1),
+            created_at: current.as_ref().map_or(now, |r| r.created_at),
+            updated_at: now,
+            status,
+        };
+        records.insert(id.to_string(), record.clone());
+        self.publish(records, id);
+        Ok(record)
+    }
+
+    fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Drop locks nobody holds so the map does not grow with every id ever updated.
+        if locks.len() > 1024 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(id.to_string()).or_default().clone()
+    }
+}
+
+#[async_trait]
+impl SyncStorage for MemoryStorage {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Record>> {
+        validate_id(id)?;
+        let records = self.records();
+        Ok(self.live(&records, id).cloned())
+    }
+
+    async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
+        validate_id(id)?;
+        let mut records = self.records();
+        self.write_locked(&mut records, id, status, mode)
+    }
+
+    async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> Result<Record> {
+        validate_id(id)?;
+        // The closure runs outside the records lock (it may be slow); the per-id lock keeps
+        // read-modify-writes of one id in order.
+        let lock = self.id_lock(id);
+        let _held = lock.lock().await;
+        let current = self.get(id).await?;
+        let status = f(current.as_ref())?;
+        let mut records = self.records();
+        self.write_locked(&mut records, id, status, PutMode::Overwrite)
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let mut records = self.records();
+        let was_live = self.live(&records, id).is_some();
+        records.remove(id);
+        self.publish(&records, id);
+        Ok(was_live)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Listing> {
+        let records = self.records();
+        let now = self.inner.clock.now();
+        let mut found: Vec<Record> = records
+            .values()
+            .filter(|record| !self.inner.ttl.is_expired(record, now) && filter.matches(record))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Listing {
+            records: found,
+            errors: Vec::new(),
+        })
+    }
+
+    async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
+        let records = self.records();
+        let now = self.inner.clock.now();
+        let mut counts = BTreeMap::new();
+        for record in records.values() {
+            if !self.inner.ttl.is_expired(record, now) {
+                *counts
+                    .entry(record.state().unwrap_or_default().to_string())
+                    .or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
+        let Some(_sweep) = self.try_lock("sweep", Duration::from_secs(60)).await? else {
+            return Ok(CleanupReport::default());
+        };
+        let mut records = self.records();
+        let now = self.inner.clock.now();
+        let mut report = CleanupReport {
+            ran: true,
+            ..CleanupReport::default()
+        };
+        let expired: Vec<String> = records
+            .values()
+            .filter(|record| self.inner.ttl.is_expired_with(record, now, options.ttl))
+            .map(|record| record.id.clone())
+            .collect();
+        report.kept = records.len() - expired.len();
+        for id in expired {
+            if !options.dry_run {
+                records.remove(&id);
+                self.publish(&records, &id);
+            }
+            report.removed.push(id);
+        }
+        report.removed.sort();
+        Ok(report)
+    }
+
+    async fn watch(&self, selector: WatchSelector, options: WatchOptions) -> Result<WatchStream> {
+        // Seeded under the records lock, and every write publishes under that lock, so the
+        // hub misses nothing written after the seed.
+        let records = self.records();
+        let handle = self.inner.hub.get_or_start_sync(|| {
+            let now = self.inner.clock.now();
+            let hub = WatchHub::new(
+                records
+                    .values()
+                    .filter(|record| !self.inner.ttl.is_expired(record, now))
+                    .cloned(),
+            );
+            Ok(HubHandle {
+                hub: Arc::new(hub),
+                _source: Box::new(()),
+            })
+        })?;
+        drop(records);
+        Ok(SharedHub::subscribe(handle, selector, options))
+    }
+
+    async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
+        let lock = self.id_lock(&format!("\0lock:{name}"));
+        Ok(lock.try_lock_owned().ok().map(LockGuard::new))
+    }
+}

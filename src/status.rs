@@ -1,0 +1,227 @@
+//! A ready status type for people who don't bring their own.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::record::Timestamp;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Waiting to run (or to run again after its worker died).
+    Pending,
+    /// A worker is on it and heartbeats.
+    Running,
+    /// Finished well.
+    Completed,
+    /// Finished badly.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl State {
+    /// Every state, in life order.
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Running,
+        State::Completed,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    /// The name written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed, failed or cancelled: nothing more will happen.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Completed | State::Failed | State::Cancelled)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown state `{text}` (expected pending, running, completed, failed or cancelled)"
+                ))
+            })
+    }
+}
+
+/// How far a job got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+impl Progress {
+    /// `done` of `total`.
+    pub fn new(done: u64, total: u64) -> Self {
+        Progress {
+            done,
+            total: Some(total),
+        }
+    }
+
+    /// Done as a fraction of the total, in `0.0..=1.0`, when the total is known.
+    pub fn fraction(&self) -> Option<f64> {
+        match self.total {
+            Some(0) => Some(1.0),
+            Some(total) => Some((self.done as f64 / total as f64).clamp(0.0, 1.0)),
+            None => None,
+        }
+    }
+}
+
+/// The ready status of a background job.
+///
+/// ```
+/// use syncstatus::{Progress, State, SyncStatus, Timestamp};
+/// let now = Timestamp::now();
+/// let status = SyncStatus::pending().start(now).with_progress(Progress::new(40, 600));
+/// assert_eq!(status.state, State::Running);
+/// let done = status.complete(now, serde_json::json!({"pages": 600}));
+/// assert!(done.state.is_terminal());
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Where the job is.
+    pub state: State,
+    /// How far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// A line for people ("page 4").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What it produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Anything else the job wants to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// When it started running (the current attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it reached a final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// When its worker last said it is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<Timestamp>,
+    /// How many times it was started (1 on the first run).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        Self::pending()
+    }
+}
+
+impl SyncStatus {
+    /// A job waiting to run.
+    pub fn pending() -> Self {
+        SyncStatus {
+            state: State::Pending,
+            progress: None,
+            message: None,
+            error: None,
+            result: None,
+            data: None,
+            started_at: None,
+            finished_at: None,
+            heartbeat_at: None,
+            attempt: 0,
+        }
+    }
+
+    /// Moves to running: a new attempt, started and heartbeating at `now`.
+    pub fn start(mut self, now: Timestamp) -> Self {
+        self.state = State::Running;
+        self.attempt += 1;
+        self.started_at = Some(now);
+        self.heartbeat_at = Some(now);
+        self.finished_at = None;
+        self.error = None;
+        self
+    }
+
+    /// Sets the progress.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Sets the message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// Records that the worker is alive.
+    pub fn heartbeat(mut self, now: Timestamp) -> Self {
+        self.heartbeat_at = Some(now);
+        self
+    }
+
+    /// Moves to completed with a result.
+    pub fn complete(mut self, now: Timestamp, result: Value) -> Self {
+        self.state = State::Completed;
+        self.result = Some(result);
+        self.finished_at = Some(now);
+        self
+    }
+
+    /// Moves to failed with the reason.
+    pub fn fail(mut self, now: Timestamp, error: impl Into<String>) -> Self {
+        self.state = State::Failed;
+        self.error = Some(error.into());
+        self.finished_at = Some(now);
+        self
+    }
+
+    /// Moves to cancelled.
+    pub fn cancel(mut self, now: Timestamp) -> Self {
+        self.state = State::Cancelled;
+        self.finished_at = Some(now);
+        self
+    }
+
+    /// Whether nothing more will happen to this job.
+    pub fn is_terminal(&self) -> bool {
+        self.state.is_terminal()
+    }
+}

@@ -1,0 +1,341 @@
+//! The watch machinery shared by every backend.
+//!
+//! A backend feeds a [`WatchHub`] with what it learns (one id re-read, or a full rescan after
+//! lost continuity); the hub keeps the last state it published per id, drops repeats, and fans
+//! events out to every subscriber. Subscribers that fall behind get a resync built from the
+//! hub's state under the same lock that publishes, so nothing falls between the two.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
+
+/// How many events a subscriber may fall behind before it gets a resync instead.
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub(crate) enum HubMessage {
+    Event(Arc<WatchEvent>),
+    /// A problem of the source; subscribers see it as an error item. A resync follows.
+    Problem(Arc<Error>),
+}
+
+#[derive(Debug)]
+struct HubState {
+    records: HashMap<String, Record>,
+    tx: broadcast::Sender<HubMessage>,
+}
+
+/// The last published state of every id, and the fan-out to subscribers.
+#[derive(Debug)]
+pub(crate) struct WatchHub {
+    state: Mutex<HubState>,
+}
+
+fn same_revision(a: &Record, b: &Record) -> bool {
+    a.version == b.version && a.created_at == b.created_at && a.updated_at == b.updated_at
+}
+
+impl WatchHub {
+    pub(crate) fn new(initial: impl IntoIterator<Item = Record>) -> Self {
+        let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        WatchHub {
+            state: Mutex::new(HubState {
+                records: initial
+                    .into_iter()
+                    .map(|record| (record.id.clone(), record))
+                    .collect(),
+                tx,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding this lock leaves the map consistent (every mutation is a
+        // single insert or remove), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the current state of one id (`None`: gone). Repeats are dropped.
+    pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
+        let mut state = self.lock();
+        let event = match current {
+            Some(record) => {
+                if state
+                    .records
+                    .get(id)
+                    .is_some_and(|known| same_revision(known, &record))
+                {
+                    return;
+                }
+                state.records.insert(id.to_string(), record.clone());
+                WatchEvent::Upsert(record)
+            }
+            None => {
+                if state.records.remove(id).is_none() {
+                    return;
+                }
+                WatchEvent::Removed { id: id.to_string() }
+            }
+        };
+        let _ = state.tx.send(HubMessage::Event(Arc::new(event)));
+    }
+
+    /// Replaces the whole state after lost continuity and sends every subscriber a resync.
+    pub(crate) fn replace_all(&self, records: Vec<Record>) {
+        let mut state = self.lock();
+        state.records = records
+            .iter()
+            .map(|record| (record.id.clone(), record.clone()))
+            .collect();
+        let _ = state
+            .tx
+            .send(HubMessage::Event(Arc::new(WatchEvent::Resync(records))));
+    }
+
+    /// Tells subscribers about a problem of the source (a resync follows when it is fixed).
+    pub(crate) fn report(&self, error: Error) {
+        let state = self.lock();
+        let _ = state.tx.send(HubMessage::Problem(Arc::new(error)));
+    }
+
+    /// The ids the hub currently holds.
+    pub(crate) fn known_ids(&self) -> Vec<String> {
+        self.lock().records.keys().cloned().collect()
+    }
+
+    fn snapshot(state: &HubState, selector: &WatchSelector) -> Vec<Record> {
+        let mut records: Vec<Record> = state
+            .records
+            .values()
+            .filter(|record| selector.matches(&record.id))
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records
+    }
+
+    /// A stream of events for `selector`. `keep_alive` is held by the stream, so the source
+    /// that feeds the hub lives exactly as long as some subscriber does.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        selector: WatchSelector,
+        options: WatchOptions,
+        keep_alive: Arc<dyn Send + Sync>,
+    ) -> WatchStream {
+        let mut pending = VecDeque::new();
+        let rx = {
+            let state = self.lock();
+            if options.snapshot {
+                pending.push_back(Ok(WatchEvent::Resync(Self::snapshot(&state, &selector))));
+            } else if let Some(known) = &options.resume {
+                let snapshot = Self::snapshot(&state, &selector);
+                let mut gone: Vec<&String> = known
+                    .keys()
+                    .filter(|id| selector.matches(id) && !state.records.contains_key(*id))
+                    .collect();
+                gone.sort();
+                for id in gone {
+                    pending.push_back(Ok(WatchEvent::Removed { id: id.clone() }));
+                }
+                for record in snapshot {
+                    if known.get(&record.id) != Some(&record.version) {
+                        pending.push_back(Ok(WatchEvent::Upsert(record)));
+                    }
+                }
+            }
+            state.tx.subscribe()
+        };
+        let subscriber = Subscriber {
+            hub: Arc::downgrade(self),
+            selector,
+            rx,
+            pending,
+            _keep_alive: keep_alive,
+        };
+        futures_util::stream::unfold(subscriber, |mut subscriber| async move {
+            let item = subscriber.next().await?;
+            Some((item, subscriber))
+        })
+        .boxed()
+    }
+}
+
+struct Subscriber {
+    hub: Weak<WatchHub>,
+    selector: WatchSelector,
+    rx: broadcast::Receiver<HubMessage>,
+    pending: VecDeque<Result<WatchEvent>>,
+    _keep_alive: Arc<dyn Send + Sync>,
+}
+
+impl Subscriber {
+    async fn next(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            match self.rx.recv().await {
+                Ok(HubMessage::Event(event)) => match &*event {
+                    WatchEvent::Resync(records) => {
+                        return Some(Ok(WatchEvent::Resync(
+                            records
+                                .iter()
+                                .filter(|record| self.selector.matches(&record.id))
+                                .cloned()
+                                .collect(),
+                        )));
+                    }
+                    other => {
+                        if other.id().is_some_and(|id| self.selector.matches(id)) {
+                            return Some(Ok(other.clone()));
+                        }
+                    }
+                },
+                Ok(HubMessage::Problem(error)) => {
+                    return Some(Err(Error::backend("watch", SharedError(error))));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind: start again from the hub's state, taking the new receiver
+                    // under the same lock so no event falls between snapshot and stream.
+                    let hub = self.hub.upgrade()?;
+                    let state = hub.lock();
+                    self.rx = state.tx.subscribe();
+                    return Some(Ok(WatchEvent::Resync(WatchHub::snapshot(
+                        &state,
+                        &self.selector,
+                    ))));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// An error shared between subscribers, shown with its own message and source.
+#[derive(Debug)]
+struct SharedError(Arc<Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// The hub of a store and whatever feeds it, shared by all subscribers of that store and
+/// dropped with the last of them.
+pub(crate) struct SharedHub {
+    slot: Mutex<Weak<HubHandle>>,
+}
+
+/// A running hub and its source; dropping it stops the source.
+pub(crate) struct HubHandle {
+    pub(crate) hub: Arc<WatchHub>,
+    pub(crate) _source: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for SharedHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let running = self
+            .slot
+            .lock()
+            .map(|slot| slot.strong_count() > 0)
+            .unwrap_or(false);
+        f.debug_struct("SharedHub")
+            .field("running", &running)
+            .finish()
+    }
+}
+
+impl Default for SharedHub {
+    fn default() -> Self {
+        SharedHub {
+            slot: Mutex::new(Weak::new()),
+        }
+    }
+}
+
+impl SharedHub {
+    /// The running hub, if any subscriber holds one.
+    pub(crate) fn running(&self) -> Option<Arc<HubHandle>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .upgrade()
+    }
+
+    /// The running hub, or a new one made by `start`. Two first subscribers racing may both
+    /// start one; the second to finish drops its own and shares the first.
+    pub(crate) async fn get_or_start<F, Fut>(&self, start: F) -> Result<Arc<HubHandle>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<HubHandle>>,
+    {
+        if let Some(handle) = self.running() {
+            return Ok(handle);
+        }
+        let handle = Arc::new(start().await?);
+        let mut slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = slot.upgrade() {
+            // Another subscriber started one meanwhile; keep theirs, drop ours.
+            return Ok(existing);
+        }
+        *slot = Arc::downgrade(&handle);
+        Ok(handle)
+    }
+
+    /// Like [`Self::get_or_start`] for sources that start without waiting; `start` runs with
+    /// the slot locked, so callers that publish while holding their own lock (taken before
+    /// this) cannot miss the new hub.
+    pub(crate) fn get_or_start_sync(
+        &self,
+        start: impl FnOnce() -> Result<HubHandle>,
+    ) -> Result<Arc<HubHandle>> {
+        let mut slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = slot.upgrade() {
+            return Ok(existing);
+        }
+        let handle = Arc::new(start()?);
+        *slot = Arc::downgrade(&handle);
+        Ok(handle)
+    }
+
+    /// Subscribes through `handle`, keeping it alive as long as the stream.
+    pub(crate) fn subscribe(
+        handle: Arc<HubHandle>,
+        selector: WatchSelector,
+        options: WatchOptions,
+    ) -> WatchStream {
+        let hub = handle.hub.clone();
+        hub.subscribe(selector, options, handle)
+    }
+}
+
+/// Aborts a task when dropped, so no task outlives the handle that started it.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,25 @@
+//! The conformance suite on `FileStorage`, and the file store's own behaviour.
+
+mod conformance;
+
+use std::sync::Arc;
+
+use conformance::{Fixture, standard_ttl};
+use syncstatus::{FileStorage, ManualClock};
+
+async fn make(_name: &str) -> Option<Fixture> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let store = FileStorage::builder(dir.path())
+        .with_ttl(standard_ttl())
+        .with_clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    Some(Fixture {
+        store: Arc::new(store),
+        clock,
+        _guard: Box::new(dir),
+    })
+}
+
+all_conformance_tests!(make);

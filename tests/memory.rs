@@ -1,0 +1,27 @@
+//! The conformance suite on `MemoryStorage`.
+
+mod conformance;
+
+use std::sync::Arc;
+
+use conformance::{Fixture, standard_ttl};
+use syncstatus::{ManualClock, MemoryStorage, SyncStorage};
+
+async fn make(_name: &str) -> Option<Fixture> {
+    let clock = ManualClock::starting_now();
+    let store = MemoryStorage::with_options(standard_ttl(), Arc::new(clock.clone()));
+    Some(Fixture {
+        store: Arc::new(store),
+        clock,
+        _guard: Box::new(()),
+    })
+}
+
+all_conformance_tests!(make);
+
+#[test]
+fn object_safe() {
+    let store = MemoryStorage::new();
+    let as_dyn: &dyn SyncStorage = &store;
+    let _ = conformance::assert_object_safe(as_dyn);
+}

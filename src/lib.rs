@@ -4,6 +4,7 @@
 mod error;
 pub mod file;
 mod id;
+pub mod lifecycle;
 mod memory;
 mod record;
 mod status;
@@ -24,6 +25,11 @@ use std::sync::Arc;
 pub use error::{Error, Result};
 pub use file::{Durability, FileStorage, FileStorageBuilder, WatchMode};
 pub use id::{MAX_ID_LEN, validate_id};
+pub use lifecycle::{
+    DEFAULT_STALE_AFTER, Idempotency, InProgressPolicy, RecoveredJob, RecoveryAction,
+    RecoveryPolicy, RecoveryReport, RunError, Stats, Sweeper, SweeperConfig, heartbeat,
+    recover_job, recover_stale, stats,
+};
 pub use memory::MemoryStorage;
 pub use record::{Clock, ManualClock, Record, SharedClock, SystemClock, Timestamp, state_of};
 pub use status::{Progress, State, SyncStatus};

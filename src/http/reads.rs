@@ -1,0 +1,76 @@
+//! `GET /syncs` and `GET /syncs/{id}`.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::error::Error;
+use crate::id::validate_id;
+use crate::record::Record;
+use crate::storage::ListFilter;
+
+/// The header telling how many records a listing could not read (they are logged).
+pub(super) const LIST_ERRORS_HEADER: &str = "x-syncstatus-unreadable";
+
+/// The `{id}` of a route, checked against the id allowlist, with every refusal as a JSON 400.
+pub(super) fn checked_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    validate_id(&id).map_err(ApiError::from)?;
+    Ok(id)
+}
+
+/// A query string, with a refusal as a JSON 400.
+pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    prefix: Option<String>,
+}
+
+pub(super) async fn list(
+    State(config): State<AppState>,
+    params: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let filter = ListFilter {
+        state: params.state.filter(|state| !state.is_empty()),
+        prefix: params.prefix.filter(|prefix| !prefix.is_empty()),
+    };
+    let listing = config.store.list(&filter).await?;
+    for error in &listing.errors {
+        tracing::warn!(
+            error = error as &dyn std::error::Error,
+            "listing skipped an unreadable record"
+        );
+    }
+    let unreadable = listing.errors.len();
+    let mut response = Json(listing.records).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static(LIST_ERRORS_HEADER),
+        HeaderValue::from(unreadable),
+    );
+    Ok(response)
+}
+
+pub(super) async fn get_one(
+    State(config): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Record>, ApiError> {
+    let id = checked_id(path)?;
+    match config.store.get(&id).await {
+        Ok(Some(record)) => Ok(Json(record)),
+        Ok(None) | Err(Error::NotFound { .. }) => Err(ApiError::not_found(&id)),
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,838 @@
+//! The axum router, driven request by request with `tower::ServiceExt::oneshot`.
+#![cfg(feature = "axum")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use syncstatus::http::{RouterConfig, router};
+use syncstatus::{
+    Clock, DynSyncStorage, ManualClock, MemoryStorage, PutMode, State, SyncStatus, SyncStorage,
+    SyncStorageExt, TtlPolicy,
+};
+use tokio::time::timeout;
+use tower::ServiceExt;
+
+/// How long a test waits for something that should happen at once.
+const DEADLINE: Duration = Duration::from_secs(10);
+const KEY: &str = "correct horse battery staple";
+const TTL: Duration = Duration::from_secs(300);
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    store: DynSyncStorage,
+    clock: ManualClock,
+}
+
+fn fixture() -> Fixture {
+    let clock = ManualClock::starting_now();
+    let store = MemoryStorage::with_options(TtlPolicy::uniform(TTL), Arc::new(clock.clone()));
+    Fixture {
+        store: Arc::new(store),
+        clock,
+    }
+}
+
+impl Fixture {
+    fn app(&self) -> Router {
+        router(self.store.clone())
+    }
+
+    fn admin_app(&self) -> Router {
+        RouterConfig::new(self.store.clone())
+            .with_admin_key(KEY)
+            .with_stale_after(STALE_AFTER)
+            .router()
+    }
+
+    async fn put(&self, id: &str, status: &SyncStatus) -> syncstatus::Record {
+        self.store
+            .put(
+                id,
+                serde_json::to_value(status).expect("a SyncStatus serializes"),
+                PutMode::Overwrite,
+            )
+            .await
+            .expect("put")
+    }
+
+    fn running(&self) -> SyncStatus {
+        SyncStatus::pending().start(self.clock.now())
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+fn request(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+async fn send(app: Router, request: Request<Body>) -> Answer {
+    let response = timeout(DEADLINE, app.oneshot(request))
+        .await
+        .expect("the router answers in time")
+        .expect("the router is infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("the body arrives in time")
+        .expect("the body can be read")
+        .to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(app: Router, uri: &str) -> Answer {
+    send(app, request(Method::GET, uri).body(Body::empty()).unwrap()).await
+}
+
+async fn admin(app: Router, method: Method, uri: &str, key: Option<&str>) -> Answer {
+    let mut builder = request(method, uri);
+    if let Some(key) = key {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    send(app, builder.body(Body::empty()).unwrap()).await
+}
+
+fn assert_error(answer: &Answer, status: StatusCode, id: Option<&str>) {
+    assert_eq!(answer.status, status, "body: {}", answer.body);
+    assert_eq!(
+        answer.headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    let error = answer.body["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "no error message in {}", answer.body);
+    match id {
+        Some(id) => assert_eq!(answer.body["id"], json!(id), "body: {}", answer.body),
+        None => assert!(answer.body.get("id").is_none(), "body: {}", answer.body),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads
+
+#[tokio::test]
+async fn list_returns_every_record_sorted_and_filters_by_state_and_prefix() {
+    let fx = fixture();
+    let empty = get(fx.app(), "/syncs").await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.body, json!([]));
+
+    fx.put("b-run", &fx.running()).await;
+    fx.put("a-wait", &SyncStatus::pending()).await;
+    let done = fx.running().complete(fx.clock.now(), json!({"pages": 3}));
+    fx.put("c-done", &done).await;
+
+    let all = get(fx.app(), "/syncs").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.headers.get("x-syncstatus-unreadable").unwrap(), "0");
+    let ids: Vec<&str> = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a-wait", "b-run", "c-done"]);
+    assert_eq!(all.body[2]["status"]["result"], json!({"pages": 3}));
+    assert_eq!(all.body[0]["version"], json!(1));
+
+    let running = get(fx.app(), "/syncs?state=running").await;
+    assert_eq!(running.status, StatusCode::OK);
+    assert_eq!(running.body.as_array().unwrap().len(), 1);
+    assert_eq!(running.body[0]["id"], "b-run");
+
+    let prefixed = get(fx.app(), "/syncs?prefix=c-").await;
+    assert_eq!(prefixed.body.as_array().unwrap().len(), 1);
+    assert_eq!(prefixed.body[0]["id"], "c-done");
+
+    let none = get(fx.app(), "/syncs?state=failed").await;
+    assert_eq!(none.body, json!([]));
+
+    let unknown = get(fx.app(), "/syncs?colour=blue").await;
+    assert_error(&unknown, StatusCode::BAD_REQUEST, None);
+}
+
+#[tokio::test]
+async fn get_returns_the_record() {
+    let fx = fixture();
+    let written = fx.put("sync-1", &fx.running()).await;
+    let answer = get(fx.app(), "/syncs/sync-1").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, serde_json::to_value(&written).unwrap());
+    assert_eq!(answer.body["status"]["state"], "running");
+}
+
+#[tokio::test]
+async fn get_of_a_missing_record_is_a_json_404() {
+    let fx = fixture();
+    let answer = get(fx.app(), "/syncs/never-written").await;
+    assert_error(&answer, StatusCode::NOT_FOUND, Some("never-written"));
+}
+
+#[tokio::test]
+async fn get_of_an_expired_record_is_a_json_404() {
+    let fx = fixture();
+    fx.put("short-lived", &fx.running()).await;
+    assert_eq!(
+        get(fx.app(), "/syncs/short-lived").await.status,
+        StatusCode::OK
+    );
+    fx.clock.advance(TTL + Duration::from_secs(1));
+    let answer = get(fx.app(), "/syncs/short-lived").await;
+    assert_error(&answer, StatusCode::NOT_FOUND, Some("short-lived"));
+    let listed = get(fx.app(), "/syncs").await;
+    assert_eq!(listed.body, json!([]));
+}
+
+const BAD_IDS: &[(&str, &str)] = &[
+    ("..", "dot"),
+    (".hidden", "dot"),
+    ("a%2Fb", "separator"),
+    ("a%5Cb", "separator"),
+    ("%2Fetc%2Fpasswd", "separator"),
+    ("CON", "device"),
+    ("nul.json", "device"),
+    ("a%00b", "NUL"),
+    ("trailing.", "dot"),
+    ("a%20b", "only ASCII letters"),
+    ("%C3%A9", "non-ASCII"),
+];
+
+#[tokio::test]
+async fn bad_ids_are_a_400_with_the_reason_on_every_id_route() {
+    let fx = fixture();
+    let long = "x".repeat(129);
+    let mut ids: Vec<(String, &str)> = BAD_IDS
+        .iter()
+        .map(|(id, reason)| (id.to_string(), *reason))
+        .collect();
+    ids.push((long, "longer than 128"));
+    for (id, reason) in &ids {
+        for (method, uri) in [
+            (Method::GET, format!("/syncs/{id}")),
+            (Method::GET, format!("/syncs/{id}/events")),
+            (Method::POST, format!("/admin/recover/{id}")),
+        ] {
+            let answer = admin(fx.admin_app(), method, &uri, Some(KEY)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{uri}: {}",
+                answer.body
+            );
+            let error = answer.body["error"].as_str().unwrap();
+            assert!(error.contains(reason), "{uri}: `{error}` lacks `{reason}`");
+            assert!(answer.body["id"].is_string(), "{uri}: {}", answer.body);
+        }
+    }
+    // A path segment that is not UTF-8 is refused before it becomes an id, also as JSON.
+    let answer = get(fx.app(), "/syncs/%FF").await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, None);
+}
+
+#[tokio::test]
+async fn status_page_is_self_contained_html_fed_by_the_event_stream() {
+    let fx = fixture();
+    let response = fx
+        .app()
+        .oneshot(request(Method::GET, "/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains("new EventSource(\"events\")"));
+    assert!(html.contains("createElement(\"progress\")"));
+    for external in ["src=\"http", "href=\"http", "src=\"//", "@import"] {
+        assert!(!html.contains(external), "the page loads `{external}`");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin
+
+const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/admin/stats"),
+    ("GET", "/admin/health"),
+    ("POST", "/admin/cleanup"),
+    ("POST", "/admin/recover"),
+    ("POST", "/admin/recover/sync-1"),
+];
+
+fn method(name: &str) -> Method {
+    name.parse().unwrap()
+}
+
+#[tokio::test]
+async fn admin_routes_without_a_configured_key_are_disabled_never_open() {
+    let fx = fixture();
+    fx.put("sync-1", &fx.running()).await;
+    for (name, uri) in ADMIN_ROUTES {
+        for key in [None, Some(KEY), Some("")] {
+            let answer = admin(fx.app(), method(name), uri, key).await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            assert_eq!(answer.body, json!({"error": "admin disabled"}), "{uri}");
+        }
+        // An empty key leaves the routes disabled: it would let `Bearer ` in.
+        let empty_key = RouterConfig::new(fx.store.clone())
+            .with_admin_key("")
+            .router();
+        let answer = admin(empty_key, method(name), uri, Some("")).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+    }
+    // Nothing was done behind the refusals.
+    let record = fx.store.get_required("sync-1").await.unwrap();
+    assert_eq!(record.version, 1);
+    assert_eq!(record.state(), Some("running"));
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_a_missing_or_wrong_key_with_401() {
+    let fx = fixture();
+    fx.put("sync-1", &fx.running()).await;
+    for (name, uri) in ADMIN_ROUTES {
+        let missing = admin(fx.admin_app(), method(name), uri, None).await;
+        assert_error(&missing, StatusCode::UNAUTHORIZED, None);
+        assert_eq!(missing.headers[header::WWW_AUTHENTICATE], "Bearer");
+        for wrong in [
+            "wrong",
+            "",
+            "correct horse battery stapl",
+            "correct horse battery staplee",
+        ] {
+            let answer = admin(fx.admin_app(), method(name), uri, Some(wrong)).await;
+            assert_error(&answer, StatusCode::UNAUTHORIZED, None);
+        }
+        let basic = send(
+            fx.admin_app(),
+            request(method(name), uri)
+                .header(header::AUTHORIZATION, format!("Basic {KEY}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_error(&basic, StatusCode::UNAUTHORIZED, None);
+    }
+    let record = fx.store.get_required("sync-1").await.unwrap();
+    assert_eq!(record.version, 1);
+}
+
+#[tokio::test]
+async fn admin_stats_with_the_right_key() {
+    let fx = fixture();
+    fx.put("a", &fx.running()).await;
+    fx.put("b", &fx.running()).await;
+    fx.put("c", &SyncStatus::pending()).await;
+    let answer = admin(fx.admin_app(), Method::GET, "/admin/stats", Some(KEY)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["counts"], json!({"pending": 1, "running": 2}));
+    assert_eq!(answer.body["total"], json!(3));
+    assert_eq!(answer.body["stale_running"], json!([]));
+    assert_eq!(answer.body["healthy"], json!(true));
+    // The scheme is case-insensitive, as RFC 9110 says.
+    let lower = send(
+        fx.admin_app(),
+        request(Method::GET, "/admin/stats")
+            .header(header::AUTHORIZATION, format!("bearer {KEY}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(lower.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_health_is_503_while_a_stale_job_exists() {
+    let fx = fixture();
+    fx.put("worker-alive", &fx.running()).await;
+    let healthy = admin(fx.admin_app(), Method::GET, "/admin/health", Some(KEY)).await;
+    assert_eq!(healthy.status, StatusCode::OK, "{}", healthy.body);
+    assert_eq!(healthy.body["healthy"], json!(true));
+
+    fx.clock.advance(STALE_AFTER + Duration::from_secs(1));
+    let stale = admin(fx.admin_app(), Method::GET, "/admin/health", Some(KEY)).await;
+    assert_eq!(
+        stale.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        stale.body
+    );
+    assert_eq!(stale.body["healthy"], json!(false));
+    assert_eq!(stale.body["stale_running"], json!(["worker-alive"]));
+
+    // A heartbeat makes it healthy again.
+    syncstatus::heartbeat(&*fx.store, "worker-alive")
+        .await
+        .unwrap();
+    let again = admin(fx.admin_app(), Method::GET, "/admin/health", Some(KEY)).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+}
+
+#[tokio::test]
+async fn admin_cleanup_honours_dry_run_and_ttl() {
+    let fx = fixture();
+    fx.put("old", &SyncStatus::pending()).await;
+    fx.clock.advance(Duration::from_secs(120));
+    fx.put("young", &SyncStatus::pending()).await;
+
+    let dry = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/cleanup?dry_run=true&ttl=1m",
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    assert_eq!(dry.body["removed"], json!(["old"]));
+    assert_eq!(dry.body["ran"], json!(true));
+    assert!(fx.store.get("old").await.unwrap().is_some());
+
+    // Under the store's own TTL (5 minutes) nothing is due yet.
+    let by_policy = admin(fx.admin_app(), Method::POST, "/admin/cleanup", Some(KEY)).await;
+    assert_eq!(by_policy.status, StatusCode::OK, "{}", by_policy.body);
+    assert_eq!(by_policy.body["removed"], json!([]));
+    assert_eq!(by_policy.body["kept"], json!(2));
+
+    let real = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/cleanup?ttl=1m",
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(real.status, StatusCode::OK, "{}", real.body);
+    assert_eq!(real.body["removed"], json!(["old"]));
+    assert!(fx.store.get("old").await.unwrap().is_none());
+    assert!(fx.store.get("young").await.unwrap().is_some());
+
+    for bad in ["/admin/cleanup?ttl=soon", "/admin/cleanup?dry_run=maybe"] {
+        let answer = admin(fx.admin_app(), Method::POST, bad, Some(KEY)).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, None);
+    }
+    let wrong_method = admin(fx.admin_app(), Method::GET, "/admin/cleanup", Some(KEY)).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn admin_recover_one_job() {
+    let fx = fixture();
+    fx.put("stuck", &fx.running()).await;
+    fx.put("waiting", &SyncStatus::pending()).await;
+
+    let answer = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/recover/stuck",
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["id"], "stuck");
+    assert_eq!(answer.body["action"], "requeued");
+    assert_eq!(answer.body["attempt"], json!(2));
+    assert_eq!(answer.body["version"], json!(2));
+    let record = fx.store.get_required("stuck").await.unwrap();
+    assert_eq!(record.state(), Some("pending"));
+
+    let not_running = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/recover/waiting",
+        Some(KEY),
+    )
+    .await;
+    assert_error(&not_running, StatusCode::BAD_REQUEST, None);
+    assert!(
+        not_running.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not running")
+    );
+
+    let missing = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/recover/nobody",
+        Some(KEY),
+    )
+    .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, Some("nobody"));
+}
+
+#[tokio::test]
+async fn admin_recover_every_stale_job() {
+    let fx = fixture();
+    fx.put("dead", &fx.running()).await;
+    fx.clock.advance(STALE_AFTER + Duration::from_secs(1));
+    fx.put("alive", &fx.running()).await;
+    let answer = admin(fx.admin_app(), Method::POST, "/admin/recover", Some(KEY)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["alive"], json!(1));
+    let recovered = answer.body["recovered"].as_array().unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["id"], "dead");
+    let dead: SyncStatus =
+        serde_json::from_value(fx.store.get_required("dead").await.unwrap().status).unwrap();
+    assert_eq!(dead.state, State::Pending);
+    assert_eq!(dead.attempt, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Server-Sent Events
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SseFrame {
+    event: Option<String>,
+    data: Option<String>,
+    id: Option<String>,
+    retry: Option<String>,
+    comments: Vec<String>,
+}
+
+impl SseFrame {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("the event has data"))
+            .expect("the data is JSON")
+    }
+
+    fn is_message(&self) -> bool {
+        self.event.is_some() || self.data.is_some()
+    }
+}
+
+/// Reads an SSE body frame by frame.
+struct SseReader {
+    body: Body,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(app: Router, uri: &str, last_event_id: Option<&str>) -> Self {
+        let mut builder = request(Method::GET, uri).header(header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            builder = builder.header("last-event-id", id);
+        }
+        let response = timeout(DEADLINE, app.oneshot(builder.body(Body::empty()).unwrap()))
+            .await
+            .expect("the stream opens in time")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        SseReader {
+            body: response.into_body(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended. Panics after the deadline.
+    async fn frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                let mut frame = SseFrame::default();
+                for line in raw.lines().filter(|line| !line.is_empty()) {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                    match field {
+                        "" => frame.comments.push(value),
+                        "event" => frame.event = Some(value),
+                        "data" => {
+                            frame.data = Some(match frame.data.take() {
+                                Some(before) => format!("{before}\n{value}"),
+                                None => value,
+                            })
+                        }
+                        "id" => frame.id = Some(value),
+                        "retry" => frame.retry = Some(value),
+                        other => panic!("unknown SSE field `{other}` in {raw:?}"),
+                    }
+                }
+                return Some(frame);
+            }
+            let next = timeout(DEADLINE, self.body.frame())
+                .await
+                .expect("an SSE frame arrives before the deadline");
+            match next {
+                None => return None,
+                Some(frame) => {
+                    let frame = frame.expect("the body reads");
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.push_str(std::str::from_utf8(&data).unwrap());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event with a name or data, skipping keep-alives and the retry hint.
+    async fn event(&mut self) -> SseFrame {
+        loop {
+            let frame = self.frame().await.expect("the stream goes on");
+            if frame.is_message() {
+                return frame;
+            }
+        }
+    }
+}
+
+async fn write_progress(fx: &Fixture, id: &str, done: u64) -> syncstatus::Record {
+    fx.store
+        .update_with(id, |current| {
+            let mut status: SyncStatus = match current {
+                Some(record) => serde_json::from_value(record.status.clone()).unwrap(),
+                None => SyncStatus::pending().start(fx.clock.now()),
+            };
+            status = status.with_progress(syncstatus::Progress::new(done, 10));
+            Ok(serde_json::to_value(status).unwrap())
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_record_stream_starts_with_a_snapshot_then_follows_changes() {
+    let fx = fixture();
+    let first = write_progress(&fx, "sync-1", 1).await;
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", None).await;
+
+    let hint = events.frame().await.unwrap();
+    assert_eq!(hint.retry.as_deref(), Some("1000"), "{hint:?}");
+
+    let resync = events.event().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    assert_eq!(resync.id.as_deref(), Some("1"));
+    assert_eq!(resync.json(), json!([first]));
+
+    let second = write_progress(&fx, "sync-1", 2).await;
+    let upsert = events.event().await;
+    assert_eq!(upsert.event.as_deref(), Some("upsert"));
+    assert_eq!(upsert.id.as_deref(), Some("2"));
+    assert_eq!(upsert.json(), serde_json::to_value(&second).unwrap());
+
+    // Other ids are not part of this stream.
+    write_progress(&fx, "sync-2", 1).await;
+    assert!(fx.store.delete("sync-1").await.unwrap());
+    let removed = events.event().await;
+    assert_eq!(removed.event.as_deref(), Some("removed"));
+    assert_eq!(removed.id.as_deref(), Some("0"));
+    assert_eq!(removed.json(), json!({"id": "sync-1"}));
+}
+
+#[tokio::test]
+async fn one_record_stream_of_a_missing_record_starts_with_an_empty_snapshot() {
+    let fx = fixture();
+    let mut events = SseReader::open(fx.app(), "/syncs/later/events", None).await;
+    let resync = events.event().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    assert_eq!(resync.id.as_deref(), Some("0"));
+    assert_eq!(resync.json(), json!([]));
+    let created = write_progress(&fx, "later", 1).await;
+    let upsert = events.event().await;
+    assert_eq!(upsert.event.as_deref(), Some("upsert"));
+    assert_eq!(upsert.json(), serde_json::to_value(&created).unwrap());
+}
+
+#[tokio::test]
+async fn resuming_from_last_event_id_gets_exactly_what_was_missed() {
+    let fx = fixture();
+    for done in 1..=4 {
+        write_progress(&fx, "sync-1", done).await;
+    }
+    // The client saw version 2; versions 3 and 4 happened while it was away. The store
+    // coalesces: it gets the latest, once.
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
+    let missed = events.event().await;
+    assert_eq!(missed.event.as_deref(), Some("upsert"));
+    assert_eq!(missed.id.as_deref(), Some("4"));
+    assert_eq!(missed.json()["status"]["progress"]["done"], json!(4));
+    // Nothing else was queued: the next event is the next write.
+    write_progress(&fx, "sync-1", 5).await;
+    let next = events.event().await;
+    assert_eq!(next.event.as_deref(), Some("upsert"));
+    assert_eq!(next.id.as_deref(), Some("5"));
+}
+
+#[tokio::test]
+async fn resuming_at_the_current_version_sends_nothing_until_the_next_change() {
+    let fx = fixture();
+    write_progress(&fx, "sync-1", 1).await;
+    write_progress(&fx, "sync-1", 2).await;
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
+    write_progress(&fx, "sync-1", 3).await;
+    let next = events.event().await;
+    assert_eq!(next.event.as_deref(), Some("upsert"));
+    assert_eq!(next.id.as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn resuming_after_a_removal_that_was_missed_sends_the_removal() {
+    let fx = fixture();
+    write_progress(&fx, "sync-1", 1).await;
+    write_progress(&fx, "sync-1", 2).await;
+    fx.store.delete("sync-1").await.unwrap();
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
+    let removed = events.event().await;
+    assert_eq!(removed.event.as_deref(), Some("removed"));
+    assert_eq!(removed.id.as_deref(), Some("0"));
+
+    // Having seen the removal (id 0), a client that reconnects while there is still no
+    // record gets nothing, then the record once it is written again.
+    let mut again = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("0")).await;
+    let recreated = write_progress(&fx, "sync-1", 1).await;
+    let upsert = again.event().await;
+    assert_eq!(upsert.event.as_deref(), Some("upsert"));
+    assert_eq!(upsert.json(), serde_json::to_value(&recreated).unwrap());
+}
+
+#[tokio::test]
+async fn an_unreadable_last_event_id_starts_over_with_a_snapshot() {
+    let fx = fixture();
+    let record = write_progress(&fx, "sync-1", 1).await;
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("sync-1:1")).await;
+    let resync = events.event().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    assert_eq!(resync.json(), json!([record]));
+}
+
+#[tokio::test]
+async fn all_records_stream_starts_with_a_snapshot_and_names_events_by_id_and_version() {
+    let fx = fixture();
+    let a = write_progress(&fx, "a", 1).await;
+    let b = write_progress(&fx, "b", 1).await;
+    let mut events = SseReader::open(fx.app(), "/events", None).await;
+    let resync = events.event().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    assert_eq!(resync.json(), json!([a, b]));
+
+    let b2 = write_progress(&fx, "b", 2).await;
+    let upsert = events.event().await;
+    assert_eq!(upsert.event.as_deref(), Some("upsert"));
+    assert_eq!(upsert.id.as_deref(), Some("b:2"));
+    assert_eq!(upsert.json(), serde_json::to_value(&b2).unwrap());
+
+    fx.store.delete("a").await.unwrap();
+    let removed = events.event().await;
+    assert_eq!(removed.event.as_deref(), Some("removed"));
+    assert_eq!(removed.id.as_deref(), Some("a:0"));
+    assert_eq!(removed.json(), json!({"id": "a"}));
+
+    // A reconnecting client is given the whole picture again.
+    let mut resumed = SseReader::open(fx.app(), "/events", Some("b:2")).await;
+    let again = resumed.event().await;
+    assert_eq!(again.event.as_deref(), Some("resync"));
+    assert_eq!(again.json(), json!([b2]));
+}
+
+#[tokio::test]
+async fn all_records_stream_filters_by_prefix() {
+    let fx = fixture();
+    write_progress(&fx, "import-1", 1).await;
+    let sync = write_progress(&fx, "sync-1", 1).await;
+    let mut events = SseReader::open(fx.app(), "/events?prefix=sync-", None).await;
+    let resync = events.event().await;
+    assert_eq!(resync.json(), json!([sync]));
+    write_progress(&fx, "import-1", 2).await;
+    let sync2 = write_progress(&fx, "sync-1", 2).await;
+    let upsert = events.event().await;
+    assert_eq!(upsert.json(), serde_json::to_value(&sync2).unwrap());
+}
+
+#[tokio::test]
+async fn idle_streams_send_keep_alive_comments() {
+    let fx = fixture();
+    let app = RouterConfig::new(fx.store.clone())
+        .with_keep_alive(Duration::from_millis(20))
+        .router();
+    let mut events = SseReader::open(app, "/events", None).await;
+    let resync = events.event().await;
+    assert_eq!(resync.event.as_deref(), Some("resync"));
+    loop {
+        let frame = events.frame().await.expect("the stream goes on");
+        assert!(
+            !frame.is_message(),
+            "nothing changed, yet an event came: {frame:?}"
+        );
+        if !frame.comments.is_empty() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn streams_end_on_the_shutdown_signal() {
+    let fx = fixture();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = RouterConfig::new(fx.store.clone())
+        .with_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .router();
+    let mut all = SseReader::open(app.clone(), "/events", None).await;
+    let mut one = SseReader::open(app, "/syncs/x/events", None).await;
+    assert_eq!(all.event().await.event.as_deref(), Some("resync"));
+    assert_eq!(one.event().await.event.as_deref(), Some("resync"));
+    stop.send(()).unwrap();
+    for reader in [&mut all, &mut one] {
+        while let Some(frame) = reader.frame().await {
+            assert!(!frame.is_message(), "{frame:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_router_merges_with_the_applications_own_routes() {
+    let fx = fixture();
+    let app = router(fx.store.clone()).merge(Router::new().route(
+        "/syncs",
+        axum::routing::post(|| async { (StatusCode::ACCEPTED, axum::Json(json!({"ok": true}))) }),
+    ));
+    let posted = send(
+        app.clone(),
+        request(Method::POST, "/syncs").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(posted.status, StatusCode::ACCEPTED);
+    let listed = get(app, "/syncs").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body, json!([]));
+}

@@ -1,0 +1,335 @@
+//! The status page in headless Chromium: the dev server runs a sync, and one open page shows
+//! the job with a progress bar that advances as the event stream delivers, without reloads.
+//!
+//! Chromium is driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON
+//! messages ended by NUL on file descriptors 3 and 4), because the page keeps an event stream
+//! open and so never finishes loading, which `--dump-dom` and `--virtual-time-budget` wait for.
+//!
+//! Needs `chromium` (`/usr/bin/chromium`, or the path in `SYNCSTATUS_CHROMIUM`). Without it
+//! the test says so and passes, unless `CI` is set, where it fails.
+#![cfg(all(feature = "axum", unix))]
+
+mod dev_server_support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dev_server_support::{Server, start_sync};
+use serde_json::{Value, json};
+
+/// Deadline for anything the page should show; far above what it needs.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SYNCSTATUS_CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+}
+
+fn pipe() -> (RawFd, RawFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    let result = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(result, 0, "pipe2 failed");
+    (fds[0], fds[1])
+}
+
+/// A headless Chromium under DevTools control; dropping it kills it and its helpers.
+struct Browser {
+    child: Child,
+    commands: File,
+    replies: mpsc::Receiver<Value>,
+    next_id: u64,
+    session: Option<String>,
+}
+
+impl Browser {
+    fn launch(chromium: &Path, profile: &Path) -> Browser {
+        let (command_read, command_write) = pipe();
+        let (reply_read, reply_write) = pipe();
+        let log = File::create(profile.with_extension("log")).expect("chromium log");
+        let mut command = Command::new(chromium);
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group, so it can be killed with every helper it started.
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2, close) on
+        // descriptors this process owns. Moving both ends above 10 first keeps one dup2
+        // from overwriting the other when a pipe end already sits on 3 or 4; dup2 clears
+        // close-on-exec on 3 and 4 only.
+        unsafe {
+            command.pre_exec(move || {
+                let high_read = libc::fcntl(command_read, libc::F_DUPFD_CLOEXEC, 10);
+                let high_write = libc::fcntl(reply_write, libc::F_DUPFD_CLOEXEC, 10);
+                if high_read < 0
+                    || high_write < 0
+                    || libc::dup2(high_read, 3) < 0
+                    || libc::dup2(high_write, 4) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("chromium starts");
+        // SAFETY: each descriptor came from pipe2 above and is closed or owned exactly once.
+        let (commands, replies_file) = unsafe {
+            libc::close(command_read);
+            libc::close(reply_write);
+            (
+                File::from_raw_fd(command_write),
+                File::from_raw_fd(reply_read),
+            )
+        };
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(replies_file);
+            let mut message = Vec::new();
+            while reader.read_until(0, &mut message).unwrap_or(0) > 0 {
+                if message.last() == Some(&0) {
+                    message.pop();
+                }
+                if let Ok(value) = serde_json::from_slice::<Value>(&message)
+                    && tx.send(value).is_err()
+                {
+                    return;
+                }
+                message.clear();
+            }
+        });
+        Browser {
+            child,
+            commands,
+            replies,
+            next_id: 0,
+            session: None,
+        }
+    }
+
+    /// Sends a command (to the attached page, once there is one) and waits for its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            message["sessionId"] = json!(session);
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.commands
+            .write_all(&bytes)
+            .expect("chromium takes commands");
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let reply = self
+                .replies
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer from chromium to {method} in time"));
+            if reply["id"] == json!(id) {
+                assert!(
+                    reply.get("error").is_none(),
+                    "{method} failed: {}",
+                    reply["error"]
+                );
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new page and directs later commands to it.
+    fn open(&mut self, url: &str) {
+        let target = self.call("Target.createTarget", json!({ "url": "about:blank" }));
+        let target_id = target["targetId"]
+            .as_str()
+            .expect("a target id")
+            .to_string();
+        let attached = self.call(
+            "Target.attachToTarget",
+            json!({ "targetId": target_id, "flatten": true }),
+        );
+        self.session = Some(
+            attached["sessionId"]
+                .as_str()
+                .expect("a session id")
+                .to_string(),
+        );
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1200, "height": 400, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        self.call("Page.navigate", json!({ "url": url }));
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "the page threw: {}",
+            result["exceptionDetails"]
+        );
+        result["result"]["value"].clone()
+    }
+
+    fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        base64_decode(shot["data"].as_str().expect("screenshot data"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let group = i32::try_from(self.child.id()).expect("a pid fits in i32");
+        // SAFETY: kill(2) has no memory effects; the group is the one our child leads.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |byte: u8| -> u32 {
+        match byte {
+            b'A'..=b'Z' => u32::from(byte - b'A'),
+            b'a'..=b'z' => u32::from(byte - b'a') + 26,
+            b'0'..=b'9' => u32::from(byte - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => panic!("not base64: {other}"),
+        }
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for chunk in text.as_bytes().chunks(4) {
+        let data: Vec<u8> = chunk.iter().copied().filter(|b| *b != b'=').collect();
+        let mut bits = 0u32;
+        for (index, byte) in data.iter().enumerate() {
+            bits |= value(*byte) << (18 - 6 * index);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..data.len()]);
+    }
+    out
+}
+
+/// What the page shows of job `id`, or null while it shows no such row.
+fn row_expression(id: &str) -> String {
+    format!(
+        r#"(() => {{
+            const row = document.querySelector('tr[data-id="{id}"]');
+            if (!row) return null;
+            const bar = row.querySelector("progress");
+            return {{
+                state: row.dataset.state,
+                value: bar.value,
+                max: bar.max,
+                count: row.querySelector(".count").textContent,
+                message: row.querySelector("td.message").textContent,
+                html: bar.outerHTML,
+                connection: document.getElementById("connection").dataset.state,
+            }};
+        }})()"#
+    )
+}
+
+/// Evaluates until `accept` takes the value, or panics with `what` after the deadline.
+fn wait_in_page(
+    browser: &mut Browser,
+    expression: &str,
+    what: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let value = browser.eval(expression);
+        if accept(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "gave up waiting for {what}; last seen: {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_status_page_shows_a_live_progress_bar() {
+    let Some(chromium) = chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed (apt-get install -y chromium), and CI is set");
+        }
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let workdir = tempfile::tempdir().unwrap();
+    let server = Server::start(workdir.path(), &[]);
+    let pages = 600;
+    let id = start_sync(&server, pages, 100);
+
+    let mut browser = Browser::launch(&chromium, &workdir.path().join("chromium"));
+    browser.open(&server.url("/"));
+    let row = row_expression(&id);
+    let first = wait_in_page(&mut browser, &row, "the running job on the page", |row| {
+        row["state"] == "running" && row["value"].as_f64().is_some_and(|value| value > 0.0)
+    });
+    assert_eq!(first["max"], json!(pages), "{first}");
+    assert_eq!(first["connection"], "open", "{first}");
+    let done = first["value"].as_f64().unwrap();
+    assert!(
+        first["count"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{done} / {pages}")),
+        "{first}"
+    );
+    assert!(
+        first["html"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("value=\"{done}\"")),
+        "{first}"
+    );
+
+    // The same page, never reloaded: only the event stream can move the bar.
+    let later = wait_in_page(&mut browser, &row, "the progress bar to advance", |row| {
+        row["value"].as_f64().is_some_and(|value| value > done)
+    });
+    assert_eq!(later["max"], json!(pages), "{later}");
+    assert_eq!(later["state"], "running", "{later}");
+    assert!(later["message"].as_str().unwrap().starts_with("page "));
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&shot, &png).unwrap();
+    println!("status page screenshot: {}", shot.display());
+}

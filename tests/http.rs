@@ -278,7 +278,7 @@ async fn status_page_is_self_contained_html_fed_by_the_event_stream() {
             .to_vec(),
     )
     .unwrap();
-    assert!(html.contains("new EventSource(\"events\")"));
+    assert!(html.contains("new EventSource(base + \"events\")"));
     assert!(html.contains("createElement(\"progress\")"));
     for external in ["src=\"http", "href=\"http", "src=\"//", "@import"] {
         assert!(!html.contains(external), "the page loads `{external}`");
@@ -835,4 +835,21 @@ async fn the_router_merges_with_the_applications_own_routes() {
     let listed = get(app, "/syncs").await;
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.body, json!([]));
+}
+
+#[tokio::test]
+async fn the_router_works_nested_under_a_prefix() {
+    let fx = fixture();
+    let record = write_progress(&fx, "sync-1", 1).await;
+    let app = Router::new().nest("/status", router(fx.store.clone()));
+    let page = app
+        .clone()
+        .oneshot(request(Method::GET, "/status").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let one = get(app.clone(), "/status/syncs/sync-1").await;
+    assert_eq!(one.body, serde_json::to_value(&record).unwrap());
+    let mut events = SseReader::open(app, "/status/events", None).await;
+    assert_eq!(events.event().await.json(), json!([record]));
 }

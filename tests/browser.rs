@@ -333,3 +333,53 @@ fn the_status_page_shows_a_live_progress_bar() {
     std::fs::write(&shot, &png).unwrap();
     println!("status page screenshot: {}", shot.display());
 }
+
+#[test]
+fn the_status_page_follows_the_server_through_a_kill_and_restart() {
+    let Some(chromium) = chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed (apt-get install -y chromium), and CI is set");
+        }
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let workdir = tempfile::tempdir().unwrap();
+    let first = Server::start(workdir.path(), &[]);
+    let port = first.addr.port().to_string();
+    let pages = 80;
+    let id = start_sync(&first, pages, 100);
+
+    let mut browser = Browser::launch(&chromium, &workdir.path().join("chromium"));
+    browser.open(&first.url("/"));
+    let row = row_expression(&id);
+    let before = wait_in_page(&mut browser, &row, "the running job on the page", |row| {
+        row["state"] == "running" && row["value"].as_f64().is_some_and(|value| value > 0.0)
+    });
+    let done_before = before["value"].as_f64().unwrap();
+
+    // A hot reload: the server dies without a word and comes back on the same port.
+    first.kill();
+    wait_in_page(
+        &mut browser,
+        "document.getElementById('connection').dataset.state",
+        "the page to notice the lost connection",
+        |state| state == "connecting",
+    );
+    let second = Server::start(workdir.path(), &[("PORT", &port)]);
+    assert_eq!(second.addr.port().to_string(), port);
+
+    // The page reconnects by itself and shows the job finishing on its second attempt.
+    let finished = wait_in_page(
+        &mut browser,
+        &row,
+        "the job to complete on the page",
+        |row| row["state"] == "completed",
+    );
+    assert_eq!(finished["connection"], "open", "{finished}");
+    assert_eq!(finished["value"], json!(pages), "{finished}");
+    assert!(done_before < pages as f64);
+    let attempt = browser.eval(&format!(
+        r#"document.querySelector('tr[data-id="{id}"] td.attempt').textContent"#
+    ));
+    assert_eq!(attempt, "2");
+}

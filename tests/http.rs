@@ -853,3 +853,30 @@ async fn the_router_works_nested_under_a_prefix() {
     let mut events = SseReader::open(app, "/status/events", None).await;
     assert_eq!(events.event().await.json(), json!([record]));
 }
+
+#[tokio::test]
+async fn a_corrupt_record_is_a_json_500_naming_it_and_never_hides_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynSyncStorage = Arc::new(syncstatus::FileStorage::open(dir.path()).unwrap());
+    store
+        .put("good", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("broken.json"), b"{ not json").unwrap();
+    let app = router(store);
+
+    let broken = get(app.clone(), "/syncs/broken").await;
+    assert_error(&broken, StatusCode::INTERNAL_SERVER_ERROR, Some("broken"));
+    assert!(
+        broken.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("broken.json")
+    );
+
+    let listed = get(app, "/syncs").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.headers["x-syncstatus-unreadable"], "1");
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    assert_eq!(listed.body[0]["id"], "good");
+}

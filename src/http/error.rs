@@ -54,7 +54,6 @@ fn status_of(error: &Error) -> StatusCode {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::InvalidId { .. } | Error::Config(_) => StatusCode::BAD_REQUEST,
         Error::VersionConflict { .. } | Error::AlreadyExists { .. } => StatusCode::CONFLICT,
-        Error::NotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -107,5 +106,56 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_statuses_by_meaning() {
+        let cases = [
+            (Error::NotFound { id: "a".into() }, StatusCode::NOT_FOUND),
+            (
+                Error::InvalidId {
+                    id: "..".into(),
+                    reason: "it starts with a dot",
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (Error::Config("bad".into()), StatusCode::BAD_REQUEST),
+            (
+                Error::VersionConflict {
+                    id: "a".into(),
+                    expected: 1,
+                    found: Some(2),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::AlreadyExists {
+                    id: "a".into(),
+                    version: 1,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::backend("redis", std::io::Error::other("connection refused")),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, status) in cases {
+            let text = error.to_string();
+            let answer = ApiError::from(error);
+            assert_eq!(answer.status, status, "{text}");
+            assert!(answer.error.contains(&text), "{}", answer.error);
+        }
+        let conflict = ApiError::from(Error::VersionConflict {
+            id: "job-1".into(),
+            expected: 1,
+            found: None,
+        });
+        assert_eq!(conflict.id.as_deref(), Some("job-1"));
     }
 }

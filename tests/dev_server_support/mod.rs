@@ -28,7 +28,17 @@ pub fn example_binary() -> &'static Path {
             features.push("postgres");
         }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        let output = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // Build where this test was built (`<target>/debug/deps/<test>`), also when the
+        // target directory was given with `--target-dir` rather than the environment.
+        if std::env::var_os("CARGO_TARGET_DIR").is_none()
+            && let Some(target_dir) = std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        {
+            cargo.env("CARGO_TARGET_DIR", target_dir);
+        }
+        let output = cargo
             .args([
                 "build",
                 "--quiet",

@@ -292,11 +292,20 @@ fn the_status_page_shows_a_live_progress_bar() {
     };
     let workdir = tempfile::tempdir().unwrap();
     let server = Server::start(workdir.path(), &[]);
+    let short = start_sync(&server, 3, 10);
     let pages = 600;
     let id = start_sync(&server, pages, 100);
 
     let mut browser = Browser::launch(&chromium, &workdir.path().join("chromium"));
     browser.open(&server.url("/"));
+    let short_row = wait_in_page(
+        &mut browser,
+        &row_expression(&short),
+        "the short job to complete on the page",
+        |row| row["state"] == "completed",
+    );
+    assert_eq!(short_row["value"], json!(3), "{short_row}");
+    assert_eq!(short_row["max"], json!(3), "{short_row}");
     let row = row_expression(&id);
     let first = wait_in_page(&mut browser, &row, "the running job on the page", |row| {
         row["state"] == "running" && row["value"].as_f64().is_some_and(|value| value > 0.0)

@@ -28,7 +28,13 @@
 //! | `POST /admin/recover` | recovers every stale running job ([`crate::recover_stale`]) |
 //!
 //! Errors are JSON: `{"error": "<message>", "id": "<id>"}` (the id when there is one).
-//! Not found is 404, a refused id or argument 400, a version conflict 409, anything else 500.
+//! Not found is 404, a refused id or argument 400 (unknown query parameters too), a version
+//! conflict 409, anything else 500. A listing returns the records it could read and counts
+//! the others in the `x-syncstatus-unreadable` header. Only the admin routes are guarded:
+//! put the others behind your own authentication layer if statuses are not for everyone.
+//!
+//! The status page follows `events` below its own path, so the router also works nested:
+//! `Router::new().nest("/status", router)` serves the page at `/status`.
 //!
 //! # Server-Sent Events
 //!

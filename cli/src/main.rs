@@ -1,3 +1,406 @@
-fn main() {
-    println!("Hello, world!");
+//! `syncstatus`: read, write, clean up and watch job status from the shell.
+
+mod failure;
+mod fields;
+mod render;
+mod watch;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::Value;
+use syncstatus::{
+    CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, SyncStorageExt, validate_id,
+};
+
+use failure::{Failure, one_line};
+use fields::FieldArgs;
+
+const AFTER_HELP: &str = "\
+Store:
+  --dir DIR is short for --store file:DIR. Without either, $SYNCSTATUS_STORE is used, else
+  file:./data/sync-status. URLs: file:DIR, redis://HOST:PORT/DB, postgres://USER@HOST/DB.
+
+Exit codes:
+  0  success
+  1  any other error
+  2  usage or invalid input (unknown flag, invalid id, bad --data/--progress, bad store URL)
+  3  not found (get, rm of a missing id)
+  4  conflict (update --if-version lost, or the record already exists)
+  5  store error (I/O, corrupt record, server unreachable)
+
+Unreadable records met by ls or cleanup are reported on stderr, one line each, and do not
+change the exit code.";
+
+/// Read, write, clean up and watch job status.
+#[derive(Parser, Debug)]
+#[command(name = "syncstatus", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The store to use, as a URL (default: $SYNCSTATUS_STORE, else file:./data/sync-status).
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "dir")]
+    store: Option<String>,
+    /// A file store directory; the same as --store file:DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write the status of ID, replacing what was there; prints the new version.
+    Set {
+        /// The job id.
+        id: String,
+        #[command(flatten)]
+        fields: FieldArgs,
+        /// Print the written record as JSON instead of its version.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge the given fields into the status of ID (creating it if missing); prints the new
+    /// version. Without fields, rewrites the status as it is (a write that keeps it alive).
+    Update {
+        /// The job id.
+        id: String,
+        /// Write only if the record is at version V now (exit code 4 otherwise). 0 means
+        /// "only if it does not exist".
+        #[arg(long, value_name = "V")]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        fields: FieldArgs,
+        /// Print the written record as JSON instead of its version.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the record of ID.
+    Get {
+        /// The job id.
+        id: String,
+        /// Print the record (id, version, created_at, updated_at, status) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the records.
+    #[command(alias = "list")]
+    Ls {
+        /// Only records in this state.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// Only ids starting with this.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// Print the records as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the record of ID.
+    #[command(alias = "remove")]
+    Rm {
+        /// The job id.
+        id: String,
+    },
+    /// Remove expired records (and leftovers of killed writers).
+    Cleanup {
+        /// Remove records not written for this long (`30s`, `5m`, `2h`) instead of the
+        /// store's TTL policy.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow changes live until Ctrl-C (or until stdout closes).
+    Watch {
+        /// The ids to follow (default: every id).
+        ids: Vec<String>,
+        /// Follow only ids starting with this.
+        #[arg(long, value_name = "PREFIX", conflicts_with = "ids")]
+        prefix: Option<String>,
+        /// Print one JSON object per line and per event instead of progress bars.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            return fail(&Failure::usage(format!(
+                "{} (see `syncstatus --help`)",
+                clap_one_line(&error)
+            )));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return fail(&Failure {
+                code: failure::code::OTHER,
+                message: format!("cannot start the async runtime: {error}"),
+            });
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Nothing is in flight any more; a blocking task of a store's watcher must not hold up
+    // the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result.and_then(|output| print(&output)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => fail(&failure),
+    }
+}
+
+/// clap's usage error on one line, without its usage and "for more information" lines.
+fn clap_one_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !(line.is_empty()
+                || line.starts_with("Usage:")
+                || line.starts_with("For more information")
+                || line.starts_with("tip:"))
+        })
+        .collect();
+    let line = parts.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+fn fail(failure: &Failure) -> ExitCode {
+    let _ = writeln!(io::stderr(), "syncstatus: {failure}");
+    failure.exit_code()
+}
+
+/// Prints a warning that does not fail the command.
+fn warn(message: &str) {
+    let _ = writeln!(io::stderr(), "syncstatus: warning: {message}");
+}
+
+/// Prints the command's output. A closed stdout (`| head`) is not an error.
+fn print(output: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(Failure {
+            code: failure::code::OTHER,
+            message: format!("cannot write to stdout: {error}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn store_url(cli: &Cli) -> String {
+    if let Some(dir) = &cli.dir {
+        return format!("file:{}", dir.display());
+    }
+    cli.store
+        .clone()
+        .or_else(|| {
+            std::env::var("SYNCSTATUS_STORE")
+                .ok()
+                .filter(|url| !url.is_empty())
+        })
+        .unwrap_or_else(|| syncstatus::DEFAULT_STORE_URL.to_string())
+}
+
+/// Runs the command; returns what to print on stdout.
+async fn run(cli: Cli) -> Result<String, Failure> {
+    // Ids are checked before the store is opened, so a bad id touches nothing (opening a
+    // file store creates its directory).
+    match &cli.command {
+        Command::Set { id, .. }
+        | Command::Update { id, .. }
+        | Command::Get { id, .. }
+        | Command::Rm { id } => validate_id(id)?,
+        Command::Watch { ids, .. } => ids.iter().try_for_each(|id| validate_id(id))?,
+        Command::Ls { .. } | Command::Cleanup { .. } => {}
+    }
+    let url = store_url(&cli);
+    let store = syncstatus::open(&url).await.map_err(|error| {
+        let mut failure = Failure::from(error);
+        if !failure.message.contains(&url) {
+            failure.message = format!("cannot open store `{url}`: {}", failure.message);
+        }
+        failure
+    })?;
+    match cli.command {
+        Command::Set { id, fields, json } => {
+            let status = Value::Object(fields.to_map(store.now()));
+            let record = store.put(&id, status, PutMode::Overwrite).await?;
+            written(&record, json)
+        }
+        Command::Update {
+            id,
+            if_version,
+            fields,
+            json,
+        } => {
+            let record = update(&store, &id, if_version, &fields).await?;
+            written(&record, json)
+        }
+        Command::Get { id, json } => {
+            let record = store.get_required(&id).await?;
+            if json {
+                pretty(&record)
+            } else {
+                Ok(render::record_view(&record, store.now()))
+            }
+        }
+        Command::Ls {
+            state,
+            prefix,
+            json,
+        } => {
+            let listing = store.list(&ListFilter { state, prefix }).await?;
+            for error in &listing.errors {
+                warn(&one_line(error));
+            }
+            if json {
+                pretty(&listing.records)
+            } else {
+                Ok(render::table(&listing.records, store.now()))
+            }
+        }
+        Command::Rm { id } => {
+            if store.delete(&id).await? {
+                Ok(String::new())
+            } else {
+                Err(Error::NotFound { id }.into())
+            }
+        }
+        Command::Cleanup { ttl, dry_run, json } => {
+            let report = store.cleanup(&CleanupOptions { ttl, dry_run }).await?;
+            for problem in &report.errors {
+                match &problem.id {
+                    Some(id) => warn(&format!("cleanup of `{id}`: {}", problem.message)),
+                    None => warn(&format!("cleanup: {}", problem.message)),
+                }
+            }
+            if json {
+                pretty(&CleanupOutput {
+                    dry_run,
+                    report: &report,
+                })
+            } else {
+                Ok(cleanup_text(&report, dry_run))
+            }
+        }
+        Command::Watch { ids, prefix, json } => {
+            watch::run(store, ids, prefix, json).await?;
+            Ok(String::new())
+        }
+    }
+}
+
+/// `update`: a merge under the store's lock, or a compare-and-set with `--if-version`.
+async fn update(
+    store: &DynSyncStorage,
+    id: &str,
+    if_version: Option<u64>,
+    fields: &FieldArgs,
+) -> Result<Record, Failure> {
+    let now = store.now();
+    match if_version {
+        None => {
+            let mut refused = None;
+            let result = store
+                .update_with(id, |current| {
+                    fields
+                        .merge_into(id, current.map(|record| &record.status), now)
+                        .map_err(|failure| {
+                            let error = Error::Config(failure.message.clone());
+                            refused = Some(failure);
+                            error
+                        })
+                })
+                .await;
+            match (result, refused) {
+                (Ok(record), _) => Ok(record),
+                (Err(_), Some(failure)) => Err(failure),
+                (Err(error), None) => Err(error.into()),
+            }
+        }
+        Some(0) => {
+            let status = fields.merge_into(id, None, now)?;
+            Ok(store.put(id, status, PutMode::Create).await?)
+        }
+        Some(expected) => {
+            let current = store.get(id).await?;
+            let found = current.as_ref().map(|record| record.version);
+            let Some(current) = current.filter(|record| record.version == expected) else {
+                return Err(Error::VersionConflict {
+                    id: id.to_string(),
+                    expected,
+                    found,
+                }
+                .into());
+            };
+            let status = fields.merge_into(id, Some(&current.status), now)?;
+            // The store checks the version again as it writes, so a writer in between
+            // still makes this fail rather than be overwritten.
+            Ok(store.put(id, status, PutMode::Update(expected)).await?)
+        }
+    }
+}
+
+fn written(record: &Record, json: bool) -> Result<String, Failure> {
+    if json {
+        pretty(record)
+    } else {
+        Ok(format!("{}\n", record.version))
+    }
+}
+
+fn cleanup_text(report: &syncstatus::CleanupReport, dry_run: bool) -> String {
+    if !report.ran {
+        return "another cleanup of this store is running; this one did nothing\n".to_string();
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = format!("{verb} {} record(s)", report.removed.len());
+    if !report.removed.is_empty() {
+        out.push_str(": ");
+        out.push_str(&report.removed.join(", "));
+    }
+    out.push_str(&format!(
+        "\nkept {} record(s); removed {} leftover file(s)\n",
+        report.kept, report.leftovers_removed
+    ));
+    out
+}
+
+/// `cleanup --json`: the store's report and whether it was a dry run.
+#[derive(Serialize)]
+struct CleanupOutput<'a> {
+    dry_run: bool,
+    #[serde(flatten)]
+    report: &'a syncstatus::CleanupReport,
+}
+
+fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String, Failure> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|error| Failure {
+        code: failure::code::OTHER,
+        message: format!("cannot encode the output as JSON: {error}"),
+    })?;
+    text.push('\n');
+    Ok(text)
 }

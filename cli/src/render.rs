@@ -206,6 +206,6 @@ mod tests {
         let column = |line: &str| line.find("running").or_else(|| line.find("STATE"));
         assert_eq!(column(lines[0]), column(lines[1]));
         assert_eq!(column(lines[1]), column(lines[2]));
-        assert!(lines[2].ends_with("5s ago  two"), "{}", lines[2]);
+        assert!(lines[2].ends_with("5s ago   two"), "{}", lines[2]);
     }
 }

@@ -168,7 +168,7 @@ async fn two_processes_run_the_work_of_one_key_once() {
     let dir = root.path().join("store");
     FileStorage::open(&dir).unwrap();
     let mut children: Vec<Child> = (0..2).map(|_| spawn_child("idempotent", &dir)).collect();
-    let mut outputs: Vec<_> = children.iter_mut().map(|c| protocol_lines(c)).collect();
+    let mut outputs: Vec<_> = children.iter_mut().map(protocol_lines).collect();
     for lines in &mut outputs {
         assert_eq!(lines.next().as_deref(), Some("ready"));
     }

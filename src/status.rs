@@ -140,7 +140,8 @@ pub struct SyncStatus {
     /// When its worker last said it is alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_at: Option<Timestamp>,
-    /// How many times it was started (1 on the first run).
+    /// Which attempt this is: 1 for the first run, raised by one each time recovery requeues
+    /// the job after its worker died.
     #[serde(default)]
     pub attempt: u32,
 }
@@ -164,14 +165,15 @@ impl SyncStatus {
             started_at: None,
             finished_at: None,
             heartbeat_at: None,
-            attempt: 0,
+            attempt: 1,
         }
     }
 
-    /// Moves to running: a new attempt, started and heartbeating at `now`.
+    /// Moves to running, started and heartbeating at `now`. The attempt number is kept
+    /// (recovery raises it when it requeues a job whose worker died).
     pub fn start(mut self, now: Timestamp) -> Self {
         self.state = State::Running;
-        self.attempt += 1;
+        self.attempt = self.attempt.max(1);
         self.started_at = Some(now);
         self.heartbeat_at = Some(now);
         self.finished_at = None;

@@ -1,6 +1,7 @@
 //! The conformance suite on `FileStorage`, and the file store's own behaviour.
 
 mod conformance;
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -23,3 +24,5 @@ async fn make(_name: &str) -> Option<Fixture> {
 }
 
 all_conformance_tests!(make);
+
+all_lifecycle_tests!(make);

@@ -1,6 +1,7 @@
 //! The conformance suite on `MemoryStorage`.
 
 mod conformance;
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -25,3 +26,5 @@ fn object_safe() {
     let as_dyn: &dyn SyncStorage = &store;
     let _ = conformance::assert_object_safe(as_dyn);
 }
+
+all_lifecycle_tests!(make);

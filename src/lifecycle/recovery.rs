@@ -1,0 +1,290 @@
+//! Heartbeats, stale-job recovery and stats.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::record::{Record, Timestamp};
+use crate::status::State;
+use crate::storage::{CleanupProblem, ListFilter, PutMode, SyncStorage};
+
+/// A running job whose last heartbeat is older than this is stale, unless told otherwise.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Records that the worker of `id` is alive: sets `status.heartbeat_at` to the store's
+/// current time, which is a write (the version grows and the TTL starts again).
+///
+/// [`Error::NotFound`] if there is no live record; [`Error::Config`] if its status is not a
+/// JSON object.
+pub async fn heartbeat(store: &dyn SyncStorage, id: &str) -> Result<Record> {
+    let now = store.clock().now();
+    store
+        .update(id, &mut |current: Option<&Record>| {
+            let record = current.ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+            let mut status = record.status.clone();
+            let object = status.as_object_mut().ok_or_else(|| {
+                Error::Config(format!("the status of `{id}` is not a JSON object"))
+            })?;
+            object.insert("heartbeat_at".into(), json!(now));
+            Ok(status)
+        })
+        .await
+}
+
+/// When the worker of `record` last said it was alive: its `heartbeat_at`, else its
+/// `started_at`, else the record's last write.
+pub fn last_heartbeat(record: &Record) -> Timestamp {
+    ["heartbeat_at", "started_at"]
+        .iter()
+        .find_map(|key| {
+            record
+                .status
+                .get(*key)
+                .and_then(Value::as_str)
+                .and_then(Timestamp::parse)
+        })
+        .unwrap_or(record.updated_at)
+}
+
+/// What recovery does with a job whose worker died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryPolicy {
+    /// A job whose attempt number reached this goes to failed instead of back to pending.
+    pub max_attempts: u32,
+}
+
+impl Default for RecoveryPolicy {
+    fn default() -> Self {
+        RecoveryPolicy { max_attempts: 3 }
+    }
+}
+
+/// What happened to a recovered job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryAction {
+    /// Back to pending with its attempt number raised by one.
+    Requeued,
+    /// To failed: it used up its attempts.
+    Failed,
+}
+
+/// One job recovered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecoveredJob {
+    /// Its id.
+    pub id: String,
+    /// Requeued or failed.
+    pub action: RecoveryAction,
+    /// Its attempt number after recovery.
+    pub attempt: u32,
+    /// The version written.
+    pub version: u64,
+}
+
+/// What [`recover_stale`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    /// The jobs moved to pending or failed.
+    pub recovered: Vec<RecoveredJob>,
+    /// Running jobs left alone: they heartbeat, or won the race against recovery.
+    pub alive: usize,
+    /// Records that could not be read or written; recovery went on past each.
+    pub errors: Vec<CleanupProblem>,
+}
+
+fn attempt_of(status: &Value) -> u32 {
+    status
+        .get("attempt")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The status a dead job moves to, and what that is.
+fn recovered_status(
+    record: &Record,
+    now: Timestamp,
+    policy: &RecoveryPolicy,
+    why: &str,
+) -> Result<(Value, RecoveryAction, u32)> {
+    let mut status = record.status.clone();
+    let object = status.as_object_mut().ok_or_else(|| {
+        Error::Config(format!(
+            "the status of `{}` is not a JSON object",
+            record.id
+        ))
+    })?;
+    let attempt = attempt_of(&record.status);
+    if attempt >= policy.max_attempts {
+        object.insert("state".into(), json!(State::Failed));
+        object.insert(
+            "error".into(),
+            json!(format!("{why}; gave up after {attempt} attempts")),
+        );
+        object.insert("finished_at".into(), json!(now));
+        Ok((status, RecoveryAction::Failed, attempt))
+    } else {
+        let next = attempt + 1;
+        object.insert("state".into(), json!(State::Pending));
+        object.insert("attempt".into(), json!(next));
+        object.insert(
+            "message".into(),
+            json!(format!(
+                "{why}; requeued for attempt {next} of {}",
+                policy.max_attempts
+            )),
+        );
+        Ok((status, RecoveryAction::Requeued, next))
+    }
+}
+
+/// Writes the recovered status conditioned on the version read, so a worker that wrote in
+/// between (a late heartbeat) wins. `Ok(None)`: it did.
+async fn recover_record(
+    store: &dyn SyncStorage,
+    record: &Record,
+    now: Timestamp,
+    policy: &RecoveryPolicy,
+    why: &str,
+) -> Result<Option<RecoveredJob>> {
+    let (status, action, attempt) = recovered_status(record, now, policy, why)?;
+    match store
+        .put(&record.id, status, PutMode::Update(record.version))
+        .await
+    {
+        Ok(written) => Ok(Some(RecoveredJob {
+            id: record.id.clone(),
+            action,
+            attempt,
+            version: written.version,
+        })),
+        Err(error) if error.is_conflict() => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Finds running jobs whose last heartbeat is older than `stale_after` and moves each back
+/// to pending with its attempt raised by one, or to failed once it reached
+/// `policy.max_attempts`, with a message saying why. Each move is a compare-and-set, so a
+/// worker that is still alive and writes first keeps its job.
+pub async fn recover_stale(
+    store: &dyn SyncStorage,
+    stale_after: Duration,
+    policy: &RecoveryPolicy,
+) -> Result<RecoveryReport> {
+    let listing = store
+        .list(&ListFilter::state(State::Running.as_str()))
+        .await?;
+    let mut report = RecoveryReport {
+        errors: listing
+            .errors
+            .iter()
+            .map(|error| CleanupProblem {
+                id: None,
+                message: error.to_string(),
+            })
+            .collect(),
+        ..RecoveryReport::default()
+    };
+    let now = store.clock().now();
+    for record in &listing.records {
+        let silent_for = last_heartbeat(record).age_at(now);
+        if silent_for < stale_after {
+            report.alive += 1;
+            continue;
+        }
+        let why = format!(
+            "no heartbeat for {}",
+            humantime::format_duration(Duration::from_secs(silent_for.as_secs()))
+        );
+        match recover_record(store, record, now, policy, &why).await {
+            Ok(Some(job)) => {
+                tracing::info!(id = %job.id, action = ?job.action, attempt = job.attempt, "recovered a stale job");
+                report.recovered.push(job);
+            }
+            Ok(None) => report.alive += 1,
+            Err(error) => report.errors.push(CleanupProblem {
+                id: Some(record.id.clone()),
+                message: error.to_string(),
+            }),
+        }
+    }
+    Ok(report)
+}
+
+/// Recovers one running job now, whatever its heartbeat says (an operator's decision).
+///
+/// [`Error::NotFound`] if there is no live record, [`Error::Config`] if it is not running,
+/// [`Error::VersionConflict`] if its worker wrote meanwhile.
+pub async fn recover_job(
+    store: &dyn SyncStorage,
+    id: &str,
+    policy: &RecoveryPolicy,
+) -> Result<RecoveredJob> {
+    let record = store
+        .get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+    if record.state() != Some(State::Running.as_str()) {
+        return Err(Error::Config(format!(
+            "job `{id}` is {}, not running",
+            record.state().unwrap_or("without a state")
+        )));
+    }
+    let now = store.clock().now();
+    recover_record(store, &record, now, policy, "recovered by an operator")
+        .await?
+        .ok_or(Error::VersionConflict {
+            id: id.to_string(),
+            expected: record.version,
+            found: None,
+        })
+}
+
+/// Counts and health of a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Live records per state (`""` for records without one).
+    pub counts: BTreeMap<String, u64>,
+    /// Live records in all.
+    pub total: u64,
+    /// Running jobs whose last heartbeat is older than the stale limit, sorted.
+    pub stale_running: Vec<String>,
+    /// Age of the oldest live record (since its creation), in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+    /// Records that could not be read.
+    pub unreadable: u64,
+    /// False while stale running jobs exist.
+    pub healthy: bool,
+}
+
+/// Counts by state, stale running jobs, the oldest record's age, and health.
+pub async fn stats(store: &dyn SyncStorage, stale_after: Duration) -> Result<Stats> {
+    let listing = store.list(&ListFilter::all()).await?;
+    let now = store.clock().now();
+    let mut stats = Stats {
+        unreadable: listing.errors.len() as u64,
+        ..Stats::default()
+    };
+    for record in &listing.records {
+        *stats
+            .counts
+            .entry(record.state().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+        stats.total += 1;
+        let age = u64::try_from(record.created_at.age_at(now).as_millis()).unwrap_or(u64::MAX);
+        stats.oldest_age_ms = Some(stats.oldest_age_ms.map_or(age, |oldest| oldest.max(age)));
+        if record.state() == Some(State::Running.as_str())
+            && last_heartbeat(record).age_at(now) >= stale_after
+        {
+            stats.stale_running.push(record.id.clone());
+        }
+    }
+    stats.healthy = stats.stale_running.is_empty();
+    Ok(stats)
+}

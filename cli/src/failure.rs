@@ -19,6 +19,8 @@ pub mod code {
     pub const CONFLICT: u8 = 4;
     /// The store failed: I/O, a corrupt record, the server.
     pub const STORE: u8 = 5;
+    /// `stats --check` found stale running jobs.
+    pub const UNHEALTHY: u8 = 6;
 }
 
 /// A failed command: the exit code and the line printed after `syncstatus: `.

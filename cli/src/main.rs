@@ -14,8 +14,12 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 use syncstatus::{
-    CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, SyncStorageExt, validate_id,
+    CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, RecoveryAction,
+    RecoveryPolicy, SyncStorageExt, validate_id,
 };
+
+/// [`syncstatus::DEFAULT_STALE_AFTER`] as clap shows and parses it.
+const DEFAULT_STALE_AFTER: &str = "60s";
 
 use failure::{Failure, one_line};
 use fields::FieldArgs;
@@ -32,8 +36,9 @@ Exit codes:
   3  not found (get, rm of a missing id)
   4  conflict (update --if-version lost, or the record already exists)
   5  store error (I/O, corrupt record, server unreachable)
+  6  stats --check found the store unhealthy (stale running jobs)
 
-Unreadable records met by ls or cleanup are reported on stderr, one line each, and do not
+Unreadable records met by ls, cleanup, stats or recover are reported on stderr, one line each, and do not
 change the exit code.";
 
 /// Read, write, clean up and watch job status.
@@ -113,6 +118,34 @@ enum Command {
         /// Report what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by state, stale running jobs, the oldest record's age, and health.
+    Stats {
+        /// A running job without a heartbeat for this long is stale.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+              default_value = DEFAULT_STALE_AFTER)]
+        stale_after: Duration,
+        /// Exit with code 6 when the store is not healthy (stale running jobs exist).
+        #[arg(long)]
+        check: bool,
+        /// Print the stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue running jobs whose worker stopped heartbeating (or fail them once they used
+    /// up their attempts).
+    Recover {
+        /// A running job without a heartbeat for this long is stale.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+              default_value = DEFAULT_STALE_AFTER)]
+        stale_after: Duration,
+        /// A job whose attempt number reached this goes to failed instead of pending.
+        #[arg(long, value_name = "N", default_value_t = RecoveryPolicy::default().max_attempts,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_attempts: u32,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -233,7 +266,10 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         | Command::Get { id, .. }
         | Command::Rm { id } => validate_id(id)?,
         Command::Watch { ids, .. } => ids.iter().try_for_each(|id| validate_id(id))?,
-        Command::Ls { .. } | Command::Cleanup { .. } => {}
+        Command::Ls { .. }
+        | Command::Cleanup { .. }
+        | Command::Stats { .. }
+        | Command::Recover { .. } => {}
     }
     let url = store_url(&cli);
     let store = syncstatus::open(&url).await.map_err(|error| {
@@ -305,6 +341,51 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 Ok(cleanup_text(&report, dry_run))
             }
         }
+        Command::Stats {
+            stale_after,
+            check,
+            json,
+        } => {
+            let stats = syncstatus::stats(store.as_ref(), stale_after).await?;
+            let output = if json {
+                pretty(&stats)?
+            } else {
+                stats_text(&stats, stale_after)
+            };
+            if check && !stats.healthy {
+                // The report still goes out: it says what is wrong.
+                print(&output)?;
+                return Err(Failure {
+                    code: failure::code::UNHEALTHY,
+                    message: format!(
+                        "unhealthy: {} running job(s) without a heartbeat for {}: {}",
+                        stats.stale_running.len(),
+                        humantime::format_duration(stale_after),
+                        stats.stale_running.join(", ")
+                    ),
+                });
+            }
+            Ok(output)
+        }
+        Command::Recover {
+            stale_after,
+            max_attempts,
+            json,
+        } => {
+            let policy = RecoveryPolicy { max_attempts };
+            let report = syncstatus::recover_stale(store.as_ref(), stale_after, &policy).await?;
+            for problem in &report.errors {
+                match &problem.id {
+                    Some(id) => warn(&format!("recovery of `{id}`: {}", problem.message)),
+                    None => warn(&format!("recovery: {}", problem.message)),
+                }
+            }
+            if json {
+                pretty(&report)
+            } else {
+                Ok(recover_text(&report))
+            }
+        }
         Command::Watch { ids, prefix, json } => {
             watch::run(store, ids, prefix, json).await?;
             Ok(String::new())
@@ -371,6 +452,63 @@ fn written(record: &Record, json: bool) -> Result<String, Failure> {
     }
 }
 
+fn stats_text(stats: &syncstatus::Stats, stale_after: Duration) -> String {
+    let mut out = format!("total: {}\n", stats.total);
+    for (state, count) in &stats.counts {
+        let state = if state.is_empty() {
+            "(no state)"
+        } else {
+            state
+        };
+        out.push_str(&format!("  {state}: {count}\n"));
+    }
+    if let Some(age) = stats.oldest_age_ms {
+        out.push_str(&format!(
+            "oldest: {}\n",
+            render::short_age(Duration::from_millis(age))
+        ));
+    }
+    if stats.unreadable > 0 {
+        out.push_str(&format!("unreadable: {}\n", stats.unreadable));
+    }
+    if !stats.stale_running.is_empty() {
+        out.push_str(&format!(
+            "stale (no heartbeat for {}): {}\n",
+            humantime::format_duration(stale_after),
+            stats.stale_running.join(", ")
+        ));
+    }
+    out.push_str(if stats.healthy {
+        "healthy: yes\n"
+    } else {
+        "healthy: no\n"
+    });
+    out
+}
+
+fn recover_text(report: &syncstatus::RecoveryReport) -> String {
+    let mut out = String::new();
+    for job in &report.recovered {
+        let line = match job.action {
+            RecoveryAction::Requeued => format!(
+                "requeued {} for attempt {} (version {})\n",
+                job.id, job.attempt, job.version
+            ),
+            RecoveryAction::Failed => format!(
+                "failed {} after {} attempt(s) (version {})\n",
+                job.id, job.attempt, job.version
+            ),
+        };
+        out.push_str(&line);
+    }
+    out.push_str(&format!(
+        "recovered {} job(s); {} running job(s) alive\n",
+        report.recovered.len(),
+        report.alive
+    ));
+    out
+}
+
 fn cleanup_text(report: &syncstatus::CleanupReport, dry_run: bool) -> String {
     if !report.ran {
         return "another cleanup of this store is running; this one did nothing\n".to_string();
@@ -403,4 +541,23 @@ fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String, Failure> {
     })?;
     text.push('\n');
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_stale_limit_is_the_library_one() {
+        assert_eq!(
+            humantime::parse_duration(DEFAULT_STALE_AFTER).ok(),
+            Some(syncstatus::DEFAULT_STALE_AFTER)
+        );
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

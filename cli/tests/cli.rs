@@ -645,3 +645,84 @@ fn help_documents_the_exit_codes() {
         assert!(help.contains(expected), "{expected} missing from help");
     }
 }
+
+#[test]
+fn stats_counts_states_and_flags_stale_running_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "run-1", "--state", "running", "--heartbeat"]);
+    ok(d, &["set", "run-2", "--state", "running"]);
+    ok(d, &["set", "done", "--state", "completed"]);
+
+    // Just written: nothing is stale under the default limit.
+    let fresh = ok_json(d, &["stats", "--json"]);
+    assert_eq!(fresh["counts"], json!({"completed": 1, "running": 2}));
+    assert_eq!(fresh["total"], 3);
+    assert_eq!(fresh["stale_running"], json!([]));
+    assert_eq!(fresh["healthy"], true);
+    assert!(fresh["oldest_age_ms"].is_u64(), "{fresh}");
+    ok(d, &["stats", "--check"]);
+
+    // With a zero limit every running job is stale.
+    let stale = ok_json(d, &["stats", "--json", "--stale-after", "0s"]);
+    assert_eq!(stale["stale_running"], json!(["run-1", "run-2"]));
+    assert_eq!(stale["healthy"], false);
+    let text = ok(d, &["stats", "--stale-after", "0s"]);
+    assert!(
+        text.contains("healthy: no") && text.contains("run-1"),
+        "{text}"
+    );
+
+    let output = run(d, &["stats", "--check", "--stale-after", "0s"]);
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(stderr(&output).contains("run-1"));
+    assert!(stdout(&output).contains("healthy: no"));
+}
+
+#[test]
+fn recover_requeues_stale_jobs_then_fails_them_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "job", "--state", "running", "--heartbeat"]);
+    ok(d, &["set", "idle", "--state", "pending"]);
+
+    // Heartbeat just now: alive under the default limit.
+    let none = ok_json(d, &["recover", "--json"]);
+    assert_eq!(none["recovered"], json!([]));
+    assert_eq!(none["alive"], 1);
+
+    let report = ok_json(d, &["recover", "--stale-after", "0s", "--json"]);
+    assert_eq!(
+        report["recovered"],
+        json!([{"id": "job", "action": "requeued", "attempt": 2, "version": 2}])
+    );
+    assert_eq!(report["errors"], json!([]));
+    let record = ok_json(d, &["get", "job", "--json"]);
+    assert_eq!(record["status"]["state"], "pending");
+    assert_eq!(record["status"]["attempt"], 2);
+    assert_eq!(ok_json(d, &["get", "idle", "--json"])["version"], 1);
+
+    // Running again on its second attempt, stale again, with two attempts allowed: failed.
+    ok(d, &["update", "job", "--state", "running"]);
+    let report = ok_json(
+        d,
+        &[
+            "recover",
+            "--stale-after",
+            "0s",
+            "--max-attempts",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(report["recovered"][0]["action"], "failed");
+    assert_eq!(report["recovered"][0]["attempt"], 2);
+    let record = ok_json(d, &["get", "job", "--json"]);
+    assert_eq!(record["status"]["state"], "failed");
+    assert_eq!(record["version"], report["recovered"][0]["version"]);
+
+    let text = ok(d, &["recover", "--stale-after", "0s"]);
+    assert!(text.contains("recovered 0 job(s)"), "{text}");
+    fails(d, &["recover", "--max-attempts", "0"], 2);
+    fails(d, &["stats", "--stale-after", "never"], 2);
+}

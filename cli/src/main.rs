@@ -38,8 +38,8 @@ Exit codes:
   5  store error (I/O, corrupt record, server unreachable)
   6  stats --check found the store unhealthy (stale running jobs)
 
-Unreadable records met by ls, cleanup, stats or recover are reported on stderr, one line each, and do not
-change the exit code.";
+Unreadable records met by ls, cleanup or recover are reported on stderr, one line each,
+and do not change the exit code.";
 
 /// Read, write, clean up and watch job status.
 #[derive(Parser, Debug)]
@@ -68,7 +68,10 @@ enum Command {
         json: bool,
     },
     /// Merge the given fields into the status of ID (creating it if missing); prints the new
-    /// version. Without fields, rewrites the status as it is (a write that keeps it alive).
+    /// version.
+    ///
+    /// Other fields of the status are kept. Without fields, rewrites the status as it is: a
+    /// write, so the version grows and the record's TTL starts again.
     Update {
         /// The job id.
         id: String,
@@ -135,8 +138,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Requeue running jobs whose worker stopped heartbeating (or fail them once they used
-    /// up their attempts).
+    /// Requeue running jobs whose worker stopped heartbeating.
+    ///
+    /// A job whose attempt number reached --max-attempts goes to failed instead. Each move is
+    /// a compare-and-set, so a worker that writes first keeps its job.
     Recover {
         /// A running job without a heartbeat for this long is stale.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,

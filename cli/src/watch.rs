@@ -31,17 +31,18 @@ pub async fn run(
         snapshot: true,
         ..WatchOptions::default()
     };
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
     let mut stream = store.watch(selector, options).await?;
     let mut sink = if json {
         Sink::Json(tokio::io::stdout())
     } else {
         Sink::View(ViewThread::start())
     };
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         let event = tokio::select! {
-            stop = &mut stop => return stop,
+            biased;
+            () = &mut stop => return Ok(()),
             event = stream.next() => event,
         };
         match event {
@@ -62,35 +63,37 @@ pub async fn run(
     }
 }
 
-/// Resolves when the watch should end: Ctrl-C, SIGTERM, or stdout closed by its reader.
-async fn stop_signal() -> Result<(), Failure> {
-    let ctrl_c = async {
+/// Resolves when the watch should end: Ctrl-C, SIGTERM, or stdout closed by its reader. The
+/// signal handlers are installed here, before the first event is printed, so that a signal
+/// sent by someone who saw that event ends the watch cleanly.
+#[cfg(unix)]
+fn stop_signal() -> Result<impl Future<Output = ()>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|error| Failure {
+            code: code::OTHER,
+            message: format!("cannot handle {name}: {error}"),
+        })
+    };
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            () = stdout_closed() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl Future<Output = ()>, Failure> {
+    Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             // Without a handler the default action still ends the process on Ctrl-C.
             std::future::pending::<()>().await;
         }
-    };
-    tokio::select! {
-        () = ctrl_c => Ok(()),
-        () = terminate() => Ok(()),
-        () = stdout_closed() => Ok(()),
-    }
-}
-
-#[cfg(unix)]
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut signal) => {
-            signal.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending().await
+    })
 }
 
 /// Resolves when the reader of stdout goes away while nothing is being written, so a
@@ -344,29 +347,43 @@ impl View {
             return Ok(());
         }
         self.printed.remove(&record.id);
-        let bar = self
-            .bars
-            .entry(record.id.clone())
-            .or_insert_with(|| multi.add(ProgressBar::no_length()));
-        bar.set_prefix(format!("{} {}", record.id, record.state().unwrap_or("-")));
-        match render::progress_of(&record.status) {
-            Some((done, Some(total))) => {
-                bar.set_style(self.with_total.clone());
-                bar.set_length(total);
-                bar.set_position(done.min(total));
-            }
-            Some((done, None)) => {
-                bar.set_style(self.without_total.clone());
-                bar.unset_length();
-                bar.set_position(done);
+        let (position, length) = match render::progress_of(&record.status) {
+            Some((done, Some(total))) => (done.min(total), Some(total)),
+            Some((done, None)) => (done, None),
+            None => (0, None),
+        };
+        let style = match length {
+            Some(_) => &self.with_total,
+            None => &self.without_total,
+        };
+        let prefix = format!("{} {}", record.id, record.state().unwrap_or("-"));
+        let message = render::message_of(&record.status).unwrap_or_default();
+        match self.bars.get(&record.id) {
+            Some(bar) => {
+                if bar.length() != length {
+                    bar.set_style(style.clone());
+                    match length {
+                        Some(total) => bar.set_length(total),
+                        None => bar.unset_length(),
+                    }
+                }
+                bar.set_prefix(prefix);
+                bar.set_message(message);
+                bar.set_position(position);
             }
             None => {
-                bar.set_style(self.without_total.clone());
-                bar.unset_length();
-                bar.set_position(0);
+                // Fully set up before it is added, so it never shows in a default style.
+                let bar = ProgressBar::with_draw_target(length, ProgressDrawTarget::hidden())
+                    .with_style(style.clone())
+                    .with_prefix(prefix)
+                    .with_message(message)
+                    .with_position(position);
+                let bar = multi.add(bar);
+                // A bar shows once it drew itself; nothing else would make it draw now.
+                bar.force_draw();
+                self.bars.insert(record.id.clone(), bar);
             }
         }
-        bar.set_message(render::message_of(&record.status).unwrap_or_default());
         Ok(())
     }
 

@@ -57,16 +57,19 @@ impl FieldArgs {
         current: Option<&Value>,
         now: Timestamp,
     ) -> Result<Value, Failure> {
+        let fields = self.to_map(now);
         let mut status = match current {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map.clone(),
+            // Nothing to merge: the write keeps the status as it is, whatever its shape.
+            Some(other) if fields.is_empty() => return Ok(other.clone()),
             Some(_) => {
                 return Err(Failure::usage(format!(
                     "the status of `{id}` is not a JSON object, so fields cannot be merged into it; use `set` to replace it"
                 )));
             }
         };
-        status.extend(self.to_map(now));
+        status.extend(fields);
         Ok(Value::Object(status))
     }
 }

@@ -174,6 +174,37 @@ fn update_merges_into_the_current_status_and_creates_missing_records() {
 }
 
 #[test]
+fn update_refuses_to_merge_into_a_status_that_is_not_an_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "raw", "--state", "running"]);
+    // Another program wrote a bare number as the status.
+    let path = d.join("raw.json");
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["status"] = json!(3);
+    std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
+
+    let line = fails(d, &["update", "raw", "--message", "m"], 2);
+    assert!(
+        line.contains("raw") && line.contains("not a JSON object"),
+        "{line}"
+    );
+    assert_eq!(ok_json(d, &["get", "raw", "--json"])["version"], 1);
+    // Without fields there is nothing to merge: the status is rewritten as it is.
+    assert_eq!(ok(d, &["update", "raw"]).trim(), "2");
+    assert_eq!(ok_json(d, &["get", "raw", "--json"])["status"], json!(3));
+}
+
+#[test]
+fn a_store_path_that_is_a_file_is_a_store_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "").unwrap();
+    let line = fails(&file, &["ls"], 5);
+    assert!(line.contains("plain-file"), "{line}");
+}
+
+#[test]
 fn update_if_version_is_a_compare_and_set() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -195,11 +195,15 @@ fn main() -> ExitCode {
             });
         }
     };
-    let result = runtime.block_on(run(cli));
+    let mut output = Output::default();
+    let result = runtime.block_on(run(cli, &mut output));
     // Nothing is in flight any more; a blocking task of a store's watcher must not hold up
     // the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    match result.and_then(|output| print(&output)) {
+    for warning in &output.warnings {
+        warn(warning);
+    }
+    match print(&output.stdout).and(result) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => fail(&failure),
     }
@@ -261,8 +265,18 @@ fn store_url(cli: &Cli) -> String {
         .unwrap_or_else(|| syncstatus::DEFAULT_STORE_URL.to_string())
 }
 
-/// Runs the command; returns what to print on stdout.
-async fn run(cli: Cli) -> Result<String, Failure> {
+/// What a command prints once it is done, outside the async runtime (terminal writes block).
+#[derive(Debug, Default)]
+struct Output {
+    /// For stdout.
+    stdout: String,
+    /// For stderr, one line each, before stdout.
+    warnings: Vec<String>,
+}
+
+/// Runs the command, leaving what to print in `out`. A command may fail after filling
+/// `out.stdout` (`stats --check`): both are printed.
+async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
     // Ids are checked before the store is opened, so a bad id touches nothing (opening a
     // file store creates its directory).
     match &cli.command {
@@ -284,11 +298,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         }
         failure
     })?;
-    match cli.command {
+    out.stdout = match cli.command {
         Command::Set { id, fields, json } => {
             let status = Value::Object(fields.to_map(store.now()));
             let record = store.put(&id, status, PutMode::Overwrite).await?;
-            written(&record, json)
+            written(&record, json)?
         }
         Command::Update {
             id,
@@ -297,14 +311,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             json,
         } => {
             let record = update(&store, &id, if_version, &fields).await?;
-            written(&record, json)
+            written(&record, json)?
         }
         Command::Get { id, json } => {
             let record = store.get_required(&id).await?;
             if json {
-                pretty(&record)
+                pretty(&record)?
             } else {
-                Ok(render::record_view(&record, store.now()))
+                render::record_view(&record, store.now())
             }
         }
         Command::Ls {
@@ -313,37 +327,34 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             json,
         } => {
             let listing = store.list(&ListFilter { state, prefix }).await?;
-            for error in &listing.errors {
-                warn(&one_line(error));
-            }
+            out.warnings
+                .extend(listing.errors.iter().map(|error| one_line(error)));
             if json {
-                pretty(&listing.records)
+                pretty(&listing.records)?
             } else {
-                Ok(render::table(&listing.records, store.now()))
+                render::table(&listing.records, store.now())
             }
         }
         Command::Rm { id } => {
-            if store.delete(&id).await? {
-                Ok(String::new())
-            } else {
-                Err(Error::NotFound { id }.into())
+            if !store.delete(&id).await? {
+                return Err(Error::NotFound { id }.into());
             }
+            String::new()
         }
         Command::Cleanup { ttl, dry_run, json } => {
             let report = store.cleanup(&CleanupOptions { ttl, dry_run }).await?;
-            for problem in &report.errors {
-                match &problem.id {
-                    Some(id) => warn(&format!("cleanup of `{id}`: {}", problem.message)),
-                    None => warn(&format!("cleanup: {}", problem.message)),
-                }
-            }
+            out.warnings
+                .extend(report.errors.iter().map(|problem| match &problem.id {
+                    Some(id) => format!("cleanup of `{id}`: {}", problem.message),
+                    None => format!("cleanup: {}", problem.message),
+                }));
             if json {
                 pretty(&CleanupOutput {
                     dry_run,
                     report: &report,
-                })
+                })?
             } else {
-                Ok(cleanup_text(&report, dry_run))
+                cleanup_text(&report, dry_run)
             }
         }
         Command::Stats {
@@ -359,7 +370,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             };
             if check && !stats.healthy {
                 // The report still goes out: it says what is wrong.
-                print(&output)?;
+                out.stdout = output;
                 return Err(Failure {
                     code: failure::code::UNHEALTHY,
                     message: format!(
@@ -370,7 +381,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     ),
                 });
             }
-            Ok(output)
+            output
         }
         Command::Recover {
             stale_after,
@@ -379,23 +390,23 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         } => {
             let policy = RecoveryPolicy { max_attempts };
             let report = syncstatus::recover_stale(store.as_ref(), stale_after, &policy).await?;
-            for problem in &report.errors {
-                match &problem.id {
-                    Some(id) => warn(&format!("recovery of `{id}`: {}", problem.message)),
-                    None => warn(&format!("recovery: {}", problem.message)),
-                }
-            }
+            out.warnings
+                .extend(report.errors.iter().map(|problem| match &problem.id {
+                    Some(id) => format!("recovery of `{id}`: {}", problem.message),
+                    None => format!("recovery: {}", problem.message),
+                }));
             if json {
-                pretty(&report)
+                pretty(&report)?
             } else {
-                Ok(recover_text(&report))
+                recover_text(&report)
             }
         }
         Command::Watch { ids, prefix, json } => {
             watch::run(store, ids, prefix, json).await?;
-            Ok(String::new())
+            String::new()
         }
-    }
+    };
+    Ok(())
 }
 
 /// `update`: a merge under the store's lock, or a compare-and-set with `--if-version`.

@@ -52,7 +52,11 @@ pub async fn run(
                 }
             }
             // The stream carries on after an error and resyncs once the cause is gone.
-            Some(Err(error)) => crate::warn(&format!("watch: {}", one_line(&error))),
+            Some(Err(error)) => {
+                let line = format!("syncstatus: warning: watch: {}\n", one_line(&error));
+                // A warning that cannot be written has nowhere else to go.
+                let _ = tokio::io::stderr().write_all(line.as_bytes()).await;
+            }
             None => {
                 return Err(Failure {
                     code: code::STORE,

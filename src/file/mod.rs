@@ -96,12 +96,12 @@ impl FileStorageBuilder {
 
     /// Creates the directory (and its `.tmp` and `.locks`) if needed and opens the store.
     pub fn build(self) -> Result<FileStorage> {
-        if let WatchMode::Poll(interval) = self.watch_mode {
-            if interval.is_zero() {
-                return Err(Error::Config(
-                    "the polling interval must not be zero".into(),
-                ));
-            }
+        if let WatchMode::Poll(interval) = self.watch_mode
+            && interval.is_zero()
+        {
+            return Err(Error::Config(
+                "the polling interval must not be zero".into(),
+            ));
         }
         let layout = Layout::new(self.dir);
         layout.create_dirs()?;
@@ -130,6 +130,9 @@ pub struct FileStorage {
 }
 
 type IdLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+/// Given the live record (or none), the status to write, or why not.
+type Decide<'a> = Box<dyn FnOnce(Option<&Record>) -> Result<Value> + Send + 'a>;
 
 #[derive(Debug)]
 struct Inner {
@@ -204,11 +207,7 @@ impl FileStorage {
 
     /// Writes under the id's in-process and file locks; `decide` sees the live record and
     /// returns the new status.
-    async fn write_locked(
-        &self,
-        id: &str,
-        decide: Box<dyn FnOnce(Option<&Record>) -> Result<Value> + Send + '_>,
-    ) -> Result<Record> {
+    async fn write_locked(&self, id: &str, decide: Decide<'_>) -> Result<Record> {
         validate_id(id)?;
         let lock = self.id_lock(id);
         let _held = lock.lock().await;
@@ -419,8 +418,7 @@ impl SyncStorage for FileStorage {
     }
 
     async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> Result<Record> {
-        self.write_locked(id, Box::new(move |current| f(current)))
-            .await
+        self.write_locked(id, Box::new(f)).await
     }
 
     async fn delete(&self, id: &str) -> Result<bool> {
@@ -473,16 +471,18 @@ impl SyncStorage for FileStorage {
     }
 
     async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
+        let dry_run = options.dry_run;
         let options = options.clone();
         let this = self.clone();
         let report = self
             .blocking(move |inner| inner.cleanup(&options, &this.inner.id_locks))
             .await?;
-        if let Some(handle) = self.inner.hub.running() {
-            if !report.removed.is_empty() && report.ran {
-                for id in &report.removed {
-                    handle.hub.apply(id, None);
-                }
+        if report.ran
+            && !dry_run
+            && let Some(handle) = self.inner.hub.running()
+        {
+            for id in &report.removed {
+                handle.hub.apply(id, None);
             }
         }
         Ok(report)

@@ -248,21 +248,18 @@ impl Idempotency {
             }
             Err(error) => {
                 // Release the claim so a retry can run; only if it is still ours.
-                if let Some(record) = self.store.get(&id).await? {
-                    if record.status.get("owner").and_then(Value::as_str) == Some(token.as_str()) {
-                        match self
-                            .store
-                            .put(
-                                &id,
-                                json!({"state": "idempotency-released"}),
-                                PutMode::Update(record.version),
-                            )
-                            .await
-                        {
-                            Ok(_) => {}
-                            Err(conflict) if conflict.is_conflict() => {}
-                            Err(other) => return Err(other.into()),
-                        }
+                if let Some(record) = self.store.get(&id).await?
+                    && record.status.get("owner").and_then(Value::as_str) == Some(token.as_str())
+                {
+                    let released = json!({"state": "idempotency-released"});
+                    match self
+                        .store
+                        .put(&id, released, PutMode::Update(record.version))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(conflict) if conflict.is_conflict() => {}
+                        Err(other) => return Err(other.into()),
                     }
                 }
                 Err(RunError::Work(error))

@@ -88,12 +88,11 @@ impl Sweeper {
     /// Stops scheduling sweeps and waits for a sweep in progress to finish.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        if let Some(task) = self.task.take() {
-            if let Err(error) = task.await {
-                if error.is_panic() {
-                    tracing::error!("the sweeper task panicked");
-                }
-            }
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::error!("the sweeper task panicked");
         }
     }
 }

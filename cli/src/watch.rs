@@ -1,0 +1,408 @@
+//! `watch`: live progress bars, or one JSON line per event.
+
+use std::collections::HashMap;
+use std::io::{self, IsTerminal, Write};
+use std::sync::mpsc;
+use std::thread;
+
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use syncstatus::{DynSyncStorage, Record, WatchEvent, WatchOptions, WatchSelector};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use crate::failure::{Failure, code, one_line};
+use crate::render;
+
+/// Follows the selected ids until Ctrl-C, SIGTERM or stdout closes.
+pub async fn run(
+    store: DynSyncStorage,
+    ids: Vec<String>,
+    prefix: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let selector = match (ids.is_empty(), prefix) {
+        (_, Some(prefix)) => WatchSelector::Prefix(prefix),
+        (true, None) => WatchSelector::All,
+        (false, None) => WatchSelector::ids(ids),
+    };
+    let options = WatchOptions {
+        snapshot: true,
+        ..WatchOptions::default()
+    };
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
+    let mut stream = store.watch(selector, options).await?;
+    let mut sink = if json {
+        Sink::Json(tokio::io::stdout())
+    } else {
+        Sink::View(ViewThread::start())
+    };
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = &mut stop => return Ok(()),
+            event = stream.next() => event,
+        };
+        match event {
+            Some(Ok(event)) => {
+                if !sink.send(event).await? {
+                    return Ok(());
+                }
+            }
+            // The stream carries on after an error and resyncs once the cause is gone.
+            Some(Err(error)) => {
+                let line = format!("syncstatus: warning: watch: {}\n", one_line(&error));
+                // A warning that cannot be written has nowhere else to go.
+                let _ = tokio::io::stderr().write_all(line.as_bytes()).await;
+            }
+            None => {
+                return Err(Failure {
+                    code: code::STORE,
+                    message: "the store ended the watch".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Resolves when the watch should end: Ctrl-C, SIGTERM, or stdout closed by its reader. The
+/// signal handlers are installed here, before the first event is printed, so that a signal
+/// sent by someone who saw that event ends the watch cleanly.
+#[cfg(unix)]
+fn stop_signal() -> Result<impl Future<Output = ()>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|error| Failure {
+            code: code::OTHER,
+            message: format!("cannot handle {name}: {error}"),
+        })
+    };
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            () = stdout_closed() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl Future<Output = ()>, Failure> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Without a handler the default action still ends the process on Ctrl-C.
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+/// Resolves when the reader of stdout goes away while nothing is being written, so a
+/// `watch` feeding a pipe ends with its reader even when no event comes. Where stdout cannot
+/// be polled (a regular file), it never resolves and a failed write ends the watch instead.
+#[cfg(unix)]
+async fn stdout_closed() {
+    use std::os::fd::AsFd;
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    let stdout = io::stdout();
+    let Ok(fd) = stdout.as_fd().try_clone_to_owned() else {
+        return std::future::pending().await;
+    };
+    // SAFETY: `fd` is an `OwnedFd` moved into the `AsyncFd`, so it stays open and names the
+    // same file description for the whole life of the registration.
+    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut guard) = fd.writable().await else {
+            return std::future::pending().await;
+        };
+        if guard.ready().is_write_closed() {
+            return;
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(not(unix))]
+async fn stdout_closed() {
+    std::future::pending().await
+}
+
+enum Sink {
+    Json(tokio::io::Stdout),
+    View(ViewThread),
+}
+
+impl Sink {
+    /// Passes an event on; false when the output is gone and the watch should end quietly.
+    async fn send(&mut self, event: WatchEvent) -> Result<bool, Failure> {
+        match self {
+            Sink::Json(stdout) => {
+                let mut line =
+                    serde_json::to_string(&JsonEvent::from(&event)).map_err(|error| Failure {
+                        code: code::OTHER,
+                        message: format!("cannot encode the event as JSON: {error}"),
+                    })?;
+                line.push('\n');
+                let written = match stdout.write_all(line.as_bytes()).await {
+                    Ok(()) => stdout.flush().await,
+                    Err(error) => Err(error),
+                };
+                match written {
+                    Ok(()) => Ok(true),
+                    Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+                    Err(error) => Err(Failure {
+                        code: code::OTHER,
+                        message: format!("cannot write to stdout: {error}"),
+                    }),
+                }
+            }
+            Sink::View(view) => Ok(view.send(event).await),
+        }
+    }
+}
+
+/// The JSON line of an event: `{"event": "upsert" | "removed" | "resync", ...}`, with
+/// `event` first so that a reader of the raw line sees the kind at once.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+enum JsonEvent<'a> {
+    Upsert {
+        id: &'a str,
+        version: u64,
+        record: &'a Record,
+    },
+    Removed {
+        id: &'a str,
+    },
+    Resync {
+        records: &'a [Record],
+    },
+}
+
+impl<'a> From<&'a WatchEvent> for JsonEvent<'a> {
+    fn from(event: &'a WatchEvent) -> Self {
+        match event {
+            WatchEvent::Upsert(record) => JsonEvent::Upsert {
+                id: &record.id,
+                version: record.version,
+                record,
+            },
+            WatchEvent::Removed { id } => JsonEvent::Removed { id },
+            WatchEvent::Resync(records) => JsonEvent::Resync { records },
+        }
+    }
+}
+
+/// The terminal view runs on its own thread: drawing writes to the terminal, which may block.
+struct ViewThread {
+    events: Option<mpsc::Sender<WatchEvent>>,
+    gone: oneshot::Receiver<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ViewThread {
+    fn start() -> Self {
+        let (events, receiver) = mpsc::channel::<WatchEvent>();
+        let (gone_tx, gone) = oneshot::channel();
+        let thread = thread::spawn(move || {
+            let mut view = View::new();
+            for event in receiver {
+                if view.apply(event).is_err() {
+                    break;
+                }
+            }
+            drop(gone_tx);
+        });
+        ViewThread {
+            events: Some(events),
+            gone,
+            thread: Some(thread),
+        }
+    }
+
+    /// False once the view stopped (its output closed).
+    async fn send(&mut self, event: WatchEvent) -> bool {
+        let sent = self
+            .events
+            .as_ref()
+            .is_some_and(|events| events.send(event).is_ok());
+        sent && matches!(
+            self.gone.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
+impl Drop for ViewThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; wait for it so no drawing outlives us.
+        self.events = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn is_terminal_state(state: Option<&str>) -> bool {
+    matches!(state, Some("completed" | "failed" | "cancelled"))
+}
+
+/// One line about a record, for finished jobs and for output that is not a terminal.
+fn line(record: &Record) -> String {
+    let mut line = format!(
+        "{}  {}  {}  v{}",
+        record.id,
+        record.state().unwrap_or("-"),
+        render::progress_text(&record.status),
+        record.version
+    );
+    if let Some(message) = render::message_of(&record.status) {
+        line.push_str("  ");
+        line.push_str(&message);
+    }
+    line
+}
+
+/// The live view: a bar per unfinished job; a line per finished one, printed once.
+struct View {
+    /// `None` when stdout is not a terminal: then every change is printed as a line.
+    multi: Option<MultiProgress>,
+    bars: HashMap<String, ProgressBar>,
+    /// Finished jobs already printed, by the version printed.
+    printed: HashMap<String, u64>,
+    with_total: ProgressStyle,
+    without_total: ProgressStyle,
+}
+
+impl View {
+    fn new() -> Self {
+        let multi = io::stdout()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout()));
+        let with_total =
+            ProgressStyle::with_template("{prefix:.bold} {bar:30.cyan/blue} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("#>-");
+        let without_total = ProgressStyle::with_template("{prefix:.bold} {pos} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        View {
+            multi,
+            bars: HashMap::new(),
+            printed: HashMap::new(),
+            with_total,
+            without_total,
+        }
+    }
+
+    fn apply(&mut self, event: WatchEvent) -> io::Result<()> {
+        match event {
+            WatchEvent::Upsert(record) => self.upsert(&record),
+            WatchEvent::Removed { id } => self.removed(&id),
+            WatchEvent::Resync(records) => {
+                let ids: std::collections::HashSet<&str> =
+                    records.iter().map(|record| record.id.as_str()).collect();
+                let gone: Vec<String> = self
+                    .bars
+                    .keys()
+                    .filter(|id| !ids.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.removed(&id)?;
+                }
+                self.printed.retain(|id, _| ids.contains(id.as_str()));
+                records.iter().try_for_each(|record| self.upsert(record))
+            }
+        }
+    }
+
+    fn println(&self, text: &str) -> io::Result<()> {
+        match &self.multi {
+            Some(multi) => multi.println(text),
+            None => {
+                let mut stdout = io::stdout().lock();
+                writeln!(stdout, "{text}")?;
+                stdout.flush()
+            }
+        }
+    }
+
+    fn upsert(&mut self, record: &Record) -> io::Result<()> {
+        let Some(multi) = &self.multi else {
+            if self.printed.insert(record.id.clone(), record.version) == Some(record.version) {
+                return Ok(());
+            }
+            return self.println(&line(record));
+        };
+        if is_terminal_state(record.state()) {
+            if let Some(bar) = self.bars.remove(&record.id) {
+                multi.remove(&bar);
+            }
+            if self.printed.insert(record.id.clone(), record.version) != Some(record.version) {
+                self.println(&line(record))?;
+            }
+            return Ok(());
+        }
+        self.printed.remove(&record.id);
+        let (position, length) = match render::progress_of(&record.status) {
+            Some((done, Some(total))) => (done.min(total), Some(total)),
+            Some((done, None)) => (done, None),
+            None => (0, None),
+        };
+        let style = match length {
+            Some(_) => &self.with_total,
+            None => &self.without_total,
+        };
+        let prefix = format!("{} {}", record.id, record.state().unwrap_or("-"));
+        let message = render::message_of(&record.status).unwrap_or_default();
+        match self.bars.get(&record.id) {
+            Some(bar) => {
+                if bar.length() != length {
+                    bar.set_style(style.clone());
+                    match length {
+                        Some(total) => bar.set_length(total),
+                        None => bar.unset_length(),
+                    }
+                }
+                bar.set_prefix(prefix);
+                bar.set_message(message);
+                bar.set_position(position);
+            }
+            None => {
+                // Fully set up before it is added, so it never shows in a default style.
+                let bar = ProgressBar::with_draw_target(length, ProgressDrawTarget::hidden())
+                    .with_style(style.clone())
+                    .with_prefix(prefix)
+                    .with_message(message)
+                    .with_position(position);
+                let bar = multi.add(bar);
+                // A bar shows once it drew itself; nothing else would make it draw now.
+                bar.force_draw();
+                self.bars.insert(record.id.clone(), bar);
+            }
+        }
+        Ok(())
+    }
+
+    fn removed(&mut self, id: &str) -> io::Result<()> {
+        let had_bar = match (self.bars.remove(id), &self.multi) {
+            (Some(bar), Some(multi)) => {
+                multi.remove(&bar);
+                true
+            }
+            _ => false,
+        };
+        let was_printed = self.printed.remove(id).is_some();
+        if had_bar || (self.multi.is_none() && was_printed) {
+            self.println(&format!("{id}  removed"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,364 @@
+//! Lifecycle across processes on one directory, and the Sweeper's handle contract.
+//!
+//! Multi-process tests re-run this test binary as children (`child` below) with
+//! `SYNCSTATUS_LIFECYCLE_CHILD` naming what to do.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use syncstatus::{
+    CleanupOptions, CleanupReport, DynSyncStorage, Error, FileStorage, Idempotency,
+    InProgressPolicy, ListFilter, Listing, LockGuard, ManualClock, MemoryStorage, PutMode, Record,
+    RunError, SharedClock, Sweeper, SweeperConfig, SyncStorage, Timestamp, TtlPolicy, UpdateFn,
+    WatchOptions, WatchSelector, WatchStream,
+};
+use tokio::sync::Notify;
+
+const CHILD_ENV: &str = "SYNCSTATUS_LIFECYCLE_CHILD";
+const DIR_ENV: &str = "SYNCSTATUS_LIFECYCLE_DIR";
+
+fn spawn_child(role: &str, dir: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1", "-q"])
+        .env(CHILD_ENV, role)
+        .env(DIR_ENV, dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Lines a child printed that start with `@`, its protocol; test-harness noise is skipped.
+fn protocol_lines(child: &mut Child) -> impl Iterator<Item = String> + use<> {
+    BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| line.strip_prefix('@').map(str::to_string))
+}
+
+/// Entry point of the child processes; does nothing when run as an ordinary test.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = std::env::var(DIR_ENV).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let store = FileStorage::builder(&dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap();
+        match role.as_str() {
+            "sweep" => {
+                for _ in 0..5 {
+                    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+                    println!("@{}", serde_json::to_string(&report).unwrap());
+                }
+            }
+            "idempotent" => {
+                println!("@ready");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).unwrap();
+                let runs = Path::new(&dir).join("..").join("runs.log");
+                let idempotency = Idempotency::new(Arc::new(store));
+                let result: Value = idempotency
+                    .run("shared-key", Duration::from_secs(600), async move {
+                        let mut log = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&runs)
+                            .unwrap();
+                        writeln!(log, "{}", std::process::id()).unwrap();
+                        // The work takes a while, so the other process finds it in progress.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, std::io::Error>(json!({"by": std::process::id()}))
+                    })
+                    .await
+                    .unwrap();
+                println!("@{result}");
+            }
+            "claim-and-hang" => {
+                let idempotency =
+                    Idempotency::new(Arc::new(store)).with_lease(Duration::from_secs(30));
+                let _: Result<Value, RunError<std::io::Error>> = idempotency
+                    .run("crashy", Duration::from_secs(600), async {
+                        println!("@working");
+                        std::future::pending().await
+                    })
+                    .await;
+            }
+            other => panic!("unknown child role {other}"),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_sweeping_at_once_remove_each_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    const EXPIRED: usize = 300;
+    // Written an hour ago by the clock of the writer: expired for everyone now.
+    let past = ManualClock::new(Timestamp::from_millis(
+        Timestamp::now().as_millis() - 3_600_000,
+    ));
+    let writer = FileStorage::builder(dir.path())
+        .with_clock(Arc::new(past))
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    for i in 0..EXPIRED {
+        writer
+            .put(
+                &format!("old-{i:03}"),
+                json!({"state": "completed"}),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+    }
+    let fresh = FileStorage::builder(dir.path())
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    fresh
+        .put("fresh", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    let mut children: Vec<Child> = (0..4).map(|_| spawn_child("sweep", dir.path())).collect();
+    let mut removed = Vec::new();
+    let mut ran = 0;
+    for child in &mut children {
+        for line in protocol_lines(child) {
+            let report: Value = serde_json::from_str(&line).unwrap();
+            if report["ran"] == true {
+                ran += 1;
+            }
+            for id in report["removed"].as_array().unwrap() {
+                removed.push(id.as_str().unwrap().to_string());
+            }
+        }
+        assert!(child.wait().unwrap().success());
+    }
+    assert!(ran >= 1);
+    let total = removed.len();
+    removed.sort();
+    removed.dedup();
+    assert_eq!(removed.len(), total, "a record was reported removed twice");
+    assert_eq!(total, EXPIRED, "the reports add up to every expired record");
+    let left = fresh.list(&ListFilter::all()).await.unwrap();
+    let ids: Vec<&str> = left.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["fresh"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_run_the_work_of_one_key_once() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    FileStorage::open(&dir).unwrap();
+    let mut children: Vec<Child> = (0..2).map(|_| spawn_child("idempotent", &dir)).collect();
+    let mut outputs: Vec<_> = children.iter_mut().map(protocol_lines).collect();
+    for lines in &mut outputs {
+        assert_eq!(lines.next().as_deref(), Some("ready"));
+    }
+    // Both children are waiting: let them go at once.
+    for child in &mut children {
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let results: Vec<String> = outputs
+        .iter_mut()
+        .map(|lines| lines.next().unwrap())
+        .collect();
+    for child in &mut children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(results[0], results[1], "both callers get the one result");
+    let runs = std::fs::read_to_string(root.path().join("runs.log")).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the work ran more than once: {runs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_blocks_its_key_only_until_the_lease_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child("claim-and-hang", dir.path());
+    assert_eq!(
+        protocol_lines(&mut child).next().as_deref(),
+        Some("working")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let clock = ManualClock::starting_now();
+    let store = FileStorage::builder(dir.path())
+        .with_clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    let idempotency = Idempotency::new(Arc::new(store)).with_lease(Duration::from_secs(30));
+    let refused = idempotency
+        .clone()
+        .with_in_progress(InProgressPolicy::Reject)
+        .run("crashy", Duration::from_secs(60), async {
+            Ok::<_, std::io::Error>(1)
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(RunError::Store(Error::InProgress { .. }))),
+        "{refused:?}"
+    );
+    clock.advance(Duration::from_secs(31));
+    let result: u32 = idempotency
+        .run("crashy", Duration::from_secs(60), async {
+            Ok::<_, std::io::Error>(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(result, 2);
+}
+
+/// A store whose cleanup waits for the test's permission, to catch a sweep in progress.
+#[derive(Debug, Default)]
+struct SlowCleanup {
+    inner: MemoryStorage,
+    entered: Notify,
+    release: Notify,
+    finished: AtomicBool,
+    cleanups: AtomicUsize,
+}
+
+#[async_trait]
+impl SyncStorage for SlowCleanup {
+    fn backend_name(&self) -> &'static str {
+        "slow"
+    }
+    fn clock(&self) -> SharedClock {
+        self.inner.clock()
+    }
+    async fn get(&self, id: &str) -> syncstatus::Result<Option<Record>> {
+        self.inner.get(id).await
+    }
+    async fn put(&self, id: &str, status: Value, mode: PutMode) -> syncstatus::Result<Record> {
+        self.inner.put(id, status, mode).await
+    }
+    async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> syncstatus::Result<Record> {
+        self.inner.update(id, f).await
+    }
+    async fn delete(&self, id: &str) -> syncstatus::Result<bool> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> syncstatus::Result<Listing> {
+        self.inner.list(filter).await
+    }
+    async fn cleanup(&self, options: &CleanupOptions) -> syncstatus::Result<CleanupReport> {
+        self.cleanups.fetch_add(1, Ordering::SeqCst);
+        self.entered.notify_one();
+        self.release.notified().await;
+        let report = self.inner.cleanup(options).await;
+        self.finished.store(true, Ordering::SeqCst);
+        report
+    }
+    async fn watch(
+        &self,
+        selector: WatchSelector,
+        options: WatchOptions,
+    ) -> syncstatus::Result<WatchStream> {
+        self.inner.watch(selector, options).await
+    }
+    async fn try_lock(&self, name: &str, lease: Duration) -> syncstatus::Result<Option<LockGuard>> {
+        self.inner.try_lock(name, lease).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeper_waits_its_initial_delay_then_sweeps_on_interval() {
+    let clock = ManualClock::starting_now();
+    let memory = MemoryStorage::with_options(
+        TtlPolicy::uniform(Duration::from_secs(60)),
+        Arc::new(clock.clone()),
+    );
+    memory
+        .put("old", json!({"state": "completed"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(120));
+    let store: DynSyncStorage = Arc::new(memory.clone());
+    let started = tokio::time::Instant::now();
+    let mut sweeper = Sweeper::spawn(store, SweeperConfig::default());
+    let report = sweeper.next_report().await.unwrap();
+    assert!(
+        started.elapsed() >= SweeperConfig::default().initial_delay,
+        "swept before the initial delay"
+    );
+    assert!(report.ran);
+    assert_eq!(report.removed, ["old"]);
+    memory
+        .put("later", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(120));
+    let report = sweeper.next_report().await.unwrap();
+    assert_eq!(report.removed, ["later"]);
+    sweeper.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_only_after_the_sweep_in_progress() {
+    let store = Arc::new(SlowCleanup::default());
+    let sweeper = Sweeper::spawn(
+        store.clone(),
+        SweeperConfig {
+            initial_delay: Duration::ZERO,
+            ..SweeperConfig::default()
+        },
+    );
+    store.entered.notified().await;
+    let shutdown = tokio::spawn(sweeper.shutdown());
+    // The shutdown must still be waiting: the sweep has not been released.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!shutdown.is_finished(), "shutdown returned during a sweep");
+    store.release.notify_one();
+    shutdown.await.unwrap();
+    assert!(
+        store.finished.load(Ordering::SeqCst),
+        "shutdown returned before the sweep finished"
+    );
+    assert_eq!(
+        store.cleanups.load(Ordering::SeqCst),
+        1,
+        "no sweep after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_sweeper_stops_its_task() {
+    let store = Arc::new(SlowCleanup::default());
+    let sweeper = Sweeper::spawn(store.clone(), SweeperConfig::default());
+    assert_eq!(Arc::strong_count(&store), 2, "the task holds the store");
+    drop(sweeper);
+    // The aborted task drops its future, and with it the store; wait for that, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper task outlived its handle"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.cleanups.load(Ordering::SeqCst), 0);
+}

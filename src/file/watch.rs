@@ -20,6 +20,43 @@ use crate::record::Record;
 use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
 
 /// How a file store's watches learn about changes.
+///
+/// All watches of one [`FileStorage`] (and its clones) share one watcher, started by the
+/// first and stopped when the last stream is dropped. Writes made through that same store
+/// reach its subscribers directly; everything else (other processes, other stores on the
+/// same directory, people editing files) is learnt from the file system.
+///
+/// # Known problems
+///
+/// - **Network file systems** (NFS, SMB/CIFS, sshfs, most FUSE mounts) deliver no events for
+///   changes made on other machines, and often not even for changes made locally. Use
+///   [`WatchMode::Poll`] there.
+/// - **Container bind mounts and VM shared folders** (Docker Desktop on macOS and Windows,
+///   WSL2 paths under `/mnt`, VirtualBox/Vagrant shares) do not forward events made on the
+///   other side of the mount. Use [`WatchMode::Poll`], or watch from the side that writes.
+/// - **inotify limits** (Linux). Each watch takes one inotify instance
+///   (`/proc/sys/fs/inotify/max_user_instances`) and one watch
+///   (`/proc/sys/fs/inotify/max_user_watches`); when none can be had the store logs a warning
+///   and polls every second instead. The kernel queue holds
+///   `/proc/sys/fs/inotify/max_queued_events` events; a burst beyond it overflows, and the
+///   watch answers with a full rescan sent as [`WatchEvent::Resync`](crate::WatchEvent) —
+///   nothing is lost, but a rescan of a large store costs a read of every file.
+/// - **Editors and tools that replace files** (write a copy, then rename over or delete and
+///   re-create) are seen as removals and creations; the watch re-reads the file and reports
+///   its final content. A file holding something that is not a record is reported as an
+///   error item and the stream goes on. Files written by hand without the envelope
+///   (version 0) carry no creation stamp, so their re-creation is reported as an upsert.
+/// - **Removing the store directory** (`rm -rf`) is reported as the removal of every record;
+///   the watch then looks for the directory every 200 ms and, once it is back, watches the
+///   new one and sends a resync. A directory moved away is treated the same way.
+/// - **The clocks of other writers.** `created_at`/`updated_at` come from the clock of
+///   whichever process wrote the record, and expiry is judged by this store's clock. Records
+///   written by a machine whose clock runs behind may look expired (and are then reported
+///   as removed) or stale; keep clocks synchronised.
+/// - **Polling** costs a read of every record file per interval and reports only the state
+///   at each look: writes between two looks are coalesced, and a record removed and made
+///   again between two looks is seen as a removal followed by the new record only when its
+///   creation stamp changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WatchMode {
     /// File system events (inotify, FSEvents, ...), with a full rescan whenever the event
@@ -56,7 +93,8 @@ impl Signals {
     }
 
     /// Called on notify's thread for every event: record, wake, return. Never blocks on
-    /// anything but the short dirty-set lock.
+    /// anything but the short dirty-set lock. `dir` is the watched directory as notify
+    /// reports it (absolute).
     fn on_event(&self, dir: &Path, result: notify::Result<notify::Event>) {
         match result {
             Ok(event) => {
@@ -94,7 +132,16 @@ impl Signals {
 
 fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::RecommendedWatcher> {
     let callback_signals = Arc::downgrade(signals);
-    let callback_dir = dir.to_path_buf();
+    // notify reports paths under the watched directory made absolute against the current
+    // directory, so the removal of a store opened by a relative path is only recognised
+    // against the same absolute form.
+    let callback_dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(notify::Error::io)?
+            .join(dir)
+    };
     let mut watcher = notify::recommended_watcher(move |result| {
         if let Some(signals) = callback_signals.upgrade() {
             signals.on_event(&callback_dir, result);
@@ -186,6 +233,10 @@ impl Reconciler {
                 hub.report(Error::backend("file watch", problem));
             }
             if self.signals.directory_gone.swap(false, Ordering::SeqCst) {
+                // Tell subscribers what is there now (usually nothing: every record is
+                // reported removed) rather than going silent until the directory is back.
+                self.signals.take_dirty();
+                self.full_scan(&hub, false).await;
                 drop(hub);
                 if !self.rewatch().await {
                     return;

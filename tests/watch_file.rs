@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
-use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -33,7 +32,7 @@ const MAX_QUEUED_EVENTS: &str = "/proc/sys/fs/inotify/max_queued_events";
 
 /// The kernel reads `max_queued_events` when a watcher starts; the overflow test lowers it
 /// for a moment, so other watches of this process start outside that moment.
-static INOTIFY_START: RwLock<()> = RwLock::new(());
+static INOTIFY_START: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn open(dir: &Path, mode: WatchMode) -> FileStorage {
     FileStorage::builder(dir)
@@ -45,9 +44,7 @@ fn open(dir: &Path, mode: WatchMode) -> FileStorage {
 }
 
 async fn watch(store: &FileStorage) -> WatchStream {
-    let _outside_window = INOTIFY_START
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _outside_window = INOTIFY_START.read().await;
     store
         .watch(WatchSelector::All, WatchOptions::default())
         .await
@@ -542,9 +539,7 @@ async fn queue_overflow_leads_to_a_resync_and_the_final_states() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), WatchMode::Events);
     let mut stream = {
-        let _window = INOTIFY_START
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _window = INOTIFY_START.write().await;
         let limit = match QueueLimit::lower(1) {
             Ok(limit) => limit,
             Err(reason) => {

@@ -508,6 +508,38 @@ async fn store_directory_removed_and_made_again_is_watched_again() {
     );
 }
 
+#[tokio::test]
+async fn watch_of_a_store_whose_directory_is_missing_waits_for_it() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("store");
+    let store = open(&dir, WatchMode::Events);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut stream = watch(&store).await;
+    let mut mirror = Mirror::default();
+
+    let other = open(&dir, WatchMode::Events);
+    other
+        .put("first", json!({"state": "pending"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| m.resyncs > 0
+            && m.records.contains_key("first"))
+        .await,
+        "the directory was never watched: resyncs {}, seen {:?}",
+        mirror.resyncs,
+        mirror.versions()
+    );
+    // Watched by events from then on: later writes arrive without another rescan.
+    let resyncs = mirror.resyncs;
+    other
+        .put("second", json!({"state": "pending"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_mirror_matches_disk(&mut stream, &mut mirror, &dir).await;
+    assert_eq!(mirror.resyncs, resyncs);
+}
+
 /// Lowers `max_queued_events` until dropped (also on panic).
 struct QueueLimit {
     old: String,
@@ -774,4 +806,57 @@ async fn dropping_every_stream_stops_the_watcher_and_its_thread() {
 async fn streams_of_one_store_share_one_notify_watcher() {
     let dir = tempfile::tempdir().unwrap();
     run_child("child_threads", "share", dir.path(), &[]).await;
+}
+
+#[tokio::test]
+async fn reading_records_does_not_make_the_watcher_read_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), WatchMode::Events);
+    let mut stream = watch(&store).await;
+    let mut mirror = Mirror::default();
+    let other = open(dir.path(), WatchMode::Events);
+    other
+        .put("read-often", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| m
+            .records
+            .contains_key("read-often"))
+        .await
+    );
+
+    // Every open of the file is an inotify event; count them with a bare watcher.
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opens.clone();
+    let mut bare = {
+        let _outside_window = INOTIFY_START.read().await;
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && matches!(
+                    event.kind,
+                    notify::EventKind::Access(notify::event::AccessKind::Open(_))
+                )
+            {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .unwrap()
+    };
+    notify::Watcher::watch(&mut bare, dir.path(), notify::RecursiveMode::NonRecursive).unwrap();
+    for _ in 0..10 {
+        assert!(other.get("read-often").await.unwrap().is_some());
+    }
+    // Readers open the file ten times. A watcher that re-read on every open would answer
+    // each of its own reads with another, without end; wait for that to show, bounded.
+    let until = Instant::now() + Duration::from_secs(2);
+    while opens.load(std::sync::atomic::Ordering::SeqCst) < 100 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = opens.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        seen <= 20,
+        "{seen} opens of a record read ten times: the watcher keeps re-reading it"
+    );
+    assert!(mirror.errors.is_empty(), "{:?}", mirror.errors);
 }

@@ -101,6 +101,11 @@ impl Signals {
                 if event.need_rescan() {
                     self.rescan.store(true, Ordering::SeqCst);
                 }
+                if !changes_content(&event.kind) {
+                    // Opening and reading are reported too (inotify's IN_OPEN), and the
+                    // reconciler's own re-read is one: reacting to it would re-read forever.
+                    return;
+                }
                 for path in &event.paths {
                     if path == dir {
                         if matches!(
@@ -130,6 +135,17 @@ impl Signals {
     }
 }
 
+/// Whether an event may mean the content of a file changed. Only closing a file opened for
+/// writing among the accesses: an editor that writes in place is done then.
+fn changes_content(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::RecommendedWatcher> {
     let callback_signals = Arc::downgrade(signals);
     // notify reports paths under the watched directory made absolute against the current
@@ -151,6 +167,33 @@ fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// Starts notify's watcher off the async threads: it waits for notify's own thread to
+/// confirm the watch.
+async fn start_events(
+    store: &FileStorage,
+    dir: &Path,
+    signals: &Arc<Signals>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = dir.to_path_buf();
+    let signals = signals.clone();
+    match store
+        .blocking(move |_| Ok(event_watcher(&dir, &signals)))
+        .await
+    {
+        Ok(started) => started,
+        Err(error) => Err(notify::Error::generic(&error.to_string())),
+    }
+}
+
+/// Whether watching failed because the directory does not exist.
+fn is_missing(error: &notify::Error) -> bool {
+    match &error.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 /// Starts the watcher and reconciler of `store`, seeded with a full scan taken after the
 /// watcher is in place, so no change falls between the two.
 pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
@@ -158,8 +201,15 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
     let signals = Arc::new(Signals::default());
     let (watcher, poll) = match store.inner.watch_mode {
         WatchMode::Poll(interval) => (None, Some(interval)),
-        WatchMode::Events => match event_watcher(&dir, &signals) {
+        WatchMode::Events => match start_events(&store, &dir, &signals).await {
             Ok(watcher) => (Some(watcher), None),
+            Err(error) if is_missing(&error) => {
+                // Removed since the store was opened: wait for it as for a directory removed
+                // while watched.
+                signals.directory_gone.store(true, Ordering::SeqCst);
+                signals.wake.notify_one();
+                (None, None)
+            }
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "no file system events; polling instead");
                 (None, Some(FALLBACK_POLL))
@@ -328,14 +378,24 @@ impl Reconciler {
             if self.hub.strong_count() == 0 {
                 return false;
             }
-            if self.dir.is_dir() {
+            let dir = self.dir.clone();
+            let exists = self
+                .store
+                .blocking(move |_| Ok(dir.is_dir()))
+                .await
+                .unwrap_or(false);
+            if exists {
                 if self.poll.is_none() {
-                    match event_watcher(&self.dir, &self.signals) {
+                    match start_events(&self.store, &self.dir, &self.signals).await {
                         Ok(watcher) => self.watcher = Some(watcher),
-                        Err(error) => {
-                            tracing::debug!(dir = %self.dir.display(), %error, "watch not yet possible");
+                        Err(error) if is_missing(&error) => {
+                            // Removed again in between.
                             tokio::time::sleep(DIRECTORY_RETRY).await;
                             continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(dir = %self.dir.display(), %error, "no file system events; polling instead");
+                            self.poll = Some(FALLBACK_POLL);
                         }
                     }
                 }

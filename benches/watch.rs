@@ -97,8 +97,24 @@ fn id_number(name: &str) -> Option<usize> {
     name.strip_prefix('w')?.strip_suffix(".json")?.parse().ok()
 }
 
-/// One round of paced writes: (ours, bare notify).
-fn latency_round() -> (Latency, Latency) {
+/// Per write, how much later our subscriber saw it than the bare notify watcher.
+fn added_over_notify(ours: &HashMap<usize, Instant>, bare: &HashMap<usize, Instant>) -> Latency {
+    let mut micros: Vec<f64> = ours
+        .iter()
+        .filter_map(|(n, at)| bare.get(n).map(|raw| micros_between(*raw, *at)))
+        .collect();
+    micros.sort_by(f64::total_cmp);
+    Latency {
+        p50: percentile(&micros, 50.0),
+        p99: percentile(&micros, 99.0),
+        max: micros.last().copied().unwrap_or(f64::NAN),
+        early: micros.iter().filter(|m| **m < 0.0).count(),
+        missing: ours.len().max(bare.len()) - micros.len(),
+    }
+}
+
+/// One round of paced writes: (ours, bare notify, ours minus bare notify per write).
+fn latency_round() -> (Latency, Latency, Latency) {
     let dir = tempfile::tempdir().expect("temp dir");
     let rt = runtime();
     let subscriber_store = open(dir.path());
@@ -173,9 +189,13 @@ fn latency_round() -> (Latency, Latency) {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(raw);
-    let ours = summarize(&ends, &ours_seen.lock().expect("ours map"));
-    let bare = summarize(&ends, &raw_seen.lock().expect("raw map"));
-    (ours, bare)
+    let ours_seen = ours_seen.lock().expect("ours map");
+    let raw_seen = raw_seen.lock().expect("raw map");
+    (
+        summarize(&ends, &ours_seen),
+        summarize(&ends, &raw_seen),
+        added_over_notify(&ours_seen, &raw_seen),
+    )
 }
 
 struct Burst {
@@ -312,9 +332,8 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// In a process of its own: peak RSS before and after starting a watch of 100,000 records.
-fn rss_child() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Writes 100,000 small records in the store's own format, directly to save time.
+fn many_records(dir: &Path) -> usize {
     let now = Timestamp::now();
     let mut bytes_on_disk = 0;
     for n in 0..RSS_RECORDS {
@@ -329,9 +348,35 @@ fn rss_child() {
         let mut json = serde_json::to_vec_pretty(&record).expect("json");
         json.push(b'\n');
         bytes_on_disk += json.len();
-        std::fs::write(dir.path().join(format!("{}.json", record.id)), json).expect("write");
+        std::fs::write(dir.join(format!("{}.json", record.id)), json).expect("write");
     }
+    bytes_on_disk
+}
+
+/// In a process of its own: peak RSS before and after holding 100,000 records, either in a
+/// watch (`watch`) or, as the baseline, in the result of one `list` (`list`).
+fn rss_child(what: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bytes_on_disk = many_records(dir.path());
     let rt = runtime();
+    if what == "list" {
+        let store = open(dir.path());
+        let before = status_kib("VmHWM:");
+        let start = Instant::now();
+        let listing = rt.block_on(store.list(&ListFilter::all())).expect("list");
+        let took = start.elapsed();
+        let after = status_kib("VmHWM:");
+        println!(
+            "{} {} {} {} {} {}",
+            before,
+            after,
+            status_kib("VmRSS:"),
+            took.as_millis(),
+            bytes_on_disk / 1024,
+            listing.records.len() == RSS_RECORDS
+        );
+        return;
+    }
     let store = open(dir.path());
     let before = status_kib("VmHWM:");
     let start = Instant::now();
@@ -360,29 +405,40 @@ fn rss_child() {
     });
     let after = status_kib("VmHWM:");
     println!(
-        "{} {} {} {} {}",
+        "{} {} {} {} {} {}",
         before,
         after,
+        status_kib("VmRSS:"),
         started.as_millis(),
         bytes_on_disk / 1024,
         arrived
     );
 }
 
-fn rss() -> Option<(u64, u64, u128, usize, bool)> {
+struct Rss {
+    before_kib: u64,
+    peak_kib: u64,
+    now_kib: u64,
+    took_ms: u128,
+    disk_kib: usize,
+    ok: bool,
+}
+
+fn rss(what: &str) -> Option<Rss> {
     let output = std::process::Command::new(std::env::current_exe().ok()?)
-        .env(CHILD, "rss")
+        .env(CHILD, what)
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     let mut fields = text.split_whitespace();
-    Some((
-        fields.next()?.parse().ok()?,
-        fields.next()?.parse().ok()?,
-        fields.next()?.parse().ok()?,
-        fields.next()?.parse().ok()?,
-        fields.next()?.parse().ok()?,
-    ))
+    Some(Rss {
+        before_kib: fields.next()?.parse().ok()?,
+        peak_kib: fields.next()?.parse().ok()?,
+        now_kib: fields.next()?.parse().ok()?,
+        took_ms: fields.next()?.parse().ok()?,
+        disk_kib: fields.next()?.parse().ok()?,
+        ok: fields.next()?.parse().ok()?,
+    })
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -395,8 +451,8 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    if std::env::var(CHILD).as_deref() == Ok("rss") {
-        rss_child();
+    if let Ok(what) = std::env::var(CHILD) {
+        rss_child(&what);
         return;
     }
     println!(
@@ -405,19 +461,27 @@ fn main() {
          to the event, in µs"
     );
     println!(
-        "{:<6} {:>22} {:>22} {:>12} {:>8}",
-        "round", "ours p50 / p99 / max", "notify p50 / p99 / max", "p99 ratio", "missing"
+        "{:<6} {:>22} {:>22} {:>10} {:>22} {:>8}",
+        "round",
+        "ours p50 / p99 / max",
+        "notify p50 / p99 / max",
+        "p99 ratio",
+        "added p50 / p99 / max",
+        "missing"
     );
     let mut ours_p50 = Vec::new();
     let mut ours_p99 = Vec::new();
     let mut bare_p50 = Vec::new();
     let mut bare_p99 = Vec::new();
     let mut ratios = Vec::new();
+    let mut added_p50 = Vec::new();
+    let mut added_p99 = Vec::new();
     let mut bursts = Vec::new();
     for round in 1..=ROUNDS {
-        let (ours, bare) = latency_round();
+        let (ours, bare, added) = latency_round();
         println!(
-            "{:<6} {:>6.0} / {:>5.0} / {:>6.0} {:>6.0} / {:>5.0} / {:>6.0} {:>11.1}x {:>4} / {:<3}",
+            "{:<6} {:>6.0} / {:>5.0} / {:>6.0} {:>6.0} / {:>5.0} / {:>6.0} {:>9.1}x \
+             {:>6.0} / {:>5.0} / {:>6.0} {:>4} / {:<3}",
             round,
             ours.p50,
             ours.p99,
@@ -426,9 +490,14 @@ fn main() {
             bare.p99,
             bare.max,
             ours.p99 / bare.p99,
+            added.p50,
+            added.p99,
+            added.max,
             ours.missing,
             bare.missing
         );
+        added_p50.push(added.p50);
+        added_p99.push(added.p99);
         if ours.early + bare.early > 0 {
             println!(
                 "       (seen before the put returned: ours {}, notify {})",
@@ -452,6 +521,8 @@ fn main() {
     show("bare notify p50 µs", bare_p50);
     show("bare notify p99 µs", bare_p99);
     show("p99 ratio ours / notify", ratios);
+    show("added over notify p50 µs", added_p50);
+    show("added over notify p99 µs", added_p99);
 
     println!();
     println!(
@@ -478,19 +549,39 @@ fn main() {
     }
 
     println!();
-    match rss() {
-        Some((before, after, started_ms, disk_kib, arrived)) => {
-            println!(
-                "memory: watch of {RSS_RECORDS} records ({} MiB of files): VmHWM {:.1} MiB \
-                 before the watch, {:.1} MiB after (+{:.1} MiB, {:.0} bytes per record); \
-                 watch started in {started_ms} ms; live afterwards: {arrived}",
-                disk_kib / 1024,
-                before as f64 / 1024.0,
-                after as f64 / 1024.0,
-                (after.saturating_sub(before)) as f64 / 1024.0,
-                (after.saturating_sub(before)) as f64 * 1024.0 / RSS_RECORDS as f64,
-            );
+    let cases: Vec<(&str, Option<Rss>)> = vec![
+        ("watch (started, live)", rss("watch")),
+        ("one list() (baseline)", rss("list")),
+    ];
+    let record_bytes = cases
+        .iter()
+        .find_map(|(_, r)| r.as_ref())
+        .map_or(0, |r| r.disk_kib * 1024 / RSS_RECORDS);
+    println!(
+        "memory: {RSS_RECORDS} records of about {record_bytes} bytes on disk, each case in a \
+         fresh process"
+    );
+    println!(
+        "{:<26} {:>12} {:>12} {:>12} {:>14} {:>10} {:>6}",
+        "case", "VmHWM before", "VmHWM after", "VmRSS after", "peak growth", "took", "ok"
+    );
+    for (name, measured) in cases {
+        match measured {
+            Some(r) => {
+                let growth = r.peak_kib.saturating_sub(r.before_kib);
+                println!(
+                    "{:<26} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB {:>6.1} MiB {:>4.0} B/rec {:>7} ms {:>6}",
+                    name,
+                    r.before_kib as f64 / 1024.0,
+                    r.peak_kib as f64 / 1024.0,
+                    r.now_kib as f64 / 1024.0,
+                    growth as f64 / 1024.0,
+                    growth as f64 * 1024.0 / RSS_RECORDS as f64,
+                    r.took_ms,
+                    r.ok
+                );
+            }
+            None => println!("{name:<26} the measuring process failed"),
         }
-        None => println!("memory: the measuring process failed"),
     }
 }

@@ -605,6 +605,10 @@ async fn queue_overflow_leads_to_a_resync_and_the_final_states() {
         .await;
     }
     assert!(mirror.resyncs > 0, "no resync after {bursts} bursts");
+    eprintln!(
+        "overflow seen after {bursts} burst(s): {} resyncs",
+        mirror.resyncs
+    );
     assert_mirror_matches_disk(&mut stream, &mut mirror, dir.path()).await;
     assert_eq!(mirror.versions().len(), 200);
     assert!(

@@ -540,6 +540,56 @@ async fn watch_of_a_store_whose_directory_is_missing_waits_for_it() {
     assert_eq!(mirror.resyncs, resyncs);
 }
 
+#[tokio::test]
+async fn expiry_is_reported_as_a_removal_without_waiting_for_a_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = |dir: &Path| {
+        FileStorage::builder(dir)
+            .with_ttl(TtlPolicy::uniform(Duration::from_millis(300)).with_state("kept", None))
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap()
+    };
+    let store = short(dir.path());
+    let other = short(dir.path());
+    // One record there before the watch starts, one written while it runs.
+    other
+        .put("before", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    let mut stream = watch(&store).await;
+    let mut mirror = Mirror::default();
+    other
+        .put("during", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    other
+        .put("kept", json!({"state": "kept"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| m
+            .records
+            .contains_key("during"))
+        .await
+    );
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| {
+            let removed = |id: &str| m.history(id).last() == Some(&None);
+            removed("before") && removed("during")
+        })
+        .await,
+        "expired records not reported removed: {:?}",
+        mirror.log
+    );
+    assert!(mirror.records.contains_key("kept"));
+    assert!(!mirror.records.contains_key("during"));
+    // Nobody swept: the files are still there, the removal came from the expiry itself.
+    assert!(store.path_of("before").unwrap().exists());
+    assert!(store.path_of("during").unwrap().exists());
+    assert_eq!(store.get("during").await.unwrap(), None);
+}
+
 /// Lowers `max_queued_events` until dropped (also on panic).
 struct QueueLimit {
     old: String,
@@ -583,7 +633,15 @@ async fn queue_overflow_leads_to_a_resync_and_the_final_states() {
             .watch(WatchSelector::All, WatchOptions::default())
             .await
             .unwrap();
+        let lowered_to = std::fs::read_to_string(MAX_QUEUED_EVENTS).unwrap_or_default();
+        let old = limit.old.clone();
         drop(limit);
+        assert_eq!(lowered_to.trim(), "1");
+        assert_eq!(
+            std::fs::read_to_string(MAX_QUEUED_EVENTS).unwrap().trim(),
+            old.trim(),
+            "{MAX_QUEUED_EVENTS} not restored"
+        );
         stream
     };
     let mut mirror = Mirror::default();

@@ -4,7 +4,7 @@
 //! dirty (or that a full rescan is needed) and wakes the reconciler task. The reconciler
 //! re-reads those files off the async threads and publishes what changed to the store's hub.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::FileStorage;
 use super::disk::Layout;
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::record::{Record, Timestamp};
 use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
 
 /// How a file store's watches learn about changes.
@@ -50,9 +50,12 @@ use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
 ///   the watch then looks for the directory every 200 ms and, once it is back, watches the
 ///   new one and sends a resync. A directory moved away is treated the same way.
 /// - **The clocks of other writers.** `created_at`/`updated_at` come from the clock of
-///   whichever process wrote the record, and expiry is judged by this store's clock. Records
-///   written by a machine whose clock runs behind may look expired (and are then reported
-///   as removed) or stale; keep clocks synchronised.
+///   whichever process wrote the record, and expiry is judged by this store's clock: a
+///   record is reported removed when it expires by that clock, whether or not a sweep has
+///   deleted its file yet. Records written by a machine whose clock runs behind may look
+///   expired (and are then reported as removed) or stale; keep clocks synchronised. With a
+///   [`ManualClock`](crate::ManualClock), expiry is noticed at the next change the watch
+///   sees (or once the TTL has passed in real time), not the moment the clock is advanced.
 /// - **Polling** costs a read of every record file per interval and reports only the state
 ///   at each look: writes between two looks are coalesced, and a record removed and made
 ///   again between two looks is seen as a removal followed by the new record only when its
@@ -217,6 +220,14 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         },
     };
     let records = scan(&store).await?.0;
+    let mut expiries = Expiries::default();
+    for record in &records {
+        let at = store
+            .inner
+            .ttl
+            .expires_at(&record.status, record.updated_at);
+        expiries.track(&record.id, at);
+    }
     let hub = Arc::new(WatchHub::new(records));
     let reconciler = Reconciler {
         store,
@@ -225,6 +236,8 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         signals,
         watcher,
         poll,
+        expiries,
+        retry: false,
     };
     let task = tokio::spawn(reconciler.run());
     Ok(HubHandle {
@@ -251,6 +264,42 @@ async fn scan(store: &FileStorage) -> Result<(Vec<Record>, Vec<Error>)> {
         .await
 }
 
+/// When each published record expires under the store's TTL policy. Expiry changes no file,
+/// so without this a record would be reported removed only once a sweep deletes its file.
+#[derive(Debug, Default)]
+struct Expiries {
+    by_id: HashMap<String, Timestamp>,
+    due: BTreeSet<(Timestamp, String)>,
+}
+
+impl Expiries {
+    fn track(&mut self, id: &str, expires_at: Option<Timestamp>) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.due.remove(&(old, id.to_string()));
+        }
+        if let Some(at) = expires_at {
+            self.by_id.insert(id.to_string(), at);
+            self.due.insert((at, id.to_string()));
+        }
+    }
+
+    fn next(&self) -> Option<Timestamp> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// The ids expired at `now`, no longer tracked (a re-read tracks them again if needed).
+    fn take_due(&mut self, now: Timestamp) -> Vec<String> {
+        let mut ids = Vec::new();
+        while self.due.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, id)) = self.due.pop_first() {
+                self.by_id.remove(&id);
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
 struct Reconciler {
     store: FileStorage,
     dir: PathBuf,
@@ -259,20 +308,57 @@ struct Reconciler {
     /// Dropped with the task, which stops notify's thread.
     watcher: Option<notify::RecommendedWatcher>,
     poll: Option<Duration>,
+    expiries: Expiries,
+    /// A scan failed: try again after a pause even if no event comes.
+    retry: bool,
 }
 
 impl Reconciler {
+    fn expires_at(&self, record: &Record) -> Option<Timestamp> {
+        self.store
+            .inner
+            .ttl
+            .expires_at(&record.status, record.updated_at)
+    }
+
+    fn track(&mut self, id: &str, current: Option<&Record>) {
+        let at = current.and_then(|record| self.expires_at(record));
+        self.expiries.track(id, at);
+    }
+
+    /// How long to sleep at most before looking again without an event.
+    fn next_look(&self) -> Option<Duration> {
+        let now = self.store.inner.clock.now();
+        let until_expiry = self
+            .expiries
+            .next()
+            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(now.as_millis())));
+        let retry = self.retry.then_some(DIRECTORY_RETRY);
+        [self.poll, until_expiry, retry].into_iter().flatten().min()
+    }
+
     async fn run(mut self) {
         loop {
-            match self.poll {
-                Some(interval) => {
-                    let _ = tokio::time::timeout(interval, self.signals.wake.notified()).await;
+            match self.next_look() {
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, self.signals.wake.notified()).await;
                 }
                 None => self.signals.wake.notified().await,
             }
             let Some(hub) = self.hub.upgrade() else {
                 return;
             };
+            if std::mem::take(&mut self.retry) {
+                self.signals.rescan.store(true, Ordering::SeqCst);
+            }
+            let expired = self.expiries.take_due(self.store.inner.clock.now());
+            if !expired.is_empty() {
+                self.signals
+                    .dirty
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(expired);
+            }
             if let Some(problem) = self
                 .signals
                 .problem
@@ -310,11 +396,15 @@ impl Reconciler {
     }
 
     /// Publishes the whole directory: as a resync when continuity was lost, else as a diff.
-    async fn full_scan(&self, hub: &WatchHub, resync: bool) {
+    async fn full_scan(&mut self, hub: &WatchHub, resync: bool) {
         match scan(&self.store).await {
             Ok((records, errors)) => {
                 for error in errors {
                     hub.report(error);
+                }
+                self.expiries = Expiries::default();
+                for record in &records {
+                    self.track(&record.id, Some(record));
                 }
                 if resync {
                     hub.replace_all(records);
@@ -334,12 +424,12 @@ impl Reconciler {
             }
             Err(error) => {
                 hub.report(error);
-                self.signals.rescan.store(true, Ordering::SeqCst);
+                self.retry = true;
             }
         }
     }
 
-    async fn reread(&self, hub: &WatchHub, dirty: HashSet<String>) {
+    async fn reread(&mut self, hub: &WatchHub, dirty: HashSet<String>) {
         let ids: Vec<String> = dirty.into_iter().collect();
         let read = self
             .store
@@ -357,15 +447,17 @@ impl Reconciler {
             Ok(results) => {
                 for (id, current) in results {
                     match current {
-                        Ok(current) => hub.apply(&id, current),
+                        Ok(current) => {
+                            self.track(&id, current.as_ref());
+                            hub.apply(&id, current);
+                        }
                         Err(error) => hub.report(error),
                     }
                 }
             }
             Err(error) => {
                 hub.report(error);
-                self.signals.rescan.store(true, Ordering::SeqCst);
-                self.signals.wake.notify_one();
+                self.retry = true;
             }
         }
     }

@@ -41,6 +41,14 @@ fn same_revision(a: &Record, b: &Record) -> bool {
     a.version == b.version && a.created_at == b.created_at && a.updated_at == b.updated_at
 }
 
+/// Whether `new` is a record made again after `known` was removed, the removal itself having
+/// been coalesced away (a source that re-reads after the fact sees only the new record).
+/// Files written by other tools (version 0) take their times from the file, so they carry
+/// no creation stamp to tell.
+fn is_recreation(known: &Record, new: &Record) -> bool {
+    known.version > 0 && new.version > 0 && known.created_at != new.created_at
+}
+
 impl WatchHub {
     pub(crate) fn new(initial: impl IntoIterator<Item = Record>) -> Self {
         let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
@@ -63,17 +71,24 @@ impl WatchHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes the current state of one id (`None`: gone). Repeats are dropped.
+    /// Publishes the current state of one id (`None`: gone). Repeats are dropped; a record
+    /// made again after a removal the source did not see is published as that removal
+    /// followed by the new record, so subscribers never mistake it for the old one.
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
         let mut state = self.lock();
         let event = match current {
             Some(record) => {
-                if state
-                    .records
-                    .get(id)
-                    .is_some_and(|known| same_revision(known, &record))
-                {
-                    return;
+                if let Some(known) = state.records.get(id) {
+                    if same_revision(known, &record) {
+                        return;
+                    }
+                    if is_recreation(known, &record) {
+                        let _ = state
+                            .tx
+                            .send(HubMessage::Event(Arc::new(WatchEvent::Removed {
+                                id: id.to_string(),
+                            })));
+                    }
                 }
                 state.records.insert(id.to_string(), record.clone());
                 WatchEvent::Upsert(record)
@@ -337,5 +352,62 @@ pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Timestamp;
+
+    fn record(version: u64, created: u64, updated: u64) -> Record {
+        Record {
+            id: "job".into(),
+            version,
+            created_at: Timestamp::from_millis(created),
+            updated_at: Timestamp::from_millis(updated),
+            status: serde_json::json!({}),
+        }
+    }
+
+    fn published(rx: &mut broadcast::Receiver<HubMessage>) -> Vec<WatchEvent> {
+        let mut events = Vec::new();
+        while let Ok(HubMessage::Event(event)) = rx.try_recv() {
+            events.push((*event).clone());
+        }
+        events
+    }
+
+    #[test]
+    fn a_record_made_again_unseen_is_a_removal_then_the_new_record() {
+        let hub = WatchHub::new([record(3, 10, 30)]);
+        let mut rx = hub.lock().tx.subscribe();
+        hub.apply("job", Some(record(1, 40, 40)));
+        assert_eq!(
+            published(&mut rx),
+            vec![
+                WatchEvent::Removed { id: "job".into() },
+                WatchEvent::Upsert(record(1, 40, 40))
+            ]
+        );
+    }
+
+    #[test]
+    fn newer_versions_and_repeats_are_not_removals() {
+        let hub = WatchHub::new([record(3, 10, 30)]);
+        let mut rx = hub.lock().tx.subscribe();
+        hub.apply("job", Some(record(3, 10, 30)));
+        hub.apply("job", Some(record(4, 10, 35)));
+        // Files of other tools (version 0) take their stamps from the file.
+        hub.apply("job", Some(record(0, 50, 50)));
+        hub.apply("job", Some(record(0, 60, 60)));
+        assert_eq!(
+            published(&mut rx),
+            vec![
+                WatchEvent::Upsert(record(4, 10, 35)),
+                WatchEvent::Upsert(record(0, 50, 50)),
+                WatchEvent::Upsert(record(0, 60, 60)),
+            ]
+        );
     }
 }

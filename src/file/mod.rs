@@ -170,6 +170,13 @@ impl FileStorage {
         &self.inner.layout.dir
     }
 
+    /// Whether a watch of this store is running (some stream is alive). For tests that
+    /// check dropping the last stream stops the watcher.
+    #[doc(hidden)]
+    pub fn watch_is_running(&self) -> bool {
+        self.inner.hub.running().is_some()
+    }
+
     /// The file that holds the record of `id`.
     pub fn path_of(&self, id: &str) -> Result<PathBuf> {
         validate_id(id)?;

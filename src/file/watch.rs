@@ -4,7 +4,7 @@
 //! dirty (or that a full rescan is needed) and wakes the reconciler task. The reconciler
 //! re-reads those files off the async threads and publishes what changed to the store's hub.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,10 +16,50 @@ use tokio::sync::Notify;
 use super::FileStorage;
 use super::disk::Layout;
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::record::{Record, Timestamp};
 use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
 
 /// How a file store's watches learn about changes.
+///
+/// All watches of one [`FileStorage`] (and its clones) share one watcher, started by the
+/// first and stopped when the last stream is dropped. Writes made through that same store
+/// reach its subscribers directly; everything else (other processes, other stores on the
+/// same directory, people editing files) is learnt from the file system.
+///
+/// # Known problems
+///
+/// - **Network file systems** (NFS, SMB/CIFS, sshfs, most FUSE mounts) deliver no events for
+///   changes made on other machines, and often not even for changes made locally. Use
+///   [`WatchMode::Poll`] there.
+/// - **Container bind mounts and VM shared folders** (Docker Desktop on macOS and Windows,
+///   WSL2 paths under `/mnt`, VirtualBox/Vagrant shares) do not forward events made on the
+///   other side of the mount. Use [`WatchMode::Poll`], or watch from the side that writes.
+/// - **inotify limits** (Linux). Each watch takes one inotify instance
+///   (`/proc/sys/fs/inotify/max_user_instances`) and one watch
+///   (`/proc/sys/fs/inotify/max_user_watches`); when none can be had the store logs a warning
+///   and polls every second instead. The kernel queue holds
+///   `/proc/sys/fs/inotify/max_queued_events` events; a burst beyond it overflows, and the
+///   watch answers with a full rescan sent as [`WatchEvent::Resync`](crate::WatchEvent) —
+///   nothing is lost, but a rescan of a large store costs a read of every file.
+/// - **Editors and tools that replace files** (write a copy, then rename over or delete and
+///   re-create) are seen as removals and creations; the watch re-reads the file and reports
+///   its final content. A file holding something that is not a record is reported as an
+///   error item and the stream goes on. Files written by hand without the envelope
+///   (version 0) carry no creation stamp, so their re-creation is reported as an upsert.
+/// - **Removing the store directory** (`rm -rf`) is reported as the removal of every record;
+///   the watch then looks for the directory every 200 ms and, once it is back, watches the
+///   new one and sends a resync. A directory moved away is treated the same way.
+/// - **The clocks of other writers.** `created_at`/`updated_at` come from the clock of
+///   whichever process wrote the record, and expiry is judged by this store's clock: a
+///   record is reported removed when it expires by that clock, whether or not a sweep has
+///   deleted its file yet. Records written by a machine whose clock runs behind may look
+///   expired (and are then reported as removed) or stale; keep clocks synchronised. With a
+///   [`ManualClock`](crate::ManualClock), expiry is noticed at the next change the watch
+///   sees (or once the TTL has passed in real time), not the moment the clock is advanced.
+/// - **Polling** costs a read of every record file per interval and reports only the state
+///   at each look: writes between two looks are coalesced, and a record removed and made
+///   again between two looks is seen as a removal followed by the new record only when its
+///   creation stamp changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WatchMode {
     /// File system events (inotify, FSEvents, ...), with a full rescan whenever the event
@@ -56,12 +96,18 @@ impl Signals {
     }
 
     /// Called on notify's thread for every event: record, wake, return. Never blocks on
-    /// anything but the short dirty-set lock.
+    /// anything but the short dirty-set lock. `dir` is the watched directory as notify
+    /// reports it (absolute).
     fn on_event(&self, dir: &Path, result: notify::Result<notify::Event>) {
         match result {
             Ok(event) => {
                 if event.need_rescan() {
                     self.rescan.store(true, Ordering::SeqCst);
+                }
+                if !changes_content(&event.kind) {
+                    // Opening and reading are reported too (inotify's IN_OPEN), and the
+                    // reconciler's own re-read is one: reacting to it would re-read forever.
+                    return;
                 }
                 for path in &event.paths {
                     if path == dir {
@@ -92,9 +138,29 @@ impl Signals {
     }
 }
 
+/// Whether an event may mean the content of a file changed. Only closing a file opened for
+/// writing among the accesses: an editor that writes in place is done then.
+fn changes_content(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::RecommendedWatcher> {
     let callback_signals = Arc::downgrade(signals);
-    let callback_dir = dir.to_path_buf();
+    // notify reports paths under the watched directory made absolute against the current
+    // directory, so the removal of a store opened by a relative path is only recognised
+    // against the same absolute form.
+    let callback_dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(notify::Error::io)?
+            .join(dir)
+    };
     let mut watcher = notify::recommended_watcher(move |result| {
         if let Some(signals) = callback_signals.upgrade() {
             signals.on_event(&callback_dir, result);
@@ -104,6 +170,33 @@ fn event_watcher(dir: &Path, signals: &Arc<Signals>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// Starts notify's watcher off the async threads: it waits for notify's own thread to
+/// confirm the watch.
+async fn start_events(
+    store: &FileStorage,
+    dir: &Path,
+    signals: &Arc<Signals>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = dir.to_path_buf();
+    let signals = signals.clone();
+    match store
+        .blocking(move |_| Ok(event_watcher(&dir, &signals)))
+        .await
+    {
+        Ok(started) => started,
+        Err(error) => Err(notify::Error::generic(&error.to_string())),
+    }
+}
+
+/// Whether watching failed because the directory does not exist.
+fn is_missing(error: &notify::Error) -> bool {
+    match &error.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 /// Starts the watcher and reconciler of `store`, seeded with a full scan taken after the
 /// watcher is in place, so no change falls between the two.
 pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
@@ -111,8 +204,15 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
     let signals = Arc::new(Signals::default());
     let (watcher, poll) = match store.inner.watch_mode {
         WatchMode::Poll(interval) => (None, Some(interval)),
-        WatchMode::Events => match event_watcher(&dir, &signals) {
+        WatchMode::Events => match start_events(&store, &dir, &signals).await {
             Ok(watcher) => (Some(watcher), None),
+            Err(error) if is_missing(&error) => {
+                // Removed since the store was opened: wait for it as for a directory removed
+                // while watched.
+                signals.directory_gone.store(true, Ordering::SeqCst);
+                signals.wake.notify_one();
+                (None, None)
+            }
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "no file system events; polling instead");
                 (None, Some(FALLBACK_POLL))
@@ -120,6 +220,14 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         },
     };
     let records = scan(&store).await?.0;
+    let mut expiries = Expiries::default();
+    for record in &records {
+        let at = store
+            .inner
+            .ttl
+            .expires_at(&record.status, record.updated_at);
+        expiries.track(&record.id, at);
+    }
     let hub = Arc::new(WatchHub::new(records));
     let reconciler = Reconciler {
         store,
@@ -128,6 +236,8 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         signals,
         watcher,
         poll,
+        expiries,
+        retry: false,
     };
     let task = tokio::spawn(reconciler.run());
     Ok(HubHandle {
@@ -154,6 +264,42 @@ async fn scan(store: &FileStorage) -> Result<(Vec<Record>, Vec<Error>)> {
         .await
 }
 
+/// When each published record expires under the store's TTL policy. Expiry changes no file,
+/// so without this a record would be reported removed only once a sweep deletes its file.
+#[derive(Debug, Default)]
+struct Expiries {
+    by_id: HashMap<String, Timestamp>,
+    due: BTreeSet<(Timestamp, String)>,
+}
+
+impl Expiries {
+    fn track(&mut self, id: &str, expires_at: Option<Timestamp>) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.due.remove(&(old, id.to_string()));
+        }
+        if let Some(at) = expires_at {
+            self.by_id.insert(id.to_string(), at);
+            self.due.insert((at, id.to_string()));
+        }
+    }
+
+    fn next(&self) -> Option<Timestamp> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// The ids expired at `now`, no longer tracked (a re-read tracks them again if needed).
+    fn take_due(&mut self, now: Timestamp) -> Vec<String> {
+        let mut ids = Vec::new();
+        while self.due.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, id)) = self.due.pop_first() {
+                self.by_id.remove(&id);
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
 struct Reconciler {
     store: FileStorage,
     dir: PathBuf,
@@ -162,20 +308,57 @@ struct Reconciler {
     /// Dropped with the task, which stops notify's thread.
     watcher: Option<notify::RecommendedWatcher>,
     poll: Option<Duration>,
+    expiries: Expiries,
+    /// A scan failed: try again after a pause even if no event comes.
+    retry: bool,
 }
 
 impl Reconciler {
+    fn expires_at(&self, record: &Record) -> Option<Timestamp> {
+        self.store
+            .inner
+            .ttl
+            .expires_at(&record.status, record.updated_at)
+    }
+
+    fn track(&mut self, id: &str, current: Option<&Record>) {
+        let at = current.and_then(|record| self.expires_at(record));
+        self.expiries.track(id, at);
+    }
+
+    /// How long to sleep at most before looking again without an event.
+    fn next_look(&self) -> Option<Duration> {
+        let now = self.store.inner.clock.now();
+        let until_expiry = self
+            .expiries
+            .next()
+            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(now.as_millis())));
+        let retry = self.retry.then_some(DIRECTORY_RETRY);
+        [self.poll, until_expiry, retry].into_iter().flatten().min()
+    }
+
     async fn run(mut self) {
         loop {
-            match self.poll {
-                Some(interval) => {
-                    let _ = tokio::time::timeout(interval, self.signals.wake.notified()).await;
+            match self.next_look() {
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, self.signals.wake.notified()).await;
                 }
                 None => self.signals.wake.notified().await,
             }
             let Some(hub) = self.hub.upgrade() else {
                 return;
             };
+            if std::mem::take(&mut self.retry) {
+                self.signals.rescan.store(true, Ordering::SeqCst);
+            }
+            let expired = self.expiries.take_due(self.store.inner.clock.now());
+            if !expired.is_empty() {
+                self.signals
+                    .dirty
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(expired);
+            }
             if let Some(problem) = self
                 .signals
                 .problem
@@ -186,6 +369,10 @@ impl Reconciler {
                 hub.report(Error::backend("file watch", problem));
             }
             if self.signals.directory_gone.swap(false, Ordering::SeqCst) {
+                // Tell subscribers what is there now (usually nothing: every record is
+                // reported removed) rather than going silent until the directory is back.
+                self.signals.take_dirty();
+                self.full_scan(&hub, false).await;
                 drop(hub);
                 if !self.rewatch().await {
                     return;
@@ -209,11 +396,15 @@ impl Reconciler {
     }
 
     /// Publishes the whole directory: as a resync when continuity was lost, else as a diff.
-    async fn full_scan(&self, hub: &WatchHub, resync: bool) {
+    async fn full_scan(&mut self, hub: &WatchHub, resync: bool) {
         match scan(&self.store).await {
             Ok((records, errors)) => {
                 for error in errors {
                     hub.report(error);
+                }
+                self.expiries = Expiries::default();
+                for record in &records {
+                    self.track(&record.id, Some(record));
                 }
                 if resync {
                     hub.replace_all(records);
@@ -233,12 +424,12 @@ impl Reconciler {
             }
             Err(error) => {
                 hub.report(error);
-                self.signals.rescan.store(true, Ordering::SeqCst);
+                self.retry = true;
             }
         }
     }
 
-    async fn reread(&self, hub: &WatchHub, dirty: HashSet<String>) {
+    async fn reread(&mut self, hub: &WatchHub, dirty: HashSet<String>) {
         let ids: Vec<String> = dirty.into_iter().collect();
         let read = self
             .store
@@ -256,15 +447,17 @@ impl Reconciler {
             Ok(results) => {
                 for (id, current) in results {
                     match current {
-                        Ok(current) => hub.apply(&id, current),
+                        Ok(current) => {
+                            self.track(&id, current.as_ref());
+                            hub.apply(&id, current);
+                        }
                         Err(error) => hub.report(error),
                     }
                 }
             }
             Err(error) => {
                 hub.report(error);
-                self.signals.rescan.store(true, Ordering::SeqCst);
-                self.signals.wake.notify_one();
+                self.retry = true;
             }
         }
     }
@@ -277,14 +470,24 @@ impl Reconciler {
             if self.hub.strong_count() == 0 {
                 return false;
             }
-            if self.dir.is_dir() {
+            let dir = self.dir.clone();
+            let exists = self
+                .store
+                .blocking(move |_| Ok(dir.is_dir()))
+                .await
+                .unwrap_or(false);
+            if exists {
                 if self.poll.is_none() {
-                    match event_watcher(&self.dir, &self.signals) {
+                    match start_events(&self.store, &self.dir, &self.signals).await {
                         Ok(watcher) => self.watcher = Some(watcher),
-                        Err(error) => {
-                            tracing::debug!(dir = %self.dir.display(), %error, "watch not yet possible");
+                        Err(error) if is_missing(&error) => {
+                            // Removed again in between.
                             tokio::time::sleep(DIRECTORY_RETRY).await;
                             continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(dir = %self.dir.display(), %error, "no file system events; polling instead");
+                            self.poll = Some(FALLBACK_POLL);
                         }
                     }
                 }

@@ -29,6 +29,11 @@ pub(crate) enum HubMessage {
 struct HubState {
     records: HashMap<String, Record>,
     tx: broadcast::Sender<HubMessage>,
+    /// Counts writes this process published itself ([`WatchHub::apply_local`]).
+    local_epoch: u64,
+    /// The epoch of the last local write per id, so a re-read begun before it (and finished
+    /// after it) is known to be stale.
+    local_marks: HashMap<String, u64>,
 }
 
 /// The last published state of every id, and the fan-out to subscribers.
@@ -59,6 +64,8 @@ impl WatchHub {
                     .map(|record| (record.id.clone(), record))
                     .collect(),
                 tx,
+                local_epoch: 0,
+                local_marks: HashMap::new(),
             }),
         }
     }
@@ -74,8 +81,62 @@ impl WatchHub {
     /// Publishes the current state of one id (`None`: gone). Repeats are dropped; a record
     /// made again after a removal the source did not see is published as that removal
     /// followed by the new record, so subscribers never mistake it for the old one.
+    /// Publishes the current state of one id (`None`: gone), as read from the source.
+    /// Repeats are dropped.
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
+        Self::apply_locked(&mut self.lock(), id, current);
+    }
+
+    /// Publishes a write this process just made. Re-reads that began before it are then
+    /// dropped by [`Self::apply_read`] instead of moving subscribers back to an older version.
+    pub(crate) fn apply_local(&self, id: &str, current: Option<Record>) {
         let mut state = self.lock();
+        state.local_epoch += 1;
+        let epoch = state.local_epoch;
+        state.local_marks.insert(id.to_string(), epoch);
+        Self::apply_locked(&mut state, id, current);
+    }
+
+    /// The epoch to pass to [`Self::apply_read`] for a read that starts now.
+    ///
+    /// Sources read one batch at a time, so marks older than the read starting now can make
+    /// no read stale any more: they are dropped here, which keeps the marks few.
+    pub(crate) fn read_epoch(&self) -> u64 {
+        let mut state = self.lock();
+        state.local_marks.clear();
+        state.local_epoch
+    }
+
+    /// Publishes a state read from the source by a read that started at `epoch`, unless this
+    /// process wrote the id since: that read may predate the write, and the write's own event
+    /// brings a fresh read anyway.
+    pub(crate) fn apply_read(&self, id: &str, current: Option<Record>, epoch: u64) {
+        let mut state = self.lock();
+        if state.local_marks.get(id).is_some_and(|mark| *mark > epoch) {
+            return;
+        }
+        Self::apply_locked(&mut state, id, current);
+    }
+
+    /// Like [`Self::replace_all`] for a scan that started at `epoch`: ids this process wrote
+    /// since keep the state it published.
+    pub(crate) fn replace_all_read(&self, mut records: Vec<Record>, epoch: u64) {
+        let mut state = self.lock();
+        let newer: Vec<String> = state
+            .local_marks
+            .iter()
+            .filter(|(_, mark)| **mark > epoch)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !newer.is_empty() {
+            records.retain(|record| !newer.contains(&record.id));
+            records.extend(newer.iter().filter_map(|id| state.records.get(id).cloned()));
+            records.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Self::replace_all_locked(&mut state, records);
+    }
+
+    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) {
         let event = match current {
             Some(record) => {
                 if let Some(known) = state.records.get(id) {
@@ -104,8 +165,15 @@ impl WatchHub {
     }
 
     /// Replaces the whole state after lost continuity and sends every subscriber a resync.
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres")),
+        allow(dead_code, reason = "used by the server backends")
+    )]
     pub(crate) fn replace_all(&self, records: Vec<Record>) {
-        let mut state = self.lock();
+        Self::replace_all_locked(&mut self.lock(), records);
+    }
+
+    fn replace_all_locked(state: &mut HubState, records: Vec<Record>) {
         state.records = records
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
@@ -389,6 +457,30 @@ mod tests {
                 WatchEvent::Removed { id: "job".into() },
                 WatchEvent::Upsert(record(1, 40, 40))
             ]
+        );
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_local_write_cannot_move_back() {
+        let hub = WatchHub::new([record(1, 10, 10)]);
+        let mut rx = hub.lock().tx.subscribe();
+        let epoch = hub.read_epoch();
+        hub.apply_local("job", Some(record(2, 10, 20)));
+        hub.apply_read("job", Some(record(1, 10, 10)), epoch);
+        hub.replace_all_read(vec![record(1, 10, 10)], epoch);
+        assert_eq!(
+            published(&mut rx),
+            vec![
+                WatchEvent::Upsert(record(2, 10, 20)),
+                WatchEvent::Resync(vec![record(2, 10, 20)])
+            ]
+        );
+        // A read that starts after the write is believed again.
+        let epoch = hub.read_epoch();
+        hub.apply_read("job", Some(record(3, 10, 30)), epoch);
+        assert_eq!(
+            published(&mut rx),
+            vec![WatchEvent::Upsert(record(3, 10, 30))]
         );
     }
 

@@ -246,7 +246,7 @@ impl FileStorage {
         })
         .await?;
         if let Some(handle) = self.inner.hub.running() {
-            handle.hub.apply(id, Some(record.clone()));
+            handle.hub.apply_local(id, Some(record.clone()));
         }
         drop(_held);
         self.maybe_lazy_sweep().await;
@@ -445,7 +445,7 @@ impl SyncStorage for FileStorage {
             })
             .await?;
         if let Some(handle) = self.inner.hub.running() {
-            handle.hub.apply(id, None);
+            handle.hub.apply_local(id, None);
         }
         Ok(removed)
     }
@@ -489,7 +489,7 @@ impl SyncStorage for FileStorage {
             && let Some(handle) = self.inner.hub.running()
         {
             for id in &report.removed {
-                handle.hub.apply(id, None);
+                handle.hub.apply_local(id, None);
             }
         }
         Ok(report)

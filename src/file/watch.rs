@@ -397,6 +397,7 @@ impl Reconciler {
 
     /// Publishes the whole directory: as a resync when continuity was lost, else as a diff.
     async fn full_scan(&mut self, hub: &WatchHub, resync: bool) {
+        let epoch = hub.read_epoch();
         match scan(&self.store).await {
             Ok((records, errors)) => {
                 for error in errors {
@@ -407,18 +408,18 @@ impl Reconciler {
                     self.track(&record.id, Some(record));
                 }
                 if resync {
-                    hub.replace_all(records);
+                    hub.replace_all_read(records, epoch);
                 } else {
                     let present: HashSet<String> =
                         records.iter().map(|record| record.id.clone()).collect();
                     for id in hub.known_ids() {
                         if !present.contains(&id) {
-                            hub.apply(&id, None);
+                            hub.apply_read(&id, None, epoch);
                         }
                     }
                     for record in records {
                         let id = record.id.clone();
-                        hub.apply(&id, Some(record));
+                        hub.apply_read(&id, Some(record), epoch);
                     }
                 }
             }
@@ -431,6 +432,7 @@ impl Reconciler {
 
     async fn reread(&mut self, hub: &WatchHub, dirty: HashSet<String>) {
         let ids: Vec<String> = dirty.into_iter().collect();
+        let epoch = hub.read_epoch();
         let read = self
             .store
             .blocking(move |inner| {
@@ -449,7 +451,7 @@ impl Reconciler {
                     match current {
                         Ok(current) => {
                             self.track(&id, current.as_ref());
-                            hub.apply(&id, current);
+                            hub.apply_read(&id, current, epoch);
                         }
                         Err(error) => hub.report(error),
                     }

@@ -656,3 +656,147 @@ async fn an_unreachable_server_is_a_backend_error() {
     let error = RedisStorage::open("http://nowhere").await.unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
 }
+
+/// A TCP proxy in front of the Redis server that the test can take down (cutting every
+/// connection and refusing new ones) and bring back: a server outage without stopping the
+/// server other tests use.
+struct Proxy {
+    url: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let info = redis::Client::open(redis_url().as_str())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            panic!("the proxy test needs a TCP redis URL");
+        };
+        let upstream = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "redis://{}/{}",
+            listener.local_addr().unwrap(),
+            info.redis_settings().db()
+        );
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let up = up.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        Proxy {
+            url,
+            up,
+            connections,
+            accept,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_when_the_server_comes_back() {
+    let Some(s) = setup("outage").await else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let store = RedisStorage::builder(&proxy.url)
+        .with_prefix(&s.prefix)
+        .with_ttl(standard_ttl())
+        .with_clock(Arc::new(s.clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let mut stream = store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("a", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let mut state = HashMap::new();
+    follow(&mut stream, &mut state, |s| s.get("a") == Some(&1)).await;
+
+    proxy.down();
+    let error = store.get("a").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Backend { store: "redis", .. }),
+        "{error:?}"
+    );
+    let error = store
+        .put("a", json!({"n": 2}), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Backend { store: "redis", .. }),
+        "{error:?}"
+    );
+    // The watch says it lost its connection.
+    while !matches!(step(&mut stream, &mut state).await, Seen::Error) {}
+    // Another machine writes meanwhile.
+    s.store
+        .put("b", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    proxy.up();
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    let record = loop {
+        match store.get("a").await {
+            Ok(record) => break record,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "store not back within {EVENT_DEADLINE:?}: {error}"
+            ),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(record.unwrap().version, 1);
+    // The watch resyncs, including what was written during the outage, and goes on.
+    let mut resynced = false;
+    while !resynced || state.get("b") != Some(&1) {
+        resynced |= matches!(step(&mut stream, &mut state).await, Seen::Resync);
+    }
+    store
+        .put("a", json!({"n": 2}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    follow(&mut stream, &mut state, |s| s.get("a") == Some(&2)).await;
+}

@@ -10,6 +10,9 @@
 //!
 //! Ids never start with `.`, so the store's own keys cannot collide with a record.
 //!
+//! Watching needs Redis 6 or later: the watch connection speaks RESP3, so that it can name
+//! itself (`CLIENT SETNAME syncstatus-watch:<prefix>`) and learn at once when it is cut.
+//!
 //! Every write (put, delete, cleanup removal) runs in one Lua script that checks its condition,
 //! writes, keeps the index and publishes, so compare-and-set happens inside Redis and watchers
 //! on any machine see every write. Expiry is twofold: Redis expires keys by itself (`PX`
@@ -292,6 +295,11 @@ impl Keys {
 ///
 /// Cloning gives another handle on the same store (sharing its connection and watcher).
 /// See the [module docs](self) for the layout in Redis.
+///
+/// `update` is optimistic: it reads, runs the closure and writes conditioned on the version it
+/// read, retrying on conflict, so the closure may run more than once. A lost connection gives
+/// [`Error::Backend`] naming the command and key; the store reconnects by itself on later
+/// calls.
 #[derive(Clone)]
 pub struct RedisStorage {
     inner: Arc<Inner>,

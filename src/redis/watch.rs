@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::{CONNECTION_TIMEOUT, RESPONSE_TIMEOUT, RedisStorage, STORE, command_error};
 use crate::error::{Error, Result};
+use crate::id::validate_id;
 use crate::record::{Record, Timestamp};
 use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
 
@@ -71,6 +72,10 @@ impl Signals {
                 else {
                     return;
                 };
+                // Anyone may publish on the channel; only ids can name records.
+                if validate_id(id).is_err() {
+                    return;
+                }
                 self.dirty
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,6 +1,10 @@
 //! Put/get throughput of `RedisStorage` against the raw `redis` crate doing `SET`/`GET` of the
 //! same JSON over the same kind of connection, in one run with interleaved rounds.
 //!
+//! A third variant, for puts, is the floor of any atomic versioned write done in Lua: a
+//! minimal script that reads the version and writes the same JSON with `PX` (no index, no
+//! publish, no mode checks), called through the same connection.
+//!
 //! `cargo bench --all-features --bench redis` (server: `SYNCSTATUS_REDIS_URL`, default
 //! `redis://127.0.0.1:6379/0`). Prints one table; every figure is the median of the rounds
 //! with min–max beside it, and the ratio to the raw baseline of the same round.
@@ -36,6 +40,17 @@ enum Op {
     Get,
 }
 
+/// The least an atomic versioned write in Lua does.
+const FLOOR_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+local version = 0
+if current then
+  version = tonumber(string.match(current, '"version":(%d+)')) or 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return version + 1
+"#;
+
 #[derive(Clone)]
 enum Target {
     Ours(Arc<RedisStorage>),
@@ -43,6 +58,12 @@ enum Target {
         conn: ConnectionManager,
         prefix: String,
         json: Arc<Vec<String>>,
+    },
+    Floor {
+        conn: ConnectionManager,
+        prefix: String,
+        json: Arc<Vec<String>>,
+        script: Arc<redis::Script>,
     },
 }
 
@@ -68,6 +89,23 @@ impl Target {
                         .query_async(&mut conn.clone())
                         .await
                         .expect("SET");
+                }
+                (
+                    Target::Floor {
+                        conn,
+                        prefix,
+                        json,
+                        script,
+                    },
+                    _,
+                ) => {
+                    let _: u64 = script
+                        .key(format!("{prefix}{id}"))
+                        .arg(&json[slot])
+                        .arg(300_000)
+                        .invoke_async(&mut conn.clone())
+                        .await
+                        .expect("EVALSHA");
                 }
                 (Target::Raw { conn, prefix, .. }, Op::Get) => {
                     let value: Option<Vec<u8>> = redis::cmd("GET")
@@ -113,6 +151,39 @@ struct Row {
     concurrent: bool,
     ours: Vec<f64>,
     raw: Vec<f64>,
+    floor: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: &'static str, op: Op, concurrent: bool) -> Self {
+        Row {
+            name,
+            op,
+            concurrent,
+            ours: vec![],
+            raw: vec![],
+            floor: vec![],
+        }
+    }
+}
+
+/// `median (min–max)` of a series, or `-` for none.
+fn cell(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let (lo, hi) = min_max(values);
+    format!("{:.0} ({:.0}–{:.0})", median(values), lo, hi)
+}
+
+/// `median (min–max)` of the per-round ratios `ours / base`.
+fn ratio_cell(ours: &[f64], base: &[f64]) -> String {
+    if base.is_empty() {
+        return "-".into();
+    }
+    let ratios: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
+    let (lo, hi) = min_max(&ratios);
+    format!("{:.2}x ({:.2}–{:.2})", median(&ratios), lo, hi)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -192,66 +263,44 @@ async fn bench() {
         })
         .collect();
     let record_bytes = json.iter().map(String::len).sum::<usize>() / json.len();
+    let json = Arc::new(json);
     let ours = Target::Ours(store.clone());
     let raw = Target::Raw {
         conn: conn.clone(),
         prefix: raw_prefix.clone(),
-        json: Arc::new(json),
+        json: json.clone(),
     };
     // Seed both, so gets find records, and warm up connections and the script cache.
     ours.run(Op::Put, &ids, 0, IDS).await;
     raw.run(Op::Put, &ids, 0, IDS).await;
 
-    let mut rows = vec![
-        Row {
-            name: "put, sequential",
-            op: Op::Put,
-            concurrent: false,
-            ours: vec![],
-            raw: vec![],
-        },
-        Row {
-            name: "get, sequential",
-            op: Op::Get,
-            concurrent: false,
-            ours: vec![],
-            raw: vec![],
-        },
-        Row {
-            name: "put, 16 tasks",
-            op: Op::Put,
-            concurrent: true,
-            ours: vec![],
-            raw: vec![],
-        },
-        Row {
-            name: "get, 16 tasks",
-            op: Op::Get,
-            concurrent: true,
-            ours: vec![],
-            raw: vec![],
-        },
-    ];
-    let mut watched = Row {
-        name: "put, 16 tasks, 1 watch open",
-        op: Op::Put,
-        concurrent: true,
-        ours: vec![],
-        raw: vec![],
+    let floor = Target::Floor {
+        conn: conn.clone(),
+        prefix: format!("{prefix}floor:"),
+        json: json.clone(),
+        script: Arc::new(redis::Script::new(FLOOR_SCRIPT)),
     };
+    floor.run(Op::Put, &ids, 0, IDS).await;
+
+    let mut rows = vec![
+        Row::new("put, sequential", Op::Put, false),
+        Row::new("get, sequential", Op::Get, false),
+        Row::new("put, 16 tasks", Op::Put, true),
+        Row::new("get, 16 tasks", Op::Get, true),
+    ];
+    let mut watched = Row::new("put, 16 tasks, 1 watch open", Op::Put, true);
     for round in 0..ROUNDS {
         for row in rows.iter_mut() {
-            // Alternate which goes first, so neither always runs on a warmer server.
-            if round % 2 == 0 {
-                row.ours
-                    .push(ours.measure(row.op, &ids, row.concurrent).await);
-                row.raw
-                    .push(raw.measure(row.op, &ids, row.concurrent).await);
-            } else {
-                row.raw
-                    .push(raw.measure(row.op, &ids, row.concurrent).await);
-                row.ours
-                    .push(ours.measure(row.op, &ids, row.concurrent).await);
+            let mut variants: Vec<(&Target, &mut Vec<f64>)> =
+                vec![(&ours, &mut row.ours), (&raw, &mut row.raw)];
+            if row.op == Op::Put {
+                variants.push((&floor, &mut row.floor));
+            }
+            // Rotate which goes first, so none always runs on a warmer server.
+            let len = variants.len();
+            variants.rotate_left(round % len);
+            for (target, results) in variants {
+                results.push(target.measure(row.op, &ids, row.concurrent).await);
             }
         }
         let stream = store
@@ -271,27 +320,27 @@ async fn bench() {
     );
     println!();
     println!(
-        "| {:<28} | {:>24} | {:>24} | {:>18} |",
-        "operation", "RedisStorage ops/s", "raw redis ops/s", "ratio (min–max)"
+        "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} |",
+        "operation",
+        "RedisStorage ops/s",
+        "raw SET/GET ops/s",
+        "ours/raw",
+        "minimal Lua CAS ops/s",
+        "ours/minimal CAS"
     );
-    println!("|{:-<30}|{:->26}|{:->26}|{:->20}|", "", "", "", "");
+    println!(
+        "|{:-<30}|{:->26}|{:->26}|{:->21}|{:->26}|{:->21}|",
+        "", "", "", "", "", ""
+    );
     for row in &rows {
-        let (ours_lo, ours_hi) = min_max(&row.ours);
-        let (raw_lo, raw_hi) = min_max(&row.raw);
-        let ratios: Vec<f64> = row.ours.iter().zip(&row.raw).map(|(o, r)| o / r).collect();
-        let (ratio_lo, ratio_hi) = min_max(&ratios);
         println!(
-            "| {:<28} | {:>7.0} ({:>6.0}–{:>6.0}) | {:>7.0} ({:>6.0}–{:>6.0}) | {:>4.2}x ({:.2}–{:.2}) |",
+            "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} |",
             row.name,
-            median(&row.ours),
-            ours_lo,
-            ours_hi,
-            median(&row.raw),
-            raw_lo,
-            raw_hi,
-            median(&ratios),
-            ratio_lo,
-            ratio_hi,
+            cell(&row.ours),
+            cell(&row.raw),
+            ratio_cell(&row.ours, &row.raw),
+            cell(&row.floor),
+            ratio_cell(&row.ours, &row.floor),
         );
     }
     println!();

@@ -800,3 +800,38 @@ async fn recovers_when_the_server_comes_back() {
         .unwrap();
     follow(&mut stream, &mut state, |s| s.get("a") == Some(&2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_watch_closes_its_connection() {
+    let Some(s) = setup("watch_dropped").await else {
+        return;
+    };
+    let name = s.store.watch_connection_name().to_string();
+    let mut conn = raw().await;
+    let first = s
+        .store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    let second = s
+        .store
+        .watch(WatchSelector::ids(["x"]), WatchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client_ids(&mut conn, &name).await.len(),
+        1,
+        "one shared connection"
+    );
+    drop(first);
+    assert_eq!(client_ids(&mut conn, &name).await.len(), 1);
+    drop(second);
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    while !client_ids(&mut conn, &name).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch connection outlived its last watch"
+        );
+        tokio::task::yield_now().await;
+    }
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use syncstatus::redis::RedisStorage;
 use syncstatus::{PutMode, Record, SyncStorage, Timestamp, WatchOptions, WatchSelector};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const IDS: usize = 100;
 const SEQUENTIAL_OPS: usize = 2_000;
 const TASKS: usize = 16;

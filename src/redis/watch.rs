@@ -111,12 +111,16 @@ async fn subscribe(store: &RedisStorage, signals: &Arc<Signals>) -> Result<Multi
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(command_error("connect for watching", &inner.keys.channel))?;
-    redis::cmd("CLIENT")
+    // The name only helps people find the connection; a server that refuses it (an ACL, a
+    // proxy) still gets watched.
+    if let Err(error) = redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(&inner.watch_name)
         .query_async::<()>(&mut conn)
         .await
-        .map_err(command_error("CLIENT SETNAME", &inner.watch_name))?;
+    {
+        tracing::debug!(name = %inner.watch_name, %error, "could not name the watch connection");
+    }
     conn.subscribe(&inner.keys.channel)
         .await
         .map_err(command_error("SUBSCRIBE", &inner.keys.channel))?;

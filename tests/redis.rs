@@ -835,3 +835,65 @@ async fn dropping_the_last_watch_closes_its_connection() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Set for the child process of [`another_process_shares_the_store`]: the prefix to write under.
+const CHILD_PREFIX: &str = "SYNCSTATUS_TEST_REDIS_CHILD_PREFIX";
+const UPDATES_PER_PROCESS: u64 = 50;
+
+/// The other process: increments the shared counter. Does nothing unless started by
+/// [`another_process_shares_the_store`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_writer() {
+    let Ok(prefix) = std::env::var(CHILD_PREFIX) else {
+        return;
+    };
+    let url = format!("{}?prefix={}", redis_url(), prefix.replace(':', "%3A"));
+    let store = syncstatus::open(&url).await.unwrap();
+    for _ in 0..UPDATES_PER_PROCESS {
+        store
+            .update_with("shared", |current| {
+                let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+                Ok(json!({"n": n + 1}))
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_shares_the_store() {
+    let Some(s) = setup("two_processes").await else {
+        return;
+    };
+    let mut stream = s
+        .store
+        .watch(WatchSelector::ids(["shared"]), WatchOptions::default())
+        .await
+        .unwrap();
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env(CHILD_PREFIX, &s.prefix)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..UPDATES_PER_PROCESS {
+        s.store
+            .update_with("shared", |current| {
+                let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+                Ok(json!({"n": n + 1}))
+            })
+            .await
+            .unwrap();
+    }
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "the child process failed");
+    let record = s.store.get("shared").await.unwrap().unwrap();
+    assert_eq!(record.status, json!({"n": 2 * UPDATES_PER_PROCESS}));
+    assert_eq!(record.version, 2 * UPDATES_PER_PROCESS);
+    // The watch saw the final state, whichever process wrote it.
+    let mut state = HashMap::new();
+    follow(&mut stream, &mut state, |s| {
+        s.get("shared") == Some(&(2 * UPDATES_PER_PROCESS))
+    })
+    .await;
+}

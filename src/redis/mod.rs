@@ -1,0 +1,729 @@
+//! A store on Redis (feature `redis`): one JSON string per id, written by Lua scripts.
+//!
+//! ```text
+//! <prefix><id>            the record, the same JSON envelope as a file store's file
+//!                         (`redis-cli GET 'syncstatus:job-1'`), with Redis's own expiry
+//! <prefix>.ids            sorted set of the ids, scored by expiry time (ms; `+inf`: never)
+//! <prefix>.lock:<name>    store-wide locks (`SET NX PX` with a unique token)
+//! <prefix>.events         pub/sub channel: `<id> <version>` per write (`0`: removed)
+//! ```
+//!
+//! Ids never start with `.`, so the store's own keys cannot collide with a record.
+//!
+//! Watching needs Redis 6 or later: the watch connection speaks RESP3, so that it can name
+//! itself (`CLIENT SETNAME syncstatus-watch:<prefix>`) and learn at once when it is cut.
+//!
+//! Every write (put, delete, cleanup removal) runs in one Lua script that checks its condition,
+//! writes, keeps the index and publishes, so compare-and-set happens inside Redis and watchers
+//! on any machine see every write. Expiry is twofold: Redis expires keys by itself (`PX`
+//! refreshed on every write from the TTL policy of the written state), and every read judges
+//! expiry by the store's clock, so an injected clock is obeyed. Stores that share a prefix
+//! should share their TTL policy: writers judge an older record's expiry by the expiry time
+//! recorded when it was written.
+
+mod lock;
+mod scripts;
+mod watch;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::id::validate_id;
+use crate::record::{Record, SharedClock, SystemClock, Timestamp};
+use crate::storage::{
+    CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
+    SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, update_optimistically,
+};
+use crate::ttl::TtlPolicy;
+use crate::watch::SharedHub;
+
+/// The key prefix used when none is given.
+pub const DEFAULT_PREFIX: &str = "syncstatus:";
+
+const STORE: &str = "redis";
+/// The name of the store-wide lock cleanups take.
+const SWEEP_LOCK: &str = "sweep";
+/// How long a cleanup's sweep lock outlives a process that died while sweeping.
+const SWEEP_LEASE: Duration = Duration::from_secs(60);
+/// Keys per `MGET` and ids per `ZSCAN` step: large enough to save round trips, small enough
+/// not to block the server for long.
+const BATCH: usize = 500;
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A failed Redis command, naming the command and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{command} `{key}`: {source}")]
+pub(crate) struct CommandError {
+    command: &'static str,
+    key: String,
+    #[source]
+    source: redis::RedisError,
+}
+
+fn command_error(command: &'static str, key: &str) -> impl FnOnce(redis::RedisError) -> Error {
+    let key = key.to_string();
+    move |source| {
+        Error::backend(
+            STORE,
+            CommandError {
+                command,
+                key,
+                source,
+            },
+        )
+    }
+}
+
+/// Builds a [`RedisStorage`].
+///
+/// ```no_run
+/// # async fn example() -> syncstatus::Result<()> {
+/// use std::time::Duration;
+/// use syncstatus::TtlPolicy;
+/// use syncstatus::redis::RedisStorage;
+///
+/// let store = RedisStorage::builder("redis://127.0.0.1:6379/0")
+///     .with_prefix("myapp:jobs:")
+///     .with_ttl(TtlPolicy::uniform(Duration::from_secs(3600)).with_state("failed", None))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStorageBuilder {
+    url: String,
+    prefix: Option<String>,
+    ttl: TtlPolicy,
+    clock: SharedClock,
+}
+
+impl fmt::Debug for RedisStorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorageBuilder")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl RedisStorageBuilder {
+    /// The prefix of every key of the store (default: the URL's `?prefix=`, else
+    /// [`DEFAULT_PREFIX`]). Stores with the same prefix on the same database share records.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The TTL policy (default: 5 minutes after the last write, every state). It sets both
+    /// Redis's own key expiry and the expiry judged on read.
+    pub fn with_ttl(mut self, ttl: TtlPolicy) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The clock expiry is judged by on read (default: the system clock). Tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Connects. Fails with [`Error::Config`] for a bad URL or prefix and with
+    /// [`Error::Backend`] when the server cannot be reached.
+    pub async fn build(self) -> Result<RedisStorage> {
+        let (url, url_prefix) = split_prefix(&self.url)?;
+        let prefix = self
+            .prefix
+            .or(url_prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        if prefix.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "redis key prefix {prefix:?} contains control characters"
+            )));
+        }
+        let client = redis::Client::open(url.as_str()).map_err(|error| {
+            Error::Config(format!("invalid redis URL `{}`: {error}", redact(&url)))
+        })?;
+        let info = client.get_connection_info().clone();
+        // The watch connection speaks RESP3 so that it can subscribe and still take
+        // ordinary commands (CLIENT SETNAME), and so that a lost connection is reported.
+        let watch_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let watch_client =
+            redis::Client::open(info.set_redis_settings(watch_settings)).map_err(|error| {
+                Error::Config(format!("invalid redis URL `{}`: {error}", redact(&url)))
+            })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(command_error("connect to", &redact(&url)))?;
+        let keys = Keys::new(prefix);
+        Ok(RedisStorage {
+            inner: Arc::new(Inner {
+                conn,
+                watch_client,
+                watch_name: keys.watch_connection_name(),
+                keys,
+                ttl: self.ttl,
+                clock: self.clock,
+                hub: SharedHub::default(),
+            }),
+        })
+    }
+}
+
+/// Takes the `prefix` query parameter out of a store URL, leaving the rest for the Redis
+/// client.
+fn split_prefix(url: &str) -> Result<(String, Option<String>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let mut prefix = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("prefix", value)) => prefix = Some(percent_decode(value)?),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, prefix))
+}
+
+fn percent_decode(text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| {
+                        Error::Config(format!("bad percent escape in redis key prefix `{text}`"))
+                    })?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| Error::Config(format!("redis key prefix `{text}` is not UTF-8")))
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The names of a store's keys.
+#[derive(Debug)]
+struct Keys {
+    prefix: String,
+    index: String,
+    channel: String,
+}
+
+impl Keys {
+    fn new(prefix: String) -> Self {
+        Keys {
+            index: format!("{prefix}.ids"),
+            channel: format!("{prefix}.events"),
+            prefix,
+        }
+    }
+
+    fn record(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    fn lock(&self, name: &str) -> String {
+        format!("{}.lock:{name}", self.prefix)
+    }
+
+    /// `CLIENT SETNAME` allows only printable ASCII without spaces.
+    fn watch_connection_name(&self) -> String {
+        format!("syncstatus-watch:{}", self.prefix)
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect()
+    }
+}
+
+/// A store on Redis, shared by every process and machine that opens the same prefix.
+///
+/// Cloning gives another handle on the same store (sharing its connection and watcher).
+/// See the [module docs](self) for the layout in Redis.
+///
+/// `update` is optimistic: it reads, runs the closure and writes conditioned on the version it
+/// read, retrying on conflict, so the closure may run more than once. A lost connection gives
+/// [`Error::Backend`] naming the command and key; the store reconnects by itself on later
+/// calls.
+#[derive(Clone)]
+pub struct RedisStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    watch_client: redis::Client,
+    watch_name: String,
+    keys: Keys,
+    ttl: TtlPolicy,
+    clock: SharedClock,
+    hub: SharedHub,
+}
+
+impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorage")
+            .field("prefix", &self.inner.keys.prefix)
+            .field("ttl", &self.inner.ttl)
+            .field("clock", &self.inner.clock)
+            .field("hub", &self.inner.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStorage {
+    /// A builder for a store on the server at `url` (`redis://host:port/db`, optionally
+    /// `?prefix=...`).
+    pub fn builder(url: impl Into<String>) -> RedisStorageBuilder {
+        RedisStorageBuilder {
+            url: url.into(),
+            prefix: None,
+            ttl: TtlPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Connects to the server at `url` with the default settings, e.g.
+    /// `redis://127.0.0.1:6379/0?prefix=myapp:`.
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::builder(url).build().await
+    }
+
+    /// The prefix of every key of this store.
+    pub fn prefix(&self) -> &str {
+        &self.inner.keys.prefix
+    }
+
+    /// The key that holds the record of `id`.
+    pub fn key_of(&self, id: &str) -> Result<String> {
+        validate_id(id)?;
+        Ok(self.inner.keys.record(id))
+    }
+
+    /// The name the watch connection gives itself (`CLIENT SETNAME`), to find it in
+    /// `CLIENT LIST`.
+    pub fn watch_connection_name(&self) -> &str {
+        &self.inner.watch_name
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Parses a stored value of `id`.
+    fn decode(&self, id: &str, bytes: &[u8]) -> Result<Record> {
+        let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
+            id: id.to_string(),
+            path: PathBuf::from(self.inner.keys.record(id)),
+            source,
+        };
+        let record: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
+        if record.id != id {
+            return Err(corrupt(
+                format!("the record names another id, `{}`", record.id).into(),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// The record in `bytes` unless it expired by the store's clock.
+    fn live(&self, id: &str, bytes: Option<&[u8]>, now: Timestamp) -> Result<Option<Record>> {
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let record = self.decode(id, bytes)?;
+        Ok((!self.inner.ttl.is_expired(&record, now)).then_some(record))
+    }
+
+    /// The live records of `ids`, in that order, as a result per id.
+    async fn read_many(&self, ids: &[String]) -> Result<Vec<(String, Result<Option<Record>>)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.conn();
+        for chunk in ids.chunks(BATCH) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.inner.keys.record(id)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(command_error("MGET", &keys[0]))?;
+            let now = self.inner.clock.now();
+            for (id, value) in chunk.iter().zip(values) {
+                out.push((id.clone(), self.live(id, value.as_deref(), now)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every id in the index (including ids of records Redis has expired since), sorted.
+    async fn indexed_ids(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let index = &self.inner.keys.index;
+        let mut ids = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(index)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(command_error("ZSCAN", index))?;
+            // The page alternates members and scores.
+            for id in page.into_iter().step_by(2) {
+                if validate_id(&id).is_ok() {
+                    ids.insert(id);
+                } else {
+                    tracing::debug!(index = %index, id = %id.escape_debug(), "ignoring a foreign index entry");
+                }
+            }
+            if next == 0 {
+                return Ok(ids.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every live record and an error per unreadable one.
+    async fn scan(&self) -> Result<(Vec<Record>, Vec<Error>)> {
+        let ids = self.indexed_ids().await?;
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        for (_, result) in self.read_many(&ids).await? {
+            match result {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(error) => errors.push(error),
+            }
+        }
+        Ok((records, errors))
+    }
+}
+
+#[async_trait]
+impl SyncStorage for RedisStorage {
+    fn backend_name(&self) -> &'static str {
+        STORE
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Record>> {
+        validate_id(id)?;
+        let key = self.inner.keys.record(id);
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(command_error("GET", &key))?;
+        self.live(id, value.as_deref(), self.inner.clock.now())
+    }
+
+    async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
+        validate_id(id)?;
+        let key = self.inner.keys.record(id);
+        let status_json = serde_json::to_string(&status).map_err(|source| Error::Serde {
+            id: id.to_string(),
+            source,
+        })?;
+        let now = self.inner.clock.now();
+        let now_text = now.to_string();
+        let ttl = self.inner.ttl.ttl_for(&status);
+        // PX must be positive; a zero TTL expires by the clock at once anyway.
+        let px = ttl.map_or_else(String::new, |ttl| ttl.as_millis().max(1).to_string());
+        let score = ttl.map_or_else(
+            || "+inf".to_string(),
+            |ttl| now.saturating_add(ttl).as_millis().to_string(),
+        );
+        let (mode_arg, expected) = match mode {
+            PutMode::Overwrite => ("o", 0),
+            PutMode::Create => ("c", 0),
+            PutMode::Update(expected) => ("u", expected),
+        };
+        let (kind, number, text): (String, i64, String) = scripts::PUT
+            .key(&key)
+            .key(&self.inner.keys.index)
+            .arg(id)
+            .arg(&status_json)
+            .arg(&now_text)
+            .arg(now.as_millis())
+            .arg(mode_arg)
+            .arg(expected)
+            .arg(px)
+            .arg(score)
+            .arg(&self.inner.keys.channel)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(command_error("write script on", &key))?;
+        let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
+            id: id.to_string(),
+            path: PathBuf::from(&key),
+            source,
+        };
+        let found = u64::try_from(number).ok();
+        match kind.as_str() {
+            "ok" => {
+                let created_at: Timestamp =
+                    serde_json::from_str(&text).map_err(|e| corrupt(Box::new(e)))?;
+                Ok(Record {
+                    id: id.to_string(),
+                    version: found.unwrap_or_default(),
+                    created_at,
+                    updated_at: now,
+                    status,
+                })
+            }
+            "exists" => Err(Error::AlreadyExists {
+                id: id.to_string(),
+                version: found.unwrap_or_default(),
+            }),
+            "conflict" => Err(Error::VersionConflict {
+                id: id.to_string(),
+                expected,
+                found,
+            }),
+            "corrupt" => Err(corrupt(text.into())),
+            other => Err(Error::backend(
+                STORE,
+                format!("unexpected reply `{other}` from the write script on `{key}`"),
+            )),
+        }
+    }
+
+    async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> Result<Record> {
+        validate_id(id)?;
+        update_optimistically(self, id, f).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let key = self.inner.keys.record(id);
+        let removed: i64 = scripts::DELETE
+            .key(&key)
+            .key(&self.inner.keys.index)
+            .arg(id)
+            .arg(self.inner.clock.now().as_millis())
+            .arg(&self.inner.keys.channel)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(command_error("delete script on", &key))?;
+        Ok(removed == 1)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Listing> {
+        let mut ids = self.indexed_ids().await?;
+        if let Some(prefix) = &filter.prefix {
+            ids.retain(|id| id.starts_with(prefix.as_str()));
+        }
+        let mut listing = Listing::default();
+        for (_, result) in self.read_many(&ids).await? {
+            match result {
+                Ok(Some(record)) if filter.matches(&record) => listing.records.push(record),
+                Ok(_) => {}
+                Err(error) => listing.errors.push(error),
+            }
+        }
+        Ok(listing)
+    }
+
+    async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
+        let key = self.inner.keys.lock(SWEEP_LOCK);
+        let Some(sweep) = lock::try_lock(self.conn(), key, SWEEP_LEASE).await? else {
+            return Ok(CleanupReport::default());
+        };
+        let result = self.sweep(options).await;
+        // Released before returning, so that a cleanup right after this one runs.
+        sweep.release().await;
+        result
+    }
+
+    async fn watch(&self, selector: WatchSelector, options: WatchOptions) -> Result<WatchStream> {
+        let handle = self
+            .inner
+            .hub
+            .get_or_start(|| watch::start(self.clone()))
+            .await?;
+        Ok(SharedHub::subscribe(handle, selector, options))
+    }
+
+    async fn try_lock(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>> {
+        let key = self.inner.keys.lock(name);
+        lock::try_lock_guard(self.conn(), key, lease).await
+    }
+}
+
+impl RedisStorage {
+    /// The work of a cleanup, under the sweep lock.
+    async fn sweep(&self, options: &CleanupOptions) -> Result<CleanupReport> {
+        let mut report = CleanupReport {
+            ran: true,
+            ..CleanupReport::default()
+        };
+        let ids = self.indexed_ids().await?;
+        let mut conn = self.conn();
+        for chunk in ids.chunks(BATCH) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.inner.keys.record(id)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(command_error("MGET", &keys[0]))?;
+            let now = self.inner.clock.now();
+            for ((id, key), value) in chunk.iter().zip(&keys).zip(values) {
+                let expected = match &value {
+                    // Redis expired it already; only its index entry is left.
+                    None => Vec::new(),
+                    Some(bytes) => match self.decode(id, bytes) {
+                        Err(error) => {
+                            report.errors.push(CleanupProblem {
+                                id: Some(id.clone()),
+                                message: error.to_string(),
+                            });
+                            continue;
+                        }
+                        Ok(record) => {
+                            if !self.inner.ttl.is_expired_with(&record, now, options.ttl) {
+                                report.kept += 1;
+                                continue;
+                            }
+                            if options.dry_run {
+                                report.removed.push(id.clone());
+                                continue;
+                            }
+                            bytes.clone()
+                        }
+                    },
+                };
+                if options.dry_run {
+                    continue;
+                }
+                let removed: Result<i64, _> = scripts::REMOVE_IF_UNCHANGED
+                    .key(key)
+                    .key(&self.inner.keys.index)
+                    .arg(id)
+                    .arg(&expected)
+                    .arg(&self.inner.keys.channel)
+                    .invoke_async(&mut conn)
+                    .await;
+                match removed {
+                    Ok(1) if expected.is_empty() => report.leftovers_removed += 1,
+                    Ok(1) => report.removed.push(id.clone()),
+                    // Written again since it was read: live, so kept.
+                    Ok(_) if !expected.is_empty() => report.kept += 1,
+                    Ok(_) => {}
+                    Err(source) => report.errors.push(CleanupProblem {
+                        id: Some(id.clone()),
+                        message: CommandError {
+                            command: "cleanup script on",
+                            key: key.clone(),
+                            source,
+                        }
+                        .to_string(),
+                    }),
+                }
+            }
+        }
+        report.removed.sort();
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_comes_out_of_the_url() {
+        let (url, prefix) = split_prefix("redis://127.0.0.1:6379/0?prefix=app%3Ajobs:").unwrap();
+        assert_eq!(url, "redis://127.0.0.1:6379/0");
+        assert_eq!(prefix.as_deref(), Some("app:jobs:"));
+        let (url, prefix) =
+            split_prefix("redis://127.0.0.1/1?protocol=resp3&prefix=x:&foo=bar").unwrap();
+        assert_eq!(url, "redis://127.0.0.1/1?protocol=resp3&foo=bar");
+        assert_eq!(prefix.as_deref(), Some("x:"));
+        assert_eq!(
+            split_prefix("redis://h/0").unwrap(),
+            ("redis://h/0".to_string(), None)
+        );
+        assert!(matches!(
+            split_prefix("redis://h/0?prefix=%zz"),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://:secret@host/0"), "redis://:***@host/0");
+        assert_eq!(redact("redis://host:6379/0"), "redis://host:6379/0");
+    }
+
+    #[test]
+    fn watch_connection_names_are_valid() {
+        let keys = Keys::new("my app:\tjobs:".to_string());
+        assert_eq!(
+            keys.watch_connection_name(),
+            "syncstatus-watch:my_app:_jobs:"
+        );
+    }
+}

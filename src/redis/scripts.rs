@@ -1,0 +1,168 @@
+//! The Lua scripts that make every write atomic inside Redis.
+//!
+//! Each write reads the current record, checks its condition, writes the new record, keeps the
+//! id index and publishes the change in one script, so no other client can come between the
+//! check and the write, and no watcher can miss a write.
+//!
+//! Keys and arguments are documented on each script. Expiry by the store's clock is judged from
+//! the index score (the expiry time in ms the writer computed from its TTL policy), so a
+//! record expired by the clock is absent for writers exactly as for readers.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// A versioned write.
+///
+/// KEYS: record key, index key.
+/// ARGV: id, status JSON, now (RFC 3339), now (ms), mode (`o` overwrite, `c` create, `u`
+/// update), expected version, PX in ms (empty: no native expiry), index score (expiry ms or
+/// `+inf`), channel.
+///
+/// Returns `{kind, number, text}`: `{"ok", new version, created_at as JSON}`,
+/// `{"exists", version, ""}`, `{"conflict", version or -1, ""}` or `{"corrupt", 0, reason}`.
+pub(super) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  if expires and expires <= tonumber(ARGV[4]) then
+    current = false
+  end
+end
+local version = 0
+local created = nil
+if current then
+  local v, c = string.match(current, '^{"id":"[^"]*","version":(%d+),"created_at":"([^"\\]*)"')
+  if v then
+    version = tonumber(v)
+    created = '"' .. c .. '"'
+  else
+    local ok, record = pcall(cjson.decode, current)
+    if not ok or type(record) ~= 'table' or type(record.version) ~= 'number' then
+      return {'corrupt', 0, 'the stored value is not a record envelope'}
+    end
+    version = record.version
+    if type(record.created_at) == 'string' then
+      created = cjson.encode(record.created_at)
+    elseif record.created_at == nil then
+      created = '"1970-01-01T00:00:00.000Z"'
+    else
+      return {'corrupt', 0, 'created_at is not a string'}
+    end
+  end
+end
+local mode = ARGV[5]
+if mode == 'c' and current then
+  return {'exists', version, ''}
+end
+if mode == 'u' then
+  if not current then
+    return {'conflict', -1, ''}
+  end
+  if version ~= tonumber(ARGV[6]) then
+    return {'conflict', version, ''}
+  end
+end
+version = version + 1
+if not created then
+  created = '"' .. ARGV[3] .. '"'
+end
+local text = string.format('%d', version)
+local record = '{"id":"' .. ARGV[1] .. '","version":' .. text .. ',"created_at":' .. created
+  .. ',"updated_at":"' .. ARGV[3] .. '","status":' .. ARGV[2] .. '}'
+if ARGV[7] == '' then
+  redis.call('SET', KEYS[1], record)
+else
+  redis.call('SET', KEYS[1], record, 'PX', ARGV[7])
+end
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. text)
+return {'ok', version, created}
+"#,
+    )
+});
+
+/// A delete.
+///
+/// KEYS: record key, index key. ARGV: id, now (ms), channel.
+///
+/// Returns 1 when a live record was removed, else 0 (a record expired by the clock is
+/// removed too, but was not live).
+pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+local live = 0
+if current then
+  live = 1
+  local expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  if expires and expires <= tonumber(ARGV[2]) then
+    live = 0
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' 0')
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return live
+"#,
+    )
+});
+
+/// The removal step of a cleanup: removes the record only if it is still exactly the value the
+/// sweep judged expired (a record rewritten meanwhile is live again), or drops the index entry
+/// of a record Redis already expired.
+///
+/// KEYS: record key, index key. ARGV: id, the value judged expired (empty: the key was found
+/// missing), channel.
+///
+/// Returns 1 when something was removed, else 0.
+pub(super) static REMOVE_IF_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] == '' then
+  if current then
+    return 0
+  end
+  if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
+    redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' 0')
+    return 1
+  end
+  return 0
+end
+if current == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' 0')
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Releases a lock if this holder still has it. KEYS: lock key. ARGV: token.
+pub(super) static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Extends a lock's lease if this holder still has it. KEYS: lock key. ARGV: token, lease ms.
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});

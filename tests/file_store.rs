@@ -702,6 +702,73 @@ fn cleanups_racing_writers_remove_only_expired_records_once() {
     }
 }
 
+/// Whether some process waits for a `flock` on the file with inode `ino` (Linux `/proc/locks`
+/// lists waiters with `->`).
+#[cfg(target_os = "linux")]
+fn flock_waiter_on(ino: u64) -> bool {
+    let locks = fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|line| {
+        line.contains("->")
+            && line.contains("FLOCK")
+            && line
+                .split_whitespace()
+                .filter_map(|field| field.rsplit_once(':'))
+                .any(|(_, inode)| inode == ino.to_string())
+    })
+}
+
+/// A cleanup that found a record expired must look again once it holds the record's lock:
+/// here a writer (this test, holding the lock as another process would) makes the record
+/// fresh while the cleanup waits for the lock, and the cleanup must keep it.
+#[cfg(target_os = "linux")]
+#[test]
+fn cleanup_checks_expiry_again_under_the_lock() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    write_envelope(&dir, "job", 4, hour, json!({"state": "running"}));
+    let held = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".locks").join("job.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let ino = held.metadata().unwrap().ino();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cleanup = {
+        let store = store.clone();
+        rt.spawn(async move { store.cleanup(&CleanupOptions::default()).await })
+    };
+    let deadline = std::time::Instant::now() + CHILD_DEADLINE;
+    while !flock_waiter_on(ino) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleanup never waited for the lock of the expired record"
+        );
+        assert!(!cleanup.is_finished(), "the cleanup ended without the lock");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    write_envelope(&dir, "job", 5, Duration::ZERO, json!({"state": "running"}));
+    held.unlock().unwrap();
+    let report = rt.block_on(cleanup).unwrap().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.kept, 1);
+    let record = rt.block_on(store.get("job")).unwrap().unwrap();
+    assert_eq!(record.version, 5);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 

@@ -52,6 +52,29 @@ impl Layout {
         for dir in [&self.dir, &self.staging, &self.locks] {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        self.check_private_dirs()
+    }
+
+    /// Refuses a `.tmp` or `.locks` that is a symbolic link: cleanups delete files in both,
+    /// and must never do so in a directory elsewhere.
+    pub(crate) fn check_private_dirs(&self) -> Result<()> {
+        for dir in [&self.staging, &self.locks] {
+            match fs::symlink_metadata(dir) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(Error::io(dir, symlink_error()));
+                }
+                Ok(meta) if !meta.is_dir() => {
+                    return Err(Error::io(
+                        dir,
+                        io::Error::new(io::ErrorKind::InvalidInput, "is not a directory"),
+                    ));
+                }
+                // A missing directory is made again when next needed.
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::io(dir, error)),
+            }
+        }
         Ok(())
     }
 
@@ -118,6 +141,15 @@ impl Layout {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(Error::io(&path, symlink_aware(error))),
         };
+        // A FIFO or device in place of a record would block or never end; only regular
+        // files are records.
+        let is_file = file.metadata().map_err(|e| Error::io(&path, e))?.is_file();
+        if !is_file {
+            return Err(Error::io(
+                &path,
+                io::Error::new(io::ErrorKind::InvalidInput, "is not a regular file"),
+            ));
+        }
         let mut bytes = Vec::with_capacity(512);
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io(&path, e))?;
@@ -349,10 +381,16 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
     options.open(path).map_err(symlink_aware)
 }
 
+/// Opens a record file for reading without following a link, and without blocking in
+/// `open` should the name be a FIFO (the caller then refuses anything but a regular file).
 fn open_no_follow(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true);
-    no_follow(&mut options);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
     options.open(path)
 }
 
@@ -365,16 +403,32 @@ fn no_follow(options: &mut OpenOptions) {
 #[cfg(not(unix))]
 fn no_follow(_options: &mut OpenOptions) {}
 
+fn symlink_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "is a symbolic link; the store never follows links",
+    )
+}
+
 /// Turns the `ELOOP` of `O_NOFOLLOW` into an error that says what happened.
 fn symlink_aware(error: io::Error) -> io::Error {
     #[cfg(unix)]
     if error.raw_os_error() == Some(libc::ELOOP) {
-        return io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is a symbolic link; the store never follows links",
-        );
+        return symlink_error();
     }
     error
+}
+
+/// Whether `error` says the record file holds something that is not a record of its id
+/// (bad content, a link, a special file), as opposed to a failure to reach it. Such a file
+/// can be replaced by an unconditional write.
+pub(crate) fn is_unusable_record_file(error: &Error) -> bool {
+    match error {
+        Error::Corrupt { .. } => true,
+        // This module makes `InvalidInput` only for links and special files.
+        Error::Io { source, .. } => source.kind() == io::ErrorKind::InvalidInput,
+        _ => false,
+    }
 }
 
 #[cfg(unix)]

@@ -131,9 +131,6 @@ pub struct FileStorage {
 
 type IdLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
 
-/// Given the live record (or none), the status to write, or why not.
-type Decide<'a> = Box<dyn FnOnce(Option<&Record>) -> Result<Value> + Send + 'a>;
-
 #[derive(Debug)]
 struct Inner {
     layout: Layout,
@@ -212,16 +209,14 @@ impl FileStorage {
         }
     }
 
-    /// Writes under the id's in-process and file locks; `decide` sees the live record and
-    /// returns the new status.
-    async fn write_locked(&self, id: &str, decide: Decide<'_>) -> Result<Record> {
+    /// Read-modify-write under the id's in-process and file locks; `decide` sees the live
+    /// record and returns the new status. The closure may borrow from the caller, so it runs
+    /// here, between two blocking steps that both hold the file lock.
+    async fn write_locked(&self, id: &str, decide: &mut UpdateFn<'_>) -> Result<Record> {
         validate_id(id)?;
         let lock = self.id_lock(id);
-        let _held = lock.lock().await;
+        let held = lock.lock().await;
         let id_owned = id.to_string();
-        let inner = self.inner.clone();
-        // The closure may borrow from the caller, so the decision runs here, between two
-        // blocking steps that both hold the file lock.
         let (file_lock, current) = self
             .blocking(move |inner| {
                 let file_lock = inner.layout.lock(&id_owned)?;
@@ -230,14 +225,7 @@ impl FileStorage {
             })
             .await?;
         let status = decide(current.as_ref())?;
-        let now = inner.clock.now();
-        let record = Record {
-            id: id.to_string(),
-            version: current.as_ref().map_or(1, |r| r.version + 1),
-            created_at: current.as_ref().map_or(now, |r| r.created_at),
-            updated_at: now,
-            status,
-        };
+        let record = next_record(id, current.as_ref(), status, self.inner.clock.now());
         let written = record.clone();
         self.blocking(move |inner| {
             inner.layout.write(&written, inner.durability)?;
@@ -245,10 +233,49 @@ impl FileStorage {
             Ok(())
         })
         .await?;
+        self.after_write(record, held).await
+    }
+
+    /// A conditional or unconditional put: lock, read, check, write and unlock in one
+    /// blocking step, as nothing of the caller's runs in between.
+    async fn put_locked(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
+        validate_id(id)?;
+        let lock = self.id_lock(id);
+        let held = lock.lock().await;
+        let id_owned = id.to_string();
+        let record = self
+            .blocking(move |inner| {
+                let file_lock = inner.layout.lock(&id_owned)?;
+                let current = match inner.read_live(&id_owned) {
+                    // An unconditional write needs nothing of the old file, so it replaces
+                    // one that holds no record of this id (corrupt, a link, a special file).
+                    Err(error)
+                        if mode == PutMode::Overwrite && disk::is_unusable_record_file(&error) =>
+                    {
+                        None
+                    }
+                    other => other?,
+                };
+                check_mode(&id_owned, mode, current.as_ref())?;
+                let record = next_record(&id_owned, current.as_ref(), status, inner.clock.now());
+                inner.layout.write(&record, inner.durability)?;
+                drop(file_lock);
+                Ok(record)
+            })
+            .await?;
+        self.after_write(record, held).await
+    }
+
+    /// Publishes a written record, releases the in-process lock and sweeps if it is time.
+    async fn after_write(
+        &self,
+        record: Record,
+        held: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<Record> {
         if let Some(handle) = self.inner.hub.running() {
-            handle.hub.apply_local(id, Some(record.clone()));
+            handle.hub.apply_local(&record.id, Some(record.clone()));
         }
-        drop(_held);
+        drop(held);
         self.maybe_lazy_sweep().await;
         Ok(record)
     }
@@ -285,6 +312,35 @@ impl FileStorage {
     }
 }
 
+/// The record that follows `current` with `status`, written at `now`.
+fn next_record(id: &str, current: Option<&Record>, status: Value, now: Timestamp) -> Record {
+    Record {
+        id: id.to_string(),
+        version: current.map_or(1, |r| r.version + 1),
+        created_at: current.map_or(now, |r| r.created_at),
+        updated_at: now,
+        status,
+    }
+}
+
+/// Whether a put in `mode` may replace `current`.
+fn check_mode(id: &str, mode: PutMode, current: Option<&Record>) -> Result<()> {
+    match (mode, current) {
+        (PutMode::Create, Some(existing)) => Err(Error::AlreadyExists {
+            id: id.to_string(),
+            version: existing.version,
+        }),
+        (PutMode::Update(expected), found) if found.map(|r| r.version) != Some(expected) => {
+            Err(Error::VersionConflict {
+                id: id.to_string(),
+                expected,
+                found: found.map(|r| r.version),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Inner {
     /// The record of `id` unless it is missing or expired.
     fn read_live(&self, id: &str) -> Result<Option<Record>> {
@@ -300,6 +356,7 @@ impl Inner {
         options: &CleanupOptions,
         id_locks: &Mutex<IdLocks>,
     ) -> Result<CleanupReport> {
+        self.layout.check_private_dirs()?;
         let Some(_sweep) = self.layout.try_lock(&format!("@{SWEEP_LOCK}"))? else {
             return Ok(CleanupReport::default());
         };
@@ -401,31 +458,11 @@ impl SyncStorage for FileStorage {
     }
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
-        let id_owned = id.to_string();
-        self.write_locked(
-            id,
-            Box::new(move |current| match (mode, current) {
-                (PutMode::Create, Some(existing)) => Err(Error::AlreadyExists {
-                    id: id_owned,
-                    version: existing.version,
-                }),
-                (PutMode::Update(expected), found)
-                    if found.map(|r| r.version) != Some(expected) =>
-                {
-                    Err(Error::VersionConflict {
-                        id: id_owned,
-                        expected,
-                        found: found.map(|r| r.version),
-                    })
-                }
-                _ => Ok(status),
-            }),
-        )
-        .await
+        self.put_locked(id, status, mode).await
     }
 
     async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> Result<Record> {
-        self.write_locked(id, Box::new(f)).await
+        self.write_locked(id, f).await
     }
 
     async fn delete(&self, id: &str) -> Result<bool> {

@@ -1,0 +1,1439 @@
+//! The file store's own guarantees, beyond the conformance suite: records survive writers
+//! killed with SIGKILL, updates and conditional writes from several processes, cleanups racing
+//! writers, evil ids, corrupt and foreign files, symbolic links, lazy sweeps, the on-disk
+//! format, and blocking work kept off the async threads.
+//!
+//! Multi-process tests re-execute this test binary running only `child_process`, with
+//! `CHILD_ROLE` telling it what to do. Parent and child talk in lines: the parent writes
+//! commands to the child's stdin, the child answers on stdout with lines holding `@@ `.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use syncstatus::{
+    CleanupOptions, CleanupReport, Durability, Error, FileStorage, ListFilter, ManualClock,
+    PutMode, Record, SyncStorage, SyncStorageExt, Timestamp, TtlPolicy,
+};
+
+/// Tells a re-executed test binary which child role to play.
+const CHILD_ROLE: &str = "SYNCSTATUS_FILE_STORE_CHILD";
+/// The store directory a child works on.
+const CHILD_DIR: &str = "SYNCSTATUS_FILE_STORE_DIR";
+/// A number the child uses (its index, or a seed).
+const CHILD_ARG: &str = "SYNCSTATUS_FILE_STORE_ARG";
+/// How long a parent waits for any one answer of a child before the test fails.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A small xorshift generator: enough to spread kill instants and record sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(extra: u64) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ extra.wrapping_mul(0x9E37_79B9);
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A child process playing `role`, with a line channel on its stdout.
+struct Child {
+    process: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    role: String,
+}
+
+impl Child {
+    fn spawn(role: &str, dir: &Path, arg: u64) -> Child {
+        let mut process = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ROLE, role)
+            .env(CHILD_DIR, dir)
+            .env(CHILD_ARG, arg.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print `test child_process ... ` before the first answer.
+                if let Some(at) = line.find("@@ ")
+                    && sender.send(line[at + 3..].to_string()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Child {
+            stdin: process.stdin.take(),
+            process,
+            lines,
+            role: role.to_string(),
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next answer; fails the test if the child dies or stays silent too long.
+    fn recv(&self) -> String {
+        match self.lines.recv_timeout(CHILD_DEADLINE) {
+            Ok(line) => line,
+            Err(error) => panic!("child `{}` gave no answer: {error}", self.role),
+        }
+    }
+
+    fn expect(&self, wanted: &str) {
+        let line = self.recv();
+        assert_eq!(line, wanted, "child `{}`", self.role);
+    }
+
+    /// Waits for a child that was told to finish, and checks it succeeded.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + CHILD_DEADLINE;
+        loop {
+            if let Some(status) = self.process.try_wait().unwrap() {
+                assert!(status.success(), "child `{}` failed: {status}", self.role);
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child `{}` did not exit",
+                self.role
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reaps the process.
+    fn kill_hard(mut self) {
+        self.process.kill().unwrap();
+        self.process.wait().unwrap();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.process.try_wait() {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
+}
+
+/// Every path below `root` (relative), directories included, symbolic links not followed.
+fn tree(root: &Path) -> BTreeSet<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf());
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Writes an envelope by hand, as if written `age` ago by some process.
+fn write_envelope(dir: &Path, id: &str, version: u64, age: Duration, status: Value) {
+    let at = Timestamp::from_system_time(SystemTime::now() - age);
+    let record = Record {
+        id: id.to_string(),
+        version,
+        created_at: at,
+        updated_at: at,
+        status,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&record).unwrap();
+    bytes.push(b'\n');
+    fs::write(dir.join(format!("{id}.json")), bytes).unwrap();
+}
+
+fn set_age(path: &Path, age: Duration) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - age).unwrap();
+}
+
+fn manual_store(dir: &Path, clock: &ManualClock) -> FileStorage {
+    FileStorage::builder(dir)
+        .with_clock(Arc::new(clock.clone()))
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child side of the multi-process tests
+
+/// Plays the role named in `CHILD_ROLE`; returns at once in an ordinary test run.
+#[test]
+fn child_process() {
+    let Ok(role) = std::env::var(CHILD_ROLE) else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var(CHILD_DIR).unwrap());
+    let arg: u64 = std::env::var(CHILD_ARG).unwrap().parse().unwrap();
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    let rt = runtime();
+    match role.as_str() {
+        "writer" => rt.block_on(child_writer(store, arg)),
+        "updater" => rt.block_on(child_updater(store)),
+        "cas" => rt.block_on(child_cas(store, arg)),
+        "rewriter" => rt.block_on(child_rewriter(store)),
+        "cleaner" => rt.block_on(child_cleaner(store)),
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@ {line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn read_command() -> Option<String> {
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line).unwrap() {
+        0 => None,
+        _ => Some(line.trim().to_string()),
+    }
+}
+
+/// Sets the returned flag once a line arrives on stdin (or stdin closes).
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let _ = read_command();
+        flag.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+const KILL_IDS: [&str; 3] = ["rec-0", "rec-1", "rec-2"];
+
+/// Puts records of 1–64 KiB on a few ids until killed.
+async fn child_writer(store: FileStorage, seed: u64) {
+    let mut rng = Rng::seeded(seed);
+    let mut seq = 0u64;
+    loop {
+        let id = KILL_IDS[rng.below(KILL_IDS.len() as u64) as usize];
+        let len = 1024 + rng.below(63 * 1024) as usize;
+        let status = json!({"writer": seed, "seq": seq, "len": len, "pad": "x".repeat(len)});
+        store.put(id, status, PutMode::Overwrite).await.unwrap();
+        if seq == 0 {
+            say("ready");
+        }
+        seq += 1;
+    }
+}
+
+async fn child_updater(store: FileStorage) {
+    say("ready");
+    assert_eq!(read_command().as_deref(), Some("go"));
+    for _ in 0..UPDATES_EACH {
+        store
+            .update_with("counter", |current| {
+                let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+                Ok(json!({"n": n + 1}))
+            })
+            .await
+            .unwrap();
+    }
+    say("done");
+}
+
+async fn child_cas(store: FileStorage, index: u64) {
+    say("ready");
+    while let Some(command) = read_command() {
+        let Some(version) = command.strip_prefix("put ") else {
+            break;
+        };
+        let expected: u64 = version.parse().unwrap();
+        let status = json!({"writer": index, "expected": expected});
+        match store.put("cas", status, PutMode::Update(expected)).await {
+            Ok(record) => say(format!("won {}", record.version)),
+            Err(Error::VersionConflict {
+                expected: e, found, ..
+            }) if e == expected => say(format!("conflict {}", found.unwrap_or(0))),
+            Err(other) => say(format!("error {other}")),
+        }
+    }
+}
+
+const FRESH_IDS: usize = 8;
+const REWRITTEN_EXPIRED_IDS: usize = 8;
+const REWRITE_ROUNDS: u64 = 60;
+
+/// Rewrites the fresh ids `a-*` and the initially expired ids `c-*`, checking that every
+/// version it gets follows its previous one (a cleanup removing a fresh record would reset it).
+async fn child_rewriter(store: FileStorage) {
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..FRESH_IDS {
+        let id = format!("a-{i}");
+        let record = store
+            .put(&id, json!({"round": 0}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        last.insert(id, record.version);
+    }
+    say("ready");
+    assert_eq!(read_command().as_deref(), Some("go"));
+    let mut violations = Vec::new();
+    for round in 1..=REWRITE_ROUNDS {
+        for i in 0..FRESH_IDS {
+            let id = format!("a-{i}");
+            let record = store
+                .put(&id, json!({"round": round}), PutMode::Overwrite)
+                .await
+                .unwrap();
+            if record.version != last[&id] + 1 {
+                violations.push(format!("{id}: {} after {}", record.version, last[&id]));
+            }
+            last.insert(id, record.version);
+        }
+        for i in 0..REWRITTEN_EXPIRED_IDS {
+            let id = format!("c-{i}");
+            let record = store
+                .put(&id, json!({"round": round}), PutMode::Overwrite)
+                .await
+                .unwrap();
+            // The first rewrite continues the expired record (version 8) or, if a cleanup
+            // removed it first, starts a new one (version 1); afterwards it is fresh.
+            let fine = match last.get(&id) {
+                None => record.version == EXPIRED_VERSION + 1 || record.version == 1,
+                Some(previous) => record.version == previous + 1,
+            };
+            if !fine {
+                violations.push(format!(
+                    "{id}: {} after {:?}",
+                    record.version,
+                    last.get(&id)
+                ));
+            }
+            last.insert(id, record.version);
+        }
+    }
+    say(serde_json::to_string(&last).unwrap());
+    say(serde_json::to_string(&violations).unwrap());
+}
+
+/// Runs cleanups back to back until told to stop, then reports what they removed.
+async fn child_cleaner(store: FileStorage) {
+    say("ready");
+    assert_eq!(read_command().as_deref(), Some("go"));
+    let stop = stop_flag();
+    let mut tally = CleanupTally::default();
+    while !stop.load(Ordering::SeqCst) {
+        tally.add(store.cleanup(&CleanupOptions::default()).await.unwrap());
+    }
+    say(serde_json::to_string(&tally).unwrap());
+}
+
+/// What a series of cleanups did.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CleanupTally {
+    runs: usize,
+    ran: usize,
+    removed: Vec<String>,
+}
+
+impl CleanupTally {
+    fn add(&mut self, report: CleanupReport) {
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert!(report.ran || report.removed.is_empty(), "{report:?}");
+        self.runs += 1;
+        self.ran += usize::from(report.ran);
+        self.removed.extend(report.removed);
+    }
+
+    fn merge(&mut self, other: CleanupTally) {
+        self.runs += other.runs;
+        self.ran += other.ran;
+        self.removed.extend(other.removed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL
+
+/// Reads every record file directly: none may be torn, and no version may go back.
+fn check_records(dir: &Path, last: &mut HashMap<String, u64>) {
+    for name in names(dir) {
+        if name == ".tmp" || name == ".locks" {
+            continue;
+        }
+        let id = name
+            .strip_suffix(".json")
+            .unwrap_or_else(|| panic!("unexpected file {name} in the store"));
+        let bytes = fs::read(dir.join(&name)).unwrap();
+        let record: Record = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{name} is torn ({} bytes): {e}", bytes.len()));
+        assert_eq!(record.id, id);
+        let len = record.status["len"].as_u64().unwrap() as usize;
+        assert_eq!(record.status["pad"].as_str().unwrap().len(), len, "{name}");
+        let seen = last.entry(id.to_string()).or_insert(0);
+        assert!(
+            record.version >= *seen,
+            "{id} went back from version {seen} to {}",
+            record.version
+        );
+        *seen = record.version;
+    }
+}
+
+#[test]
+fn sigkill_mid_write_leaves_no_torn_record_and_cleanup_removes_orphans() {
+    const KILLS: u64 = 50;
+    const WRITERS: u64 = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    FileStorage::open(&dir).unwrap();
+    let mut rng = Rng::seeded(0);
+    let spawn = |n: u64| {
+        let child = Child::spawn("writer", &dir, n);
+        child.expect("ready");
+        child
+    };
+    let mut writers: VecDeque<Child> = (0..WRITERS).map(spawn).collect();
+    let mut last = HashMap::new();
+    for kill in 0..KILLS {
+        let victim = writers.pop_front().unwrap();
+        // A random instant while both writers are busy.
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+        victim.kill_hard();
+        check_records(&dir, &mut last);
+        writers.push_back(spawn(WRITERS + kill));
+    }
+    for writer in writers {
+        writer.kill_hard();
+    }
+    check_records(&dir, &mut last);
+    for id in KILL_IDS {
+        assert!(
+            last.get(id).is_some_and(|v| *v > 0),
+            "{id} was never written"
+        );
+    }
+    // Every record also reads through the store.
+    let rt = runtime();
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    for id in KILL_IDS {
+        let record = rt.block_on(store.get(id)).unwrap().unwrap();
+        assert!(record.version >= last[id]);
+    }
+
+    // Killed writers leave staging files; once old they are orphans, and cleanup removes
+    // them, but never a staging file young enough to belong to a live writer.
+    let staging = dir.join(".tmp");
+    let orphans = names(&staging);
+    eprintln!("{} staging files left by {KILLS} kills", orphans.len());
+    for name in &orphans {
+        set_age(&staging.join(name), Duration::from_secs(3600));
+    }
+    let young = staging.join("rec-0.young.tmp");
+    fs::write(&young, b"{").unwrap();
+    let report = rt
+        .block_on(store.cleanup(&CleanupOptions::default()))
+        .unwrap();
+    assert!(report.ran);
+    assert_eq!(report.leftovers_removed, orphans.len(), "{report:?}");
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.kept, KILL_IDS.len());
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(names(&staging), vec!["rec-0.young.tmp".to_string()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contention between processes
+
+const UPDATERS: u64 = 4;
+const UPDATES_EACH: u64 = 100;
+
+#[test]
+fn updates_from_several_processes_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    FileStorage::open(&dir).unwrap();
+    let mut children: Vec<Child> = (0..UPDATERS)
+        .map(|i| Child::spawn("updater", &dir, i))
+        .collect();
+    for child in &children {
+        child.expect("ready");
+    }
+    for child in &mut children {
+        child.send("go");
+    }
+    for child in children {
+        child.expect("done");
+        child.finish();
+    }
+    let store = FileStorage::open(&dir).unwrap();
+    let record = runtime().block_on(store.get("counter")).unwrap().unwrap();
+    assert_eq!(record.status["n"], UPDATERS * UPDATES_EACH);
+    assert_eq!(record.version, UPDATERS * UPDATES_EACH);
+}
+
+#[test]
+fn conditional_puts_from_several_processes_one_wins_per_version() {
+    const PROCESSES: u64 = 4;
+    const ROUNDS: u64 = 30;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    let rt = runtime();
+    rt.block_on(store.put("cas", json!({"writer": null}), PutMode::Create))
+        .unwrap();
+    let mut children: Vec<Child> = (0..PROCESSES)
+        .map(|i| Child::spawn("cas", &dir, i))
+        .collect();
+    for child in &children {
+        child.expect("ready");
+    }
+    for _ in 0..ROUNDS {
+        let version = rt.block_on(store.get("cas")).unwrap().unwrap().version;
+        // Everyone is told the same, soon stale, version at once.
+        for child in &mut children {
+            child.send(&format!("put {version}"));
+        }
+        let answers: Vec<String> = children.iter().map(Child::recv).collect();
+        let winners: Vec<usize> = (0..answers.len())
+            .filter(|&i| answers[i] == format!("won {}", version + 1))
+            .collect();
+        assert_eq!(winners.len(), 1, "round at version {version}: {answers:?}");
+        for (i, answer) in answers.iter().enumerate() {
+            if i != winners[0] {
+                assert_eq!(answer, &format!("conflict {}", version + 1));
+            }
+        }
+        let record = rt.block_on(store.get("cas")).unwrap().unwrap();
+        assert_eq!(record.version, version + 1);
+        assert_eq!(record.status["writer"], winners[0] as u64);
+    }
+    for mut child in children {
+        child.send("exit");
+        child.finish();
+    }
+}
+
+const EXPIRED_IDS: usize = 30;
+const EXPIRED_VERSION: u64 = 7;
+
+#[test]
+fn cleanups_racing_writers_remove_only_expired_records_once() {
+    const CLEANER_PROCESSES: u64 = 2;
+    const CLEANER_TASKS: usize = 3;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    FileStorage::open(&dir).unwrap();
+
+    let mut rewriter = Child::spawn("rewriter", &dir, 0);
+    rewriter.expect("ready");
+    let hour = Duration::from_secs(3600);
+    for i in 0..EXPIRED_IDS {
+        write_envelope(&dir, &format!("b-{i}"), EXPIRED_VERSION, hour, json!({}));
+    }
+    for i in 0..REWRITTEN_EXPIRED_IDS {
+        write_envelope(&dir, &format!("c-{i}"), EXPIRED_VERSION, hour, json!({}));
+    }
+    let mut cleaners: Vec<Child> = (0..CLEANER_PROCESSES)
+        .map(|i| Child::spawn("cleaner", &dir, i))
+        .collect();
+    for cleaner in &cleaners {
+        cleaner.expect("ready");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two handles on the store in this process: tasks of one handle share its in-process
+    // locks, the other handle meets them only through the files.
+    let handles = [
+        FileStorage::builder(&dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap(),
+        FileStorage::builder(&dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap(),
+    ];
+    let tasks: Vec<_> = (0..CLEANER_TASKS)
+        .map(|i| {
+            let store = handles[i % 2].clone();
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut tally = CleanupTally::default();
+                while !stop.load(Ordering::SeqCst) {
+                    tally.add(store.cleanup(&CleanupOptions::default()).await.unwrap());
+                    tokio::task::yield_now().await;
+                }
+                tally
+            })
+        })
+        .collect();
+    for cleaner in &mut cleaners {
+        cleaner.send("go");
+    }
+    rewriter.send("go");
+    let last: BTreeMap<String, u64> = serde_json::from_str(&rewriter.recv()).unwrap();
+    let violations: Vec<String> = serde_json::from_str(&rewriter.recv()).unwrap();
+    rewriter.finish();
+
+    stop.store(true, Ordering::SeqCst);
+    let mut tally = CleanupTally::default();
+    for task in tasks {
+        tally.merge(rt.block_on(task).unwrap());
+    }
+    for mut cleaner in cleaners {
+        cleaner.send("stop");
+        tally.merge(serde_json::from_str(&cleaner.recv()).unwrap());
+        cleaner.finish();
+    }
+
+    assert!(
+        violations.is_empty(),
+        "fresh records were lost: {violations:?}"
+    );
+    let mut removed: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &tally.removed {
+        *removed.entry(id.clone()).or_default() += 1;
+    }
+    eprintln!(
+        "{} cleanups, {} ran, {} skipped",
+        tally.runs,
+        tally.ran,
+        tally.runs - tally.ran
+    );
+    for i in 0..EXPIRED_IDS {
+        let id = format!("b-{i}");
+        assert_eq!(removed.get(&id), Some(&1), "{id} removed {removed:?}");
+        assert!(!dir.join(format!("{id}.json")).exists());
+    }
+    for i in 0..FRESH_IDS {
+        let id = format!("a-{i}");
+        assert_eq!(removed.get(&id), None, "fresh {id} was removed");
+    }
+    for i in 0..REWRITTEN_EXPIRED_IDS {
+        let id = format!("c-{i}");
+        assert!(
+            removed.get(&id).copied().unwrap_or(0) <= 1,
+            "{id}: {removed:?}"
+        );
+    }
+    // Every rewritten record is on disk as last written.
+    for (id, version) in &last {
+        let bytes = fs::read(dir.join(format!("{id}.json"))).unwrap();
+        let record: Record = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(record.version, *version, "{id}");
+        assert_eq!(record.status, json!({"round": REWRITE_ROUNDS}), "{id}");
+    }
+}
+
+/// Whether some process waits for a `flock` on the file with inode `ino` (Linux `/proc/locks`
+/// lists waiters with `->`).
+#[cfg(target_os = "linux")]
+fn flock_waiter_on(ino: u64) -> bool {
+    let locks = fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|line| {
+        line.contains("->")
+            && line.contains("FLOCK")
+            && line
+                .split_whitespace()
+                .filter_map(|field| field.rsplit_once(':'))
+                .any(|(_, inode)| inode == ino.to_string())
+    })
+}
+
+/// A cleanup that found a record expired must look again once it holds the record's lock:
+/// here a writer (this test, holding the lock as another process would) makes the record
+/// fresh while the cleanup waits for the lock, and the cleanup must keep it.
+#[cfg(target_os = "linux")]
+#[test]
+fn cleanup_checks_expiry_again_under_the_lock() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    write_envelope(&dir, "job", 4, hour, json!({"state": "running"}));
+    let held = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".locks").join("job.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let ino = held.metadata().unwrap().ino();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cleanup = {
+        let store = store.clone();
+        rt.spawn(async move { store.cleanup(&CleanupOptions::default()).await })
+    };
+    let deadline = std::time::Instant::now() + CHILD_DEADLINE;
+    while !flock_waiter_on(ino) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleanup never waited for the lock of the expired record"
+        );
+        assert!(!cleanup.is_finished(), "the cleanup ended without the lock");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    write_envelope(&dir, "job", 5, Duration::ZERO, json!({"state": "running"}));
+    held.unlock().unwrap();
+    let report = rt.block_on(cleanup).unwrap().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.kept, 1);
+    let record = rt.block_on(store.get("job")).unwrap().unwrap();
+    assert_eq!(record.version, 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+#[tokio::test]
+async fn evil_ids_are_refused_and_touch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("outer").join("store");
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    store
+        .put("good", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let before = tree(tmp.path());
+    let absolute = tmp.path().join("outer").join("escaped");
+    let evil = [
+        "../x".to_string(),
+        "../../x".to_string(),
+        "..".to_string(),
+        ".".to_string(),
+        "a/b".to_string(),
+        "a\\b".to_string(),
+        "/etc/passwd".to_string(),
+        absolute.to_str().unwrap().to_string(),
+        "C:\\x".to_string(),
+        "a\0b".to_string(),
+        "good\0".to_string(),
+        ".hidden".to_string(),
+        ".locks".to_string(),
+        ".tmp".to_string(),
+        "CON".to_string(),
+        "nul".to_string(),
+        "com1.json".to_string(),
+        "LPT9".to_string(),
+        "x".repeat(129),
+        String::new(),
+        "a b".to_string(),
+        "é".to_string(),
+    ];
+    for id in &evil {
+        let invalid = |result: Result<_, Error>, op: &str| match result {
+            Err(Error::InvalidId { .. }) => {}
+            Err(other) => panic!("{op}({id:?}) gave {other:?}"),
+            Ok(_) => panic!("{op}({id:?}) was accepted"),
+        };
+        invalid(store.get(id).await.map(|_| ()), "get");
+        for mode in [PutMode::Overwrite, PutMode::Create, PutMode::Update(1)] {
+            invalid(
+                store.put(id, json!({"evil": true}), mode).await.map(|_| ()),
+                "put",
+            );
+        }
+        let mut called = false;
+        invalid(
+            store
+                .update_with(id, |_| {
+                    called = true;
+                    Ok(json!({}))
+                })
+                .await
+                .map(|_| ()),
+            "update",
+        );
+        assert!(!called, "update called its closure for {id:?}");
+        invalid(store.delete(id).await.map(|_| ()), "delete");
+        invalid(store.path_of(id).map(|_| ()), "path_of");
+        invalid(
+            store.try_lock(id, Duration::from_secs(1)).await.map(|_| ()),
+            "try_lock",
+        );
+    }
+    assert_eq!(tree(tmp.path()), before);
+    assert_eq!(
+        store.get("good").await.unwrap().unwrap().status,
+        json!({"state": "running"})
+    );
+}
+
+fn place_fixture(dir: &Path, fixture: &str, id: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture);
+    let path = dir.join(format!("{id}.json"));
+    fs::copy(source, &path).unwrap();
+    path
+}
+
+fn assert_corrupt(error: &Error, want_id: &str, want_path: &Path) {
+    match error {
+        Error::Corrupt { id, path, .. } => {
+            assert_eq!(id, want_id);
+            assert_eq!(path, want_path);
+            let text = error.to_string();
+            assert!(text.contains(want_id), "{text}");
+            assert!(text.contains(&want_path.display().to_string()), "{text}");
+        }
+        other => panic!("expected Corrupt for {want_id}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn corrupt_and_foreign_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = manual_store(dir, &clock);
+    store
+        .put("good-1", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    store
+        .put("good-2", json!({"state": "completed"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let broken = place_fixture(dir, "corrupt.json", "broken");
+    let array = place_fixture(dir, "array.json", "array");
+    let stolen = place_fixture(dir, "other-id.json", "stolen");
+    let foreign = place_fixture(dir, "foreign-status.json", "foreign");
+
+    for (id, path) in [("broken", &broken), ("array", &array), ("stolen", &stolen)] {
+        assert_corrupt(&store.get(id).await.unwrap_err(), id, path);
+        // A conditional write or an update cannot judge the unreadable record either.
+        assert_corrupt(
+            &store.update_with(id, |_| Ok(json!({}))).await.unwrap_err(),
+            id,
+            path,
+        );
+    }
+    // One bad file never hides the others.
+    let listing = store.list(&ListFilter::all()).await.unwrap();
+    let ids: Vec<&str> = listing.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["foreign", "good-1", "good-2"]);
+    let mut bad: Vec<(String, PathBuf)> = listing
+        .errors
+        .iter()
+        .map(|error| match error {
+            Error::Corrupt { id, path, .. } => (id.clone(), path.clone()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    bad.sort();
+    assert_eq!(
+        bad,
+        vec![
+            ("array".to_string(), array.clone()),
+            ("broken".to_string(), broken.clone()),
+            ("stolen".to_string(), stolen.clone()),
+        ]
+    );
+    // A cleanup reports them and goes on.
+    clock.advance(Duration::from_secs(3600));
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(report.removed, ["foreign", "good-1", "good-2"]);
+    let mut problem_ids: Vec<_> = report.errors.iter().map(|p| p.id.clone()).collect();
+    problem_ids.sort();
+    assert_eq!(
+        problem_ids,
+        [
+            Some("array".into()),
+            Some("broken".into()),
+            Some("stolen".into())
+        ]
+    );
+    assert!(broken.exists() && array.exists() && stolen.exists());
+    assert!(!foreign.exists());
+    // An unconditional put replaces a corrupt record; a conditional one cannot judge it.
+    assert_corrupt(
+        &store
+            .put("array", json!({}), PutMode::Create)
+            .await
+            .unwrap_err(),
+        "array",
+        &array,
+    );
+    let replaced = store
+        .put("array", json!({"fresh": true}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(replaced.version, 1);
+    assert_eq!(store.get("array").await.unwrap().unwrap(), replaced);
+    // Deleting a corrupt record clears the way.
+    store.delete("broken").await.unwrap();
+    assert!(!broken.exists());
+    assert!(store.get("broken").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn plain_status_from_another_tool_reads_as_version_0_and_update_wraps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = manual_store(dir, &clock);
+    let path = place_fixture(dir, "foreign-status.json", "script-job");
+    let plain: Value =
+        serde_json::from_slice(&fs::read(dir.join("script-job.json")).unwrap()).unwrap();
+
+    let record = store.get("script-job").await.unwrap().unwrap();
+    assert_eq!(record.id, "script-job");
+    assert_eq!(record.version, 0);
+    assert_eq!(record.status, plain);
+    assert_eq!(record.state(), Some("running"));
+
+    let updated = store
+        .update_with("script-job", |current| {
+            let mut status = current.unwrap().status.clone();
+            status["progress"]["done"] = json!(4);
+            Ok(status)
+        })
+        .await
+        .unwrap();
+    assert_eq!(updated.version, 1);
+    let on_disk: Record = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(on_disk, updated);
+    assert_eq!(on_disk.status["progress"]["done"], 4);
+    assert_eq!(on_disk.status["message"], "written by a shell script");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn symbolic_links_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let clock = ManualClock::starting_now();
+    let store = manual_store(&dir, &clock);
+    // The outside file is a valid record of the id: reading through the link would succeed.
+    write_envelope(
+        &outside,
+        "linked",
+        3,
+        Duration::ZERO,
+        json!({"secret": true}),
+    );
+    let target = outside.join("linked.json");
+    let target_bytes = fs::read(&target).unwrap();
+    for id in ["linked", "link-2", "link-3"] {
+        symlink(&target, dir.join(format!("{id}.json"))).unwrap();
+    }
+    store
+        .put("plain", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    let error = store.get("linked").await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Io { path, .. } if path == &dir.join("linked.json")),
+        "{error:?}"
+    );
+    let listing = store.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(listing.records.len(), 1);
+    assert_eq!(listing.records[0].id, "plain");
+    assert_eq!(listing.errors.len(), 3, "{:?}", listing.errors);
+
+    // A cleanup that would remove everything reports the links and leaves the target alone.
+    clock.advance(Duration::from_secs(3600));
+    let report = store
+        .cleanup(&CleanupOptions {
+            ttl: Some(Duration::ZERO),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.removed, ["plain"]);
+    assert_eq!(report.errors.len(), 3, "{report:?}");
+    assert_eq!(fs::read(&target).unwrap(), target_bytes);
+
+    // put replaces the link itself.
+    let written = store
+        .put("linked", json!({"mine": true}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(written.version, 1);
+    let meta = fs::symlink_metadata(dir.join("linked.json")).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(store.get("linked").await.unwrap().unwrap(), written);
+    assert_eq!(fs::read(&target).unwrap(), target_bytes);
+    // A conditional put cannot judge the link and refuses.
+    assert!(
+        store
+            .put("link-3", json!({}), PutMode::Create)
+            .await
+            .is_err()
+    );
+    assert!(
+        fs::symlink_metadata(dir.join("link-3.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // delete removes the link only.
+    assert!(!store.delete("link-2").await.unwrap());
+    assert!(fs::symlink_metadata(dir.join("link-2.json")).is_err());
+    assert_eq!(fs::read(&target).unwrap(), target_bytes);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn symlinked_staging_or_locks_directory_is_refused_and_never_swept() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    // Files a sweep through the links would remove: an old "staging" file and a lock file
+    // of an id without a record.
+    let victim_staging = outside.join("job.123.tmp");
+    let victim_lock = outside.join("job.lock");
+    fs::write(&victim_staging, b"keep me").unwrap();
+    fs::write(&victim_lock, b"keep me").unwrap();
+    let victims = names(&outside);
+    set_age(&victim_staging, Duration::from_secs(3600));
+    set_age(&victim_lock, Duration::from_secs(3600));
+
+    for sub in [".tmp", ".locks"] {
+        let dir = tmp.path().join(format!("store{sub}"));
+        fs::create_dir_all(&dir).unwrap();
+        symlink(&outside, dir.join(sub)).unwrap();
+        // Opening refuses the layout.
+        let error = FileStorage::open(&dir).unwrap_err();
+        assert!(
+            matches!(&error, Error::Io { path, .. } if path == &dir.join(sub)),
+            "{error:?}"
+        );
+        // If the link appears after the store was opened, cleanup reports it and removes
+        // nothing through it.
+        fs::remove_file(dir.join(sub)).unwrap();
+        let store = FileStorage::builder(&dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap();
+        fs::remove_dir(dir.join(sub)).unwrap();
+        symlink(&outside, dir.join(sub)).unwrap();
+        let error = store.cleanup(&CleanupOptions::default()).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::Io { path, .. } if path == &dir.join(sub)),
+            "{error:?}"
+        );
+        assert_eq!(names(&outside), victims);
+        assert!(victim_staging.exists() && victim_lock.exists());
+    }
+}
+
+/// A FIFO named like a record would block a reader forever in `open`; the store must report
+/// it instead. Run on its own thread so that a hang fails the test instead of stalling it.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_a_record_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let fifo = std::ffi::CString::new(dir.join("pipe.json").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let (done, finished) = mpsc::channel();
+    let work_dir = dir.clone();
+    std::thread::spawn(move || {
+        let result = runtime().block_on(async move {
+            let store = FileStorage::builder(&work_dir)
+                .with_lazy_sweep(None)
+                .build()
+                .unwrap();
+            store
+                .put("good", json!({}), PutMode::Overwrite)
+                .await
+                .unwrap();
+            let get = store.get("pipe").await;
+            let listing = store.list(&ListFilter::all()).await.unwrap();
+            (get, listing)
+        });
+        let _ = done.send(result);
+    });
+    let (get, listing) = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("reading the fifo blocked");
+    let error = get.unwrap_err();
+    assert!(
+        matches!(&error, Error::Io { path, .. } if path == &dir.join("pipe.json")),
+        "{error:?}"
+    );
+    assert_eq!(listing.records.len(), 1);
+    assert_eq!(listing.errors.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry and lazy sweeps
+
+#[tokio::test]
+async fn lazy_sweep_runs_on_writes_after_its_interval_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = FileStorage::builder(dir)
+        .with_clock(Arc::new(clock.clone()))
+        .with_ttl(TtlPolicy::uniform(Duration::from_secs(60)))
+        .with_lazy_sweep(Some(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    let old = dir.join("old.json");
+    // The first write of a store handle sweeps and starts the interval.
+    store
+        .put("old", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(120));
+    // Expired: reads as absent, but the file stays until a sweep.
+    assert!(store.get("old").await.unwrap().is_none());
+    store
+        .put("other", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    store.list(&ListFilter::all()).await.unwrap();
+    assert!(old.exists(), "swept before the interval");
+    clock.advance(Duration::from_secs(481));
+    store
+        .put("other", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(!old.exists(), "not swept after the interval");
+    assert!(dir.join("other.json").exists());
+    assert_eq!(names(dir), [".locks", ".tmp", "other.json"]);
+}
+
+#[tokio::test]
+async fn lazy_sweep_on_list_after_its_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = FileStorage::builder(dir)
+        .with_clock(Arc::new(clock.clone()))
+        .with_ttl(TtlPolicy::uniform(Duration::from_secs(60)))
+        .with_lazy_sweep(Some(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    store
+        .put("old", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(601));
+    assert!(dir.join("old.json").exists());
+    let listing = store.list(&ListFilter::all()).await.unwrap();
+    assert!(listing.records.is_empty());
+    assert!(!dir.join("old.json").exists());
+}
+
+#[tokio::test]
+async fn without_lazy_sweep_nothing_is_removed_on_the_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = FileStorage::builder(dir)
+        .with_clock(Arc::new(clock.clone()))
+        .with_ttl(TtlPolicy::uniform(Duration::from_secs(60)))
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    store
+        .put("old", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(86_400));
+        store
+            .put("other", json!({}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        store.list(&ListFilter::all()).await.unwrap();
+        store.update_with("third", |_| Ok(json!({}))).await.unwrap();
+    }
+    assert!(dir.join("old.json").exists());
+    assert!(store.get("old").await.unwrap().is_none());
+    // An explicit cleanup still works.
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(report.removed, ["old"]);
+    assert!(!dir.join("old.json").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability and format
+
+#[tokio::test]
+async fn fsync_durability_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStorage::builder(tmp.path())
+        .with_durability(Durability::Fsync)
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    let first = store
+        .put("durable", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    let second = store
+        .update_with("durable", |_| Ok(json!({"state": "completed"})))
+        .await
+        .unwrap();
+    assert_eq!(second.version, first.version + 1);
+    assert_eq!(store.get("durable").await.unwrap().unwrap(), second);
+    let on_disk: Record =
+        serde_json::from_slice(&fs::read(tmp.path().join("durable.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, second);
+    assert!(store.delete("durable").await.unwrap());
+    assert!(store.get("durable").await.unwrap().is_none());
+    assert_eq!(names(tmp.path()), [".locks", ".tmp"]);
+}
+
+#[tokio::test]
+async fn file_format_and_directory_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_123));
+    let store = manual_store(dir, &clock);
+    assert_eq!(names(dir), [".locks", ".tmp"]);
+    let record = store
+        .put("fmt", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let text = fs::read_to_string(dir.join("fmt.json")).unwrap();
+    let at = record.updated_at.to_string();
+    assert_eq!(
+        text,
+        format!(
+            "{{\n  \"id\": \"fmt\",\n  \"version\": 1,\n  \"created_at\": \"{at}\",\n  \
+             \"updated_at\": \"{at}\",\n  \"status\": {{\n    \"state\": \"running\"\n  }}\n}}\n"
+        )
+    );
+    assert!(at.ends_with(".123Z"), "{at}");
+
+    for id in ["a", "b", "c"] {
+        store
+            .put(id, json!({"n": 1}), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    store
+        .update_with("b", |_| Ok(json!({"n": 2})))
+        .await
+        .unwrap();
+    store.delete("a").await.unwrap();
+    assert_eq!(
+        names(dir),
+        [".locks", ".tmp", "b.json", "c.json", "fmt.json"]
+    );
+    assert!(names(&dir.join(".tmp")).is_empty());
+    // Lock files of deleted ids are gone.
+    assert_eq!(names(&dir.join(".locks")), ["b.lock", "c.lock", "fmt.lock"]);
+
+    clock.advance(Duration::from_secs(3600));
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(report.removed, ["b", "c", "fmt"]);
+    assert_eq!(names(dir), [".locks", ".tmp"]);
+    assert!(names(&dir.join(".tmp")).is_empty());
+    // Only the store-wide sweep lock stays.
+    assert_eq!(names(&dir.join(".locks")), ["@sweep.lock"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocking work stays off the async threads
+
+/// A write waiting for the lock of its id (held here, as another process would) must leave
+/// the runtime free: on a single-threaded runtime, a heartbeat task keeps ticking and is the
+/// one that releases the lock. Done on the async thread, the wait would never end.
+#[cfg(unix)]
+#[test]
+fn a_write_waiting_for_its_lock_leaves_the_runtime_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = runtime();
+        let result = rt.block_on(async move {
+            let store = FileStorage::builder(&dir)
+                .with_lazy_sweep(None)
+                .build()
+                .unwrap();
+            store
+                .put("busy", json!({"n": 0}), PutMode::Overwrite)
+                .await
+                .unwrap();
+            let held = fs::File::options()
+                .read(true)
+                .write(true)
+                .open(dir.join(".locks").join("busy.lock"))
+                .unwrap();
+            held.lock().unwrap();
+            let writer = {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.put("busy", json!({"n": 1}), PutMode::Overwrite).await },
+                )
+            };
+            let ticks = Arc::new(AtomicU64::new(0));
+            let heartbeat = {
+                let ticks = ticks.clone();
+                tokio::spawn(async move {
+                    for _ in 0..1000 {
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                    }
+                    held.unlock().unwrap();
+                })
+            };
+            heartbeat.await.unwrap();
+            let record = writer.await.unwrap().unwrap();
+            (ticks.load(Ordering::SeqCst), record.version)
+        });
+        let _ = done.send(result);
+    });
+    let (ticks, version) = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the runtime was blocked by a write waiting for its lock");
+    assert_eq!(ticks, 1000);
+    assert_eq!(version, 2);
+}
+
+/// A listing of many files runs while another task keeps making progress on a
+/// single-threaded runtime.
+#[test]
+fn a_long_listing_leaves_the_runtime_free() {
+    const FILES: usize = 3000;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    for i in 0..FILES {
+        write_envelope(
+            &dir,
+            &format!("job-{i:05}"),
+            1,
+            Duration::ZERO,
+            json!({"i": i}),
+        );
+    }
+    let rt = runtime();
+    let (records, ticks_during) = rt.block_on(async move {
+        let store = FileStorage::builder(&dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        // Let the heartbeat start.
+        while ticks.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let before = ticks.load(Ordering::SeqCst);
+        let listing = store.list(&ListFilter::all()).await.unwrap();
+        let during = ticks.load(Ordering::SeqCst) - before;
+        stop.store(true, Ordering::SeqCst);
+        heartbeat.await.unwrap();
+        (listing.records.len(), during)
+    });
+    assert_eq!(records, FILES);
+    assert!(
+        ticks_during > 0,
+        "the heartbeat stood still during the listing"
+    );
+    eprintln!("{ticks_during} heartbeat ticks during a listing of {FILES} files");
+}

@@ -1,0 +1,282 @@
+//! `PostgresStorage` against raw statements on the same driver and pool, in one run.
+//!
+//! ```text
+//! cargo bench --all-features --bench postgres
+//! ```
+//!
+//! Every round runs each variant once, back to back; the table shows the median of the
+//! rounds with min–max, and the median of the per-round ratios ours/raw. Needs a server at
+//! `SYNCSTATUS_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`); works in a
+//! schema of its own, dropped at the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::{Value, json};
+use syncstatus::postgres::PostgresStorage;
+use syncstatus::{PutMode, SyncStorage, TtlPolicy};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Json;
+
+const ROUNDS: usize = 5;
+/// Operations per variant per round.
+const OPS: usize = 2000;
+/// Distinct ids written and read, cycled through.
+const IDS: usize = 100;
+const CONCURRENCY: usize = 16;
+const POOL_SIZE: usize = 16;
+
+fn status(n: usize) -> Value {
+    json!({
+        "state": "running",
+        "progress": {"done": n, "total": 600},
+        "message": format!("page {n} of 600"),
+        "started_at": "2026-11-22T03:40:00.123Z",
+        "heartbeat_at": "2026-11-22T03:41:10.456Z",
+        "attempt": 1
+    })
+}
+
+#[derive(Clone)]
+struct Raw {
+    pool: Pool,
+    upsert: String,
+    upsert_notify: String,
+    select: String,
+}
+
+impl Raw {
+    async fn put(&self, id: &str, status: &Value) {
+        let client = self.pool.get().await.unwrap();
+        let statement = client.prepare_cached(&self.upsert).await.unwrap();
+        client
+            .execute(&statement, &[&id, &Json(status)])
+            .await
+            .unwrap();
+    }
+
+    async fn put_notify(&self, id: &str, status: &Value) {
+        let client = self.pool.get().await.unwrap();
+        let statement = client.prepare_cached(&self.upsert_notify).await.unwrap();
+        client
+            .query(&statement, &[&id, &Json(status)])
+            .await
+            .unwrap();
+    }
+
+    async fn get(&self, id: &str) -> Value {
+        let client = self.pool.get().await.unwrap();
+        let statement = client.prepare_cached(&self.select).await.unwrap();
+        let row = client.query_one(&statement, &[&id]).await.unwrap();
+        row.get::<_, Json<Value>>(0).0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    OursPut,
+    RawPut,
+    RawPutNotify,
+    OursGet,
+    RawGet,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant::OursPut,
+        Variant::RawPut,
+        Variant::RawPutNotify,
+        Variant::OursGet,
+        Variant::RawGet,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::OursPut => "put (PostgresStorage, Overwrite)",
+            Variant::RawPut => "put (raw upsert)",
+            Variant::RawPutNotify => "put (raw upsert + pg_notify)",
+            Variant::OursGet => "get (PostgresStorage)",
+            Variant::RawGet => "get (raw select)",
+        }
+    }
+}
+
+async fn one_op(variant: Variant, store: &PostgresStorage, raw: &Raw, i: usize, value: &Value) {
+    let id = format!("bench-{}", i % IDS);
+    match variant {
+        Variant::OursPut => {
+            store
+                .put(&id, value.clone(), PutMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        Variant::RawPut => raw.put(&id, value).await,
+        Variant::RawPutNotify => raw.put_notify(&id, value).await,
+        Variant::OursGet => {
+            let record = store.get(&id).await.unwrap();
+            assert!(record.is_some());
+        }
+        Variant::RawGet => {
+            raw.get(&id).await;
+        }
+    }
+}
+
+/// Ops per second of `variant` with `tasks` tasks sharing `OPS` operations.
+async fn measure(variant: Variant, store: &PostgresStorage, raw: &Raw, tasks: usize) -> f64 {
+    let value = Arc::new(status(42));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let store = store.clone();
+        let raw = raw.clone();
+        let value = value.clone();
+        handles.push(tokio::spawn(async move {
+            let mut i = task;
+            while i < OPS {
+                one_op(variant, &store, &raw, i, &value).await;
+                i += tasks;
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    OPS as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[sorted.len() / 2]
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let url = std::env::var("SYNCSTATUS_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let (admin, connection) = match tokio_postgres::connect(&url, NoTls).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            eprintln!("PostgreSQL unreachable at {url}: {error}; nothing measured");
+            return;
+        }
+    };
+    tokio::spawn(connection);
+    let schema = format!("ss_bench_{}", std::process::id());
+
+    let store = PostgresStorage::builder(url.clone())
+        .with_schema(schema.clone())
+        .unwrap()
+        .with_table("jobs")
+        .with_ttl(TtlPolicy::uniform(Duration::from_secs(3600)))
+        .with_pool_size(POOL_SIZE)
+        .build()
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE \"{schema}\".raw (id text PRIMARY KEY, version bigint NOT NULL,
+             status jsonb NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    let manager = Manager::from_config(
+        url.parse().unwrap(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let raw = Raw {
+        pool: Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .unwrap(),
+        upsert: format!(
+            "INSERT INTO \"{schema}\".raw AS r (id, version, status) VALUES ($1, 1, $2)
+             ON CONFLICT (id) DO UPDATE SET version = r.version + 1, status = $2"
+        ),
+        upsert_notify: format!(
+            "WITH w AS (
+                INSERT INTO \"{schema}\".raw AS r (id, version, status) VALUES ($1, 1, $2)
+                ON CONFLICT (id) DO UPDATE SET version = r.version + 1, status = $2
+                RETURNING version
+             )
+             SELECT pg_notify('{schema}_raw', $1 || ':' || version) FROM w"
+        ),
+        select: format!("SELECT status FROM \"{schema}\".raw WHERE id = $1"),
+    };
+
+    // Warm-up: fills both tables with every id and the pools with connections.
+    for tasks in [1, CONCURRENCY] {
+        for variant in Variant::ALL {
+            measure(variant, &store, &raw, tasks).await;
+        }
+    }
+
+    println!(
+        "PostgreSQL store vs raw statements, same driver (tokio-postgres) and pool size {POOL_SIZE}"
+    );
+    println!(
+        "{OPS} ops per variant per round over {IDS} ids, ~230-byte JSON status, {ROUNDS} interleaved rounds"
+    );
+    println!();
+    println!("| tasks | variant | ops/s median | min–max | ratio vs raw (median of rounds) |");
+    println!("|---|---|---|---|---|");
+    for tasks in [1, CONCURRENCY] {
+        let mut results: Vec<Vec<f64>> = vec![Vec::new(); Variant::ALL.len()];
+        for _ in 0..ROUNDS {
+            for (slot, variant) in Variant::ALL.into_iter().enumerate() {
+                results[slot].push(measure(variant, &store, &raw, tasks).await);
+            }
+        }
+        for (slot, variant) in Variant::ALL.into_iter().enumerate() {
+            let baseline = match variant {
+                Variant::OursPut | Variant::RawPutNotify => Some(1),
+                Variant::OursGet => Some(4),
+                _ => None,
+            };
+            let ratio = baseline.map_or_else(
+                || "baseline".to_string(),
+                |base| {
+                    let ratios: Vec<f64> = results[slot]
+                        .iter()
+                        .zip(&results[base])
+                        .map(|(ours, raw)| ours / raw)
+                        .collect();
+                    let (lo, hi) = min_max(&ratios);
+                    format!("{:.2}x ({lo:.2}–{hi:.2})", median(&ratios))
+                },
+            );
+            let (lo, hi) = min_max(&results[slot]);
+            println!(
+                "| {tasks} | {} | {:.0} | {lo:.0}–{hi:.0} | {ratio} |",
+                variant.name(),
+                median(&results[slot])
+            );
+        }
+    }
+
+    drop(store);
+    raw.pool.close();
+    admin
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}

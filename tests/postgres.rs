@@ -433,15 +433,17 @@ async fn stores_starting_at_once_migrate_one_table() {
     }
     let record = stores[0].get("shared").await.unwrap().unwrap();
     assert_eq!(record.version, STORES as u64);
-    let tables: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = $1",
+    let tables: Vec<String> = admin
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
             &[&schema.0],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(tables, 1);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(tables, ["jobs", "jobs_listeners"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,4 +569,171 @@ async fn dropping_the_last_watch_closes_the_listener() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A connection listening on `channel`, its notifications' payloads sent to the receiver.
+async fn raw_listener(
+    channel: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(&server_url(), NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                let _ = tx.send(notification.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await
+        .unwrap();
+    (client, rx, driver)
+}
+
+/// The payloads received up to `marker`, which the caller notified after the writes it wants
+/// to see: notifications arrive in commit order, so nothing sent before it can come later.
+async fn payloads_until(
+    client: &tokio_postgres::Client,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    channel: &str,
+    marker: &str,
+) -> Vec<String> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &marker])
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    loop {
+        let payload = tokio::time::timeout(EVENT_DEADLINE, rx.recv())
+            .await
+            .expect("the marker notification did not arrive")
+            .expect("the listening connection ended");
+        if payload == marker {
+            return payloads;
+        }
+        payloads.push(payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_notify_only_while_a_watch_runs() {
+    let Some((_admin, schema, clock)) = setup("notify_gate").await else {
+        return;
+    };
+    let store = store_in(&schema.0, &clock).await;
+    let channel = store.channel().to_string();
+    let (client, mut rx, _driver) = raw_listener(&channel).await;
+
+    store
+        .put("quiet", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let heard = payloads_until(&client, &mut rx, &channel, "marker-1").await;
+    assert!(
+        heard.is_empty(),
+        "notified with no watch running: {heard:?}"
+    );
+
+    let stream = store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    store
+        .put("loud", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    store.delete("loud").await.unwrap();
+    let heard = payloads_until(&client, &mut rx, &channel, "marker-2").await;
+    assert_eq!(heard, ["loud:1", "loud:0"]);
+
+    // The last watch gone, its registration goes too, and writes are quiet again.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        store
+            .put("quiet", json!({}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let heard = payloads_until(&client, &mut rx, &channel, "marker-3").await;
+        if heard.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes still notify after the last watch ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_starting_among_writers_misses_no_write() {
+    let Some((_admin, schema, clock)) = setup("watch_start_race").await else {
+        return;
+    };
+    let store = store_in(&schema.0, &clock).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for task in 0..8 {
+        let store = store.clone();
+        let stop = stop.clone();
+        let written = written.clone();
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // Each id is written once: a write the watch misses is never made up for.
+                let id = format!("w{task}-{n}");
+                store
+                    .put(&id, json!({"n": n}), PutMode::Create)
+                    .await
+                    .unwrap();
+                ids.push(id);
+                n += 1;
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+            ids
+        }));
+    }
+    let wait_for = |target: usize| {
+        let written = written.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+            while written.load(Ordering::SeqCst) < target {
+                assert!(tokio::time::Instant::now() < deadline, "writers stalled");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    wait_for(100).await;
+    let mut stream = store
+        .watch(
+            WatchSelector::All,
+            WatchOptions {
+                snapshot: true,
+                resume: None,
+            },
+        )
+        .await
+        .unwrap();
+    let started_at = written.load(Ordering::SeqCst);
+    wait_for(started_at + 100).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut all = BTreeSet::new();
+    for writer in writers {
+        all.extend(writer.await.unwrap());
+    }
+    let mut state = HashMap::new();
+    follow_until(&mut stream, &mut state, |s| {
+        all.iter().all(|id| s.contains_key(id))
+    })
+    .await;
+    assert_eq!(state.len(), all.len());
 }

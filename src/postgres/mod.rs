@@ -10,12 +10,16 @@
 //!     status      jsonb NOT NULL,
 //!     state       text GENERATED ALWAYS AS (status ->> 'state') STORED   -- strings only
 //! )
+//! "<schema>"."<table>_listeners" (pid integer PRIMARY KEY, since bigint)  -- live watchers
 //! ```
 //!
-//! - The table and its indexes are created on first use, under an advisory lock so that
+//! - The tables and indexes are created on first use, under an advisory lock so that
 //!   replicas starting at once do not collide.
 //! - Every write is one statement: a versioned upsert (or compare-and-set update) that also
-//!   sends `pg_notify` on the table's channel, so a watcher hears exactly the committed writes.
+//!   sends `pg_notify` on the table's channel, so a watcher hears exactly the committed
+//!   writes. PostgreSQL serializes the commits of all transactions that notify, so writes
+//!   notify only while a watcher is registered in `<table>_listeners`; a starting watcher
+//!   registers, then waits for the writes in flight before its first scan.
 //! - Expiry is judged by the store's clock, passed to every statement (never the server's
 //!   `now()`). `expires_at` is computed by the writer's [`TtlPolicy`] when it writes.
 //! - Watches `LISTEN` on a dedicated connection whose `application_name` is
@@ -300,7 +304,8 @@ impl PostgresStorage {
         &self.inner.table
     }
 
-    /// The channel writes are announced on (`pg_notify`), for tools that want to listen.
+    /// The channel writes are announced on (`pg_notify` with `<id>:<version>`, version 0 for
+    /// a removal) while at least one watch of this table is running in some process.
     pub fn channel(&self) -> &str {
         &self.inner.channel
     }
@@ -314,8 +319,11 @@ impl PostgresStorage {
         // Checked first so a role without DDL rights can use a table made for it.
         let exists: bool = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&self.inner.statements.qualified],
+                "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+                &[
+                    &self.inner.statements.qualified,
+                    &self.inner.statements.listeners,
+                ],
             )
             .await
             .map_err(backend_error)?
@@ -594,6 +602,13 @@ impl PostgresStorage {
                     break;
                 }
             }
+        }
+        if !options.dry_run {
+            // Registrations left by watchers whose process died make every write notify.
+            client
+                .execute(&statements.purge_listeners, &[])
+                .await
+                .map_err(backend_error)?;
         }
         let statement = client.prepare_cached(kept).await.map_err(backend_error)?;
         let kept: i64 = client

@@ -79,6 +79,12 @@ pub(super) fn like_prefix(prefix: &str) -> String {
 #[derive(Debug)]
 pub(super) struct Statements {
     pub(super) qualified: String,
+    /// The table where watchers register; writers notify only while it has rows.
+    pub(super) listeners: String,
+    pub(super) register_listener: String,
+    pub(super) deregister_listener: String,
+    pub(super) purge_listeners: String,
+    pub(super) wait_for_writers: String,
     pub(super) get: String,
     pub(super) put_overwrite: String,
     pub(super) put_create: String,
@@ -107,6 +113,15 @@ const LIVE_AT_2: &str = "(expires_at IS NULL OR expires_at > $2)";
 impl Statements {
     pub(super) fn new(schema: &str, table: &str) -> Self {
         let t = format!("\"{schema}\".\"{table}\"");
+        let l = format!("\"{schema}\".\"{table}_listeners\"");
+        // NOTIFY serializes the commits of every transaction that sends one, cluster-wide,
+        // fsync included; so writes notify only while some watcher is registered. The check
+        // is in the writing statement, and a new watcher waits for writers in flight before
+        // its first scan (see `wait_for_writers`), so no write falls between the two.
+        let notify = |channel: &str, payload: &str| {
+            format!("CASE WHEN EXISTS (SELECT 1 FROM {l}) THEN pg_notify({channel}, {payload}) END")
+        };
+        let notify_write = notify("$5", "$1 || ':' || version");
         // Writes: $1 id, $2 now, $3 expires_at, $4 status, $5 channel, $6 expected version.
         // A row expired at $2 counts as absent: writing onto it starts a new incarnation.
         let upsert = |condition: &str| {
@@ -123,9 +138,10 @@ impl Statements {
                     {condition}
                     RETURNING version, created_at
                 )
-                SELECT version, created_at, pg_notify($5, $1 || ':' || version) FROM w"
+                SELECT version, created_at, {notify_write} FROM w"
             )
         };
+        let notify_sweep = notify("$2", "id || ':0'");
         let sweep = |expired: &str| {
             format!(
                 "WITH d AS (
@@ -135,7 +151,7 @@ impl Statements {
                     ) AND {expired}
                     RETURNING id
                 )
-                SELECT id, pg_notify($2, id || ':0') FROM d"
+                SELECT id, {notify_sweep} FROM d"
             )
         };
         // Cleanup: $1 is the current time (policy) or the cut-off time (explicit TTL).
@@ -152,13 +168,14 @@ impl Statements {
                     WHERE id = $1 AND version = $6 AND {LIVE_AT_2}
                     RETURNING version, created_at
                 )
-                SELECT version, created_at, pg_notify($5, $1 || ':' || version) FROM w"
+                SELECT version, created_at, {notify_write} FROM w"
             ),
             live_version: format!("SELECT version FROM {t} WHERE id = $1 AND {LIVE_AT_2}"),
             // $1 id, $2 now, $3 channel.
             delete: format!(
                 "WITH d AS (DELETE FROM {t} WHERE id = $1 RETURNING {LIVE_AT_2} AS live)
-                SELECT live, pg_notify($3, $1 || ':0') FROM d"
+                SELECT live, {} FROM d",
+                notify("$3", "$1 || ':0'")
             ),
             count_by_state: format!(
                 "SELECT coalesce(state, ''), count(*) FROM {t}
@@ -175,6 +192,21 @@ impl Statements {
             expired_by_age: format!("SELECT id FROM {t} WHERE {by_age} ORDER BY id"),
             kept_by_policy: format!("SELECT count(*) FROM {t} WHERE ({by_policy}) IS NOT TRUE"),
             kept_by_age: format!("SELECT count(*) FROM {t} WHERE ({by_age}) IS NOT TRUE"),
+            // On the listening connection itself, so the row names its backend.
+            register_listener: format!(
+                "INSERT INTO {l} (pid, since) VALUES (pg_backend_pid(), $1)
+                ON CONFLICT (pid) DO UPDATE SET since = $1 RETURNING pid"
+            ),
+            deregister_listener: format!("DELETE FROM {l} WHERE pid = $1"),
+            // Registrations of sessions that ended without deregistering (a killed process).
+            purge_listeners: format!(
+                "DELETE FROM {l} WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)"
+            ),
+            // SHARE conflicts with the ROW EXCLUSIVE lock every write holds from before its
+            // snapshot until its commit: taking it waits out every writer that may have
+            // checked for watchers before this one registered.
+            wait_for_writers: format!("BEGIN; LOCK TABLE {t} IN SHARE MODE; COMMIT"),
+            listeners: l,
             qualified: t,
         }
     }
@@ -218,7 +250,9 @@ impl Statements {
             CREATE INDEX IF NOT EXISTS \"{table}_state_idx\" ON {t} (state, id);
             CREATE INDEX IF NOT EXISTS \"{table}_expires_idx\" ON {t} (expires_at)
                 WHERE expires_at IS NOT NULL;
-            CREATE INDEX IF NOT EXISTS \"{table}_updated_idx\" ON {t} (updated_at);"
+            CREATE INDEX IF NOT EXISTS \"{table}_updated_idx\" ON {t} (updated_at);
+            CREATE TABLE IF NOT EXISTS {l} (pid integer PRIMARY KEY, since bigint NOT NULL);",
+            l = self.listeners
         )
     }
 }

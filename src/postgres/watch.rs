@@ -70,11 +70,42 @@ impl Signals {
     }
 }
 
-/// A listening connection: the client (kept so the connection stays open) and the task
-/// polling its messages.
+/// A listening connection: the client (kept so the connection stays open), the task
+/// polling its messages, and its registration (which makes writers notify).
 struct Listener {
     _client: tokio_postgres::Client,
     _driver: AbortOnDrop,
+    registration: Option<Registration>,
+}
+
+struct Registration {
+    store: PostgresStorage,
+    pid: i32,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Some(Registration { store, pid }) = self.registration.take() else {
+            return;
+        };
+        // A destructor cannot wait for the round trip: a short task deregisters. If it never
+        // runs, the next watcher start or sweep purges the row of the ended session.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let outcome = match store.client().await {
+                    Ok(client) => client
+                        .execute(&store.inner.statements.deregister_listener, &[&pid])
+                        .await
+                        .map(|_| ())
+                        .map_err(backend_error),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = outcome {
+                    tracing::debug!(%error, pid, "could not deregister a watcher");
+                }
+            });
+        }
+    }
 }
 
 impl Listener {
@@ -102,13 +133,37 @@ impl Listener {
                 signals.on_lost(end);
             }
         });
-        let listener = Listener {
+        let mut listener = Listener {
             _client: client,
             _driver: AbortOnDrop(driver),
+            registration: None,
         };
+        let client = &listener._client;
+        let statements = &store.inner.statements;
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", store.inner.channel))
+            .await
+            .map_err(backend_error)?;
+        client
+            .execute(&statements.purge_listeners, &[])
+            .await
+            .map_err(backend_error)?;
+        let now = super::millis(store.inner.clock.now());
+        let pid: i32 = client
+            .query_one(&statements.register_listener, &[&now])
+            .await
+            .map_err(backend_error)?
+            .try_get(0)
+            .map_err(backend_error)?;
+        listener.registration = Some(Registration {
+            store: store.clone(),
+            pid,
+        });
+        // Writers that checked for watchers before the registration committed did not
+        // notify; wait for them to commit so the scan that follows sees their writes.
         listener
             ._client
-            .batch_execute(&format!("LISTEN \"{}\"", store.inner.channel))
+            .batch_execute(&statements.wait_for_writers)
             .await
             .map_err(backend_error)?;
         Ok(listener)

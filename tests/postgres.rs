@@ -674,10 +674,22 @@ async fn writes_notify_only_while_a_watch_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_starting_among_writers_misses_no_write() {
-    let Some((_admin, schema, clock)) = setup("watch_start_race").await else {
+    let Some((admin, schema, clock)) = setup("watch_start_race").await else {
         return;
     };
     let store = store_in(&schema.0, &clock).await;
+    // Slow writes: each holds its snapshot for a while before it commits, so the watch
+    // starts while some are in flight (those that checked for watchers before it registered).
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{s}\".slow() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON \"{s}\".jobs
+               FOR EACH ROW EXECUTE FUNCTION \"{s}\".slow();",
+            s = schema.0
+        ))
+        .await
+        .unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let written = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();

@@ -19,7 +19,7 @@ use syncstatus::{PutMode, SyncStorage, TtlPolicy};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Operations per variant per round.
 const OPS: usize = 2000;
 /// Distinct ids written and read, cycled through.

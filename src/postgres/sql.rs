@@ -250,7 +250,6 @@ impl Statements {
             CREATE INDEX IF NOT EXISTS \"{table}_state_idx\" ON {t} (state, id);
             CREATE INDEX IF NOT EXISTS \"{table}_expires_idx\" ON {t} (expires_at)
                 WHERE expires_at IS NOT NULL;
-            CREATE INDEX IF NOT EXISTS \"{table}_updated_idx\" ON {t} (updated_at);
             CREATE TABLE IF NOT EXISTS {l} (pid integer PRIMARY KEY, since bigint NOT NULL);",
             l = self.listeners
         )

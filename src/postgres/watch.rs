@@ -175,7 +175,11 @@ impl Listener {
 pub(super) async fn start(store: PostgresStorage) -> Result<HubHandle> {
     let signals = Arc::new(Signals::default());
     let listener = Listener::connect(&store, &signals).await?;
-    let (records, _unreadable) = store.scan().await?;
+    let (records, unreadable) = store.scan().await?;
+    // Nobody is subscribed yet to be told; the rows stay out of the hub until they are fixed.
+    for error in unreadable {
+        tracing::warn!(%error, "unreadable row left out of the watch");
+    }
     let hub = Arc::new(WatchHub::new(records));
     let reconciler = Reconciler {
         store,

@@ -446,14 +446,15 @@ impl PostgresStorage {
         Ok(self.records_from_rows(&rows))
     }
 
-    /// One conditional write; `None` when its condition did not hold.
+    /// One conditional write: the version, `created_at` and `updated_at` written, or `None`
+    /// when its condition did not hold.
     async fn try_write(
         &self,
         client: &Object,
         id: &str,
         status: &Value,
         mode: PutMode,
-    ) -> Result<Option<Record>> {
+    ) -> Result<Option<(u64, Timestamp, Timestamp)>> {
         let statements = &self.inner.statements;
         let sql = match mode {
             PutMode::Overwrite => &statements.put_overwrite,
@@ -497,15 +498,13 @@ impl PostgresStorage {
         };
         let version: i64 = row.try_get(0).map_err(backend_error)?;
         let created_at: i64 = row.try_get(1).map_err(backend_error)?;
-        Ok(Some(Record {
-            id: id.to_string(),
-            version: u64::try_from(version).map_err(|_| self.corrupt(id, "negative version"))?,
-            created_at: Timestamp::from_millis(
+        Ok(Some((
+            u64::try_from(version).map_err(|_| self.corrupt(id, "negative version"))?,
+            Timestamp::from_millis(
                 u64::try_from(created_at).map_err(|_| self.corrupt(id, "negative created_at"))?,
             ),
-            updated_at: now,
-            status: json.0.clone(),
-        }))
+            now,
+        )))
     }
 
     /// The version of the live record of `id`, if any.
@@ -721,8 +720,16 @@ impl SyncStorage for PostgresStorage {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            if let Some(record) = self.try_write(&client, id, &status, mode).await? {
-                return Ok(record);
+            if let Some((version, created_at, updated_at)) =
+                self.try_write(&client, id, &status, mode).await?
+            {
+                return Ok(Record {
+                    id: id.to_string(),
+                    version,
+                    created_at,
+                    updated_at,
+                    status,
+                });
             }
             // The condition did not hold; look at what is there to say why. If what is there
             // now would have passed, the row changed in between: try again.

@@ -122,12 +122,13 @@ impl Statements {
             format!("CASE WHEN EXISTS (SELECT 1 FROM {l}) THEN pg_notify({channel}, {payload}) END")
         };
         let notify_write = notify("$5", "$1 || ':' || version");
+        // The notification is sent from RETURNING: in the writing statement itself, once per
+        // row written, and only if a row was.
         // Writes: $1 id, $2 now, $3 expires_at, $4 status, $5 channel, $6 expected version.
         // A row expired at $2 counts as absent: writing onto it starts a new incarnation.
         let upsert = |condition: &str| {
             format!(
-                "WITH w AS (
-                    INSERT INTO {t} AS r (id, version, created_at, updated_at, expires_at, status)
+                "INSERT INTO {t} AS r (id, version, created_at, updated_at, expires_at, status)
                     VALUES ($1, 1, $2, $2, $3, $4)
                     ON CONFLICT (id) DO UPDATE SET
                         version = CASE WHEN r.expires_at <= $2 THEN 1 ELSE r.version + 1 END,
@@ -136,22 +137,17 @@ impl Statements {
                         expires_at = $3,
                         status = $4
                     {condition}
-                    RETURNING version, created_at
-                )
-                SELECT version, created_at, {notify_write} FROM w"
+                    RETURNING version, created_at, {notify_write}"
             )
         };
         let notify_sweep = notify("$2", "id || ':0'");
         let sweep = |expired: &str| {
             format!(
-                "WITH d AS (
-                    DELETE FROM {t} WHERE id IN (
-                        SELECT id FROM {t} WHERE {expired}
-                        LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED
-                    ) AND {expired}
-                    RETURNING id
-                )
-                SELECT id, {notify_sweep} FROM d"
+                "DELETE FROM {t} WHERE id IN (
+                    SELECT id FROM {t} WHERE {expired}
+                    LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED
+                ) AND {expired}
+                RETURNING id, {notify_sweep}"
             )
         };
         // Cleanup: $1 is the current time (policy) or the cut-off time (explicit TTL).
@@ -162,19 +158,15 @@ impl Statements {
             put_overwrite: upsert(""),
             put_create: upsert("WHERE r.expires_at <= $2"),
             put_update: format!(
-                "WITH w AS (
-                    UPDATE {t} SET version = version + 1, updated_at = $2, expires_at = $3,
-                        status = $4
-                    WHERE id = $1 AND version = $6 AND {LIVE_AT_2}
-                    RETURNING version, created_at
-                )
-                SELECT version, created_at, {notify_write} FROM w"
+                "UPDATE {t} SET version = version + 1, updated_at = $2, expires_at = $3,
+                    status = $4
+                WHERE id = $1 AND version = $6 AND {LIVE_AT_2}
+                RETURNING version, created_at, {notify_write}"
             ),
             live_version: format!("SELECT version FROM {t} WHERE id = $1 AND {LIVE_AT_2}"),
             // $1 id, $2 now, $3 channel.
             delete: format!(
-                "WITH d AS (DELETE FROM {t} WHERE id = $1 RETURNING {LIVE_AT_2} AS live)
-                SELECT live, {} FROM d",
+                "DELETE FROM {t} WHERE id = $1 RETURNING {LIVE_AT_2}, {}",
                 notify("$3", "$1 || ':0'")
             ),
             count_by_state: format!(

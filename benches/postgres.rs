@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::postgres::PostgresStorage;
-use syncstatus::{PutMode, SyncStorage, TtlPolicy};
+use syncstatus::{PutMode, SyncStorage, TtlPolicy, WatchOptions, WatchSelector};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
@@ -47,6 +48,7 @@ struct Raw {
     upsert_shaped: String,
     upsert_notify: String,
     select: String,
+    select_shaped: String,
 }
 
 impl Raw {
@@ -79,9 +81,14 @@ impl Raw {
             .unwrap();
     }
 
-    async fn get(&self, id: &str) -> Value {
+    async fn get(&self, id: &str, shaped: bool) -> Value {
         let client = self.pool.get().await.unwrap();
-        let statement = client.prepare_cached(&self.select).await.unwrap();
+        let sql = if shaped {
+            &self.select_shaped
+        } else {
+            &self.select
+        };
+        let statement = client.prepare_cached(sql).await.unwrap();
         let row = client.query_one(&statement, &[&id]).await.unwrap();
         row.get::<_, Json<Value>>(0).0
     }
@@ -95,16 +102,18 @@ enum Variant {
     RawPutNotify,
     OursGet,
     RawGet,
+    RawGetShaped,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::OursPut,
         Variant::RawPut,
         Variant::RawPutShaped,
         Variant::RawPutNotify,
         Variant::OursGet,
         Variant::RawGet,
+        Variant::RawGetShaped,
     ];
 
     fn name(self) -> &'static str {
@@ -115,6 +124,7 @@ impl Variant {
             Variant::RawPutNotify => "put (raw upsert + pg_notify, no listener)",
             Variant::OursGet => "get (PostgresStorage)",
             Variant::RawGet => "get (raw select)",
+            Variant::RawGetShaped => "get (raw select, table shaped like ours)",
         }
     }
 }
@@ -136,7 +146,10 @@ async fn one_op(variant: Variant, store: &PostgresStorage, raw: &Raw, i: usize, 
             assert!(record.is_some());
         }
         Variant::RawGet => {
-            raw.get(&id).await;
+            raw.get(&id, false).await;
+        }
+        Variant::RawGetShaped => {
+            raw.get(&id, true).await;
         }
     }
 }
@@ -277,6 +290,7 @@ async fn run() {
              SELECT pg_notify('{schema}_raw', $1 || ':' || version) FROM w"
         ),
         select: format!("SELECT status FROM \"{schema}\".raw WHERE id = $1"),
+        select_shaped: format!("SELECT status FROM \"{schema}\".shaped WHERE id = $1"),
     };
 
     // Warm-up: fills the tables with every id and the pools with connections.
@@ -295,7 +309,29 @@ async fn run() {
     println!();
     println!("| tasks | variant | ops/s median | min–max | ratio vs raw (median of rounds) |");
     println!("|---|---|---|---|---|");
-    for tasks in [1, CONCURRENCY] {
+    // Last, the same with a watch running on the store's table, which makes its writes
+    // notify (and the watcher re-read every row written).
+    let mut watch: Option<tokio::task::JoinHandle<()>> = None;
+    for (tasks, watched) in [
+        (1, false),
+        (CONCURRENCY, false),
+        (1, true),
+        (CONCURRENCY, true),
+    ] {
+        if watched && watch.is_none() {
+            let mut stream = store
+                .watch(WatchSelector::All, WatchOptions::default())
+                .await
+                .unwrap();
+            watch = Some(tokio::spawn(async move {
+                while stream.next().await.is_some() {}
+            }));
+        }
+        let label = if watched {
+            format!("{tasks}, watched")
+        } else {
+            tasks.to_string()
+        };
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); Variant::ALL.len()];
         for _ in 0..ROUNDS {
             for (slot, ops) in round(&store, &raw, tasks).await.into_iter().enumerate() {
@@ -305,7 +341,7 @@ async fn run() {
         for (slot, variant) in Variant::ALL.into_iter().enumerate() {
             let baseline = match variant {
                 Variant::OursPut | Variant::RawPutShaped | Variant::RawPutNotify => Some(1),
-                Variant::OursGet => Some(5),
+                Variant::OursGet | Variant::RawGetShaped => Some(5),
                 _ => None,
             };
             let ratio = baseline.map_or_else(
@@ -322,13 +358,16 @@ async fn run() {
             );
             let (lo, hi) = min_max(&results[slot]);
             println!(
-                "| {tasks} | {} | {:.0} | {lo:.0}–{hi:.0} | {ratio} |",
+                "| {label} | {} | {:.0} | {lo:.0}–{hi:.0} | {ratio} |",
                 variant.name(),
                 median(&results[slot])
             );
         }
     }
 
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     drop(store);
     raw.pool.close();
     admin

@@ -380,20 +380,26 @@ impl PostgresStorage {
         let id: String = row
             .try_get(0)
             .map_err(|error| self.corrupt("<unreadable id>", error))?;
+        self.record_of(id, row, 1)
+    }
+
+    /// A record from a row of `version, created_at, updated_at, status` starting at column
+    /// `first`.
+    fn record_of(&self, id: String, row: &tokio_postgres::Row, first: usize) -> Result<Record> {
         let unsigned = |index: usize, what: &str| -> Result<u64> {
             let value: i64 = row
                 .try_get(index)
                 .map_err(|error| self.corrupt(&id, error))?;
             u64::try_from(value).map_err(|_| self.corrupt(&id, format!("negative {what}: {value}")))
         };
-        let version = unsigned(1, "version")?;
+        let version = unsigned(first, "version")?;
         if version == 0 {
             return Err(self.corrupt(&id, "version 0 (versions start at 1)"));
         }
-        let created_at = Timestamp::from_millis(unsigned(2, "created_at")?);
-        let updated_at = Timestamp::from_millis(unsigned(3, "updated_at")?);
+        let created_at = Timestamp::from_millis(unsigned(first + 1, "created_at")?);
+        let updated_at = Timestamp::from_millis(unsigned(first + 2, "updated_at")?);
         let Json(status) = row
-            .try_get::<_, Json<Value>>(4)
+            .try_get::<_, Json<Value>>(first + 3)
             .map_err(|error| self.corrupt(&id, error))?;
         Ok(Record {
             id,
@@ -711,7 +717,8 @@ impl SyncStorage for PostgresStorage {
             .query_opt(&statement, &[&id, &now])
             .await
             .map_err(backend_error)?;
-        row.map(|row| self.record_from_row(&row)).transpose()
+        row.map(|row| self.record_of(id.to_string(), &row, 0))
+            .transpose()
     }
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {

@@ -154,7 +154,11 @@ impl Statements {
         let by_policy = "expires_at <= $1";
         let by_age = "updated_at <= $1";
         Statements {
-            get: format!("SELECT {COLUMNS} FROM {t} WHERE id = $1 AND {LIVE_AT_2}"),
+            // The id is known: not sent back.
+            get: format!(
+                "SELECT version, created_at, updated_at, status FROM {t}
+                WHERE id = $1 AND {LIVE_AT_2}"
+            ),
             put_overwrite: upsert(""),
             put_create: upsert("WHERE r.expires_at <= $2"),
             put_update: format!(

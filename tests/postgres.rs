@@ -41,7 +41,10 @@ async fn admin() -> Option<tokio_postgres::Client> {
         }
         failure => {
             let reason = match failure {
-                Ok(Err(error)) => error.to_string(),
+                Ok(Err(error)) => match std::error::Error::source(&error) {
+                    Some(cause) => format!("{error}: {cause}"),
+                    None => error.to_string(),
+                },
                 _ => "connection timed out".to_string(),
             };
             if std::env::var_os("CI").is_some()

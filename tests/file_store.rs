@@ -1298,6 +1298,21 @@ async fn file_format_and_directory_layout() {
         )
     );
     assert!(at.ends_with(".123Z"), "{at}");
+    // Readable like a file `fs::write` made: 0666 less the umask, not a temporary 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let reference = dir.join("reference");
+        fs::write(&reference, b"{}").unwrap();
+        let expected = fs::metadata(&reference).unwrap().permissions().mode() & 0o777;
+        fs::remove_file(&reference).unwrap();
+        let mode = fs::metadata(dir.join("fmt.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, expected, "record file mode {mode:o}");
+    }
 
     for id in ["a", "b", "c"] {
         store

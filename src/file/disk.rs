@@ -368,10 +368,17 @@ pub(crate) fn parse_record(
 }
 
 fn staging_file(dir: &Path, id: &str) -> io::Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(&format!("{id}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
+    let prefix = format!("{id}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // Record files are for people and other tools to read: created like `fs::write` creates
+    // them (0666 less the umask), not with a temporary file's private 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {

@@ -143,19 +143,24 @@ impl Layout {
         };
         // A FIFO or device in place of a record would block or never end; only regular
         // files are records.
-        let is_file = file.metadata().map_err(|e| Error::io(&path, e))?.is_file();
-        if !is_file {
+        let metadata = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if !metadata.is_file() {
             return Err(Error::io(
                 &path,
                 io::Error::new(io::ErrorKind::InvalidInput, "is not a regular file"),
             ));
         }
-        let mut bytes = Vec::with_capacity(512);
-        file.read_to_end(&mut bytes)
+        // Sized from the metadata already at hand (`read_to_end` on a `File` would ask the
+        // kernel for it again); one byte more so the end is seen in the same pass.
+        let expected = usize::try_from(metadata.len()).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(expected.saturating_add(1).max(512));
+        (&mut file)
+            .take(u64::MAX)
+            .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&path, e))?;
         parse_record(id, &path, &bytes, || {
-            file.metadata()
-                .and_then(|m| m.modified())
+            metadata
+                .modified()
                 .map(Timestamp::from_system_time)
                 .unwrap_or_default()
         })

@@ -95,8 +95,14 @@ impl Layout {
     /// Locks `name` exclusively, waiting for other processes. Names are ids, or `@name` for
     /// store-wide locks (`@` is not allowed in ids, so the two never meet).
     pub(crate) fn lock(&self, name: &str) -> Result<FileLock> {
-        self.lock_with(name, true)
-            .map(|lock| lock.expect("a blocking lock is always taken"))
+        // A waiting lock returns only once taken; `None` would be a would-block, which a
+        // blocking `flock` does not report, but it is answered as an error all the same.
+        self.lock_with(name, true)?.ok_or_else(|| {
+            Error::io(
+                self.lock_path(name),
+                io::Error::new(io::ErrorKind::WouldBlock, "the lock was not taken"),
+            )
+        })
     }
 
     /// Locks `name` if no other process holds it.

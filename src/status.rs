@@ -142,8 +142,13 @@ pub struct SyncStatus {
     pub heartbeat_at: Option<Timestamp>,
     /// Which attempt this is: 1 for the first run, raised by one each time recovery requeues
     /// the job after its worker died.
-    #[serde(default)]
+    #[serde(default = "first_attempt")]
     pub attempt: u32,
+}
+
+/// A status written without an attempt number (by hand, by another tool) is on its first.
+fn first_attempt() -> u32 {
+    1
 }
 
 impl Default for SyncStatus {
@@ -225,5 +230,26 @@ impl SyncStatus {
     /// Whether nothing more will happen to this job.
     pub fn is_terminal(&self) -> bool {
         self.state.is_terminal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_without_an_attempt_is_on_its_first() {
+        let status: SyncStatus = serde_json::from_value(serde_json::json!({"state": "running"}))
+            .expect("a minimal status parses");
+        assert_eq!(status.attempt, 1);
+        assert_eq!(status.state, State::Running);
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in State::ALL {
+            assert_eq!(state.as_str().parse::<State>().ok(), Some(state));
+        }
+        assert!("finished".parse::<State>().is_err());
     }
 }

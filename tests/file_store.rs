@@ -1195,6 +1195,41 @@ async fn lazy_sweep_runs_on_writes_after_its_interval_only() {
 }
 
 #[tokio::test]
+async fn a_new_handle_does_not_sweep_again_within_the_interval_of_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let handle = || {
+        FileStorage::builder(dir)
+            .with_clock(Arc::new(clock.clone()))
+            .with_ttl(TtlPolicy::uniform(Duration::from_secs(60)))
+            .with_lazy_sweep(Some(Duration::from_secs(600)))
+            .build()
+            .unwrap()
+    };
+    // One process sweeps on its first write and leaves the time behind.
+    handle()
+        .put("first", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let old = dir.join("first.json");
+    clock.advance(Duration::from_secs(120));
+    // A short-lived process (a CLI call) writes within the interval: no second sweep, so
+    // the expired record's file is still there.
+    handle()
+        .put("second", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(old.exists(), "a new handle swept again within the interval");
+    clock.advance(Duration::from_secs(481));
+    handle()
+        .put("third", json!({}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(!old.exists(), "no sweep once the interval had passed");
+}
+
+#[tokio::test]
 async fn lazy_sweep_on_list_after_its_interval() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

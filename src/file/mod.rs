@@ -309,19 +309,63 @@ impl FileStorage {
                 _ => *last = Some(now),
             }
         }
+        // Other processes on the directory (a CLI call, a cron job, the previous run of a
+        // server) leave the time of their last sweep behind; short-lived processes would
+        // otherwise each scan the whole directory on their first write.
+        let marker = self.inner.layout.locks.join(SWEEP_MARKER);
+        let shared = self
+            .blocking(move |_| Ok(read_sweep_marker(&marker)))
+            .await
+            .ok()
+            .flatten();
+        if let Some(at) = shared
+            && at <= now
+            && at.saturating_add(interval) > now
+        {
+            *self
+                .inner
+                .last_sweep
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(at);
+            return;
+        }
         match self.cleanup(&CleanupOptions::default()).await {
-            Ok(report) if !report.removed.is_empty() || !report.errors.is_empty() => {
-                tracing::debug!(
-                    dir = %self.dir().display(),
-                    removed = report.removed.len(),
-                    problems = report.errors.len(),
-                    "lazy sweep"
-                );
+            Ok(report) => {
+                if !report.removed.is_empty() || !report.errors.is_empty() {
+                    tracing::debug!(
+                        dir = %self.dir().display(),
+                        removed = report.removed.len(),
+                        problems = report.errors.len(),
+                        "lazy sweep"
+                    );
+                }
+                if report.ran {
+                    let marker = self.inner.layout.locks.join(SWEEP_MARKER);
+                    let written = self
+                        .blocking(move |_| {
+                            std::fs::write(&marker, now.as_millis().to_string())
+                                .map_err(|e| Error::io(marker, e))
+                        })
+                        .await;
+                    if let Err(error) = written {
+                        tracing::debug!(%error, "could not record the lazy sweep");
+                    }
+                }
             }
-            Ok(_) => {}
             Err(error) => tracing::warn!(dir = %self.dir().display(), %error, "lazy sweep failed"),
         }
     }
+}
+
+/// The file under `.locks/` that holds the store-clock time (ms) of the last lazy sweep by
+/// any process. Its name is no lock name, so lock cleanup leaves it alone.
+const SWEEP_MARKER: &str = "@sweep.last";
+
+/// The time in the sweep marker; `None` when there is none or it is unreadable (then a sweep
+/// runs, which is always safe).
+fn read_sweep_marker(path: &Path) -> Option<Timestamp> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().parse().ok().map(Timestamp::from_millis)
 }
 
 /// The record that follows `current` with `status`, written at `now`.

@@ -225,9 +225,14 @@ impl Statements {
         sql
     }
 
-    /// The migration: the table and its indexes. Run under a transaction-level advisory lock
+    /// The migration: the table and its index. Run under a transaction-level advisory lock
     /// so that stores starting at once do not race on the catalog (concurrent `IF NOT EXISTS`
     /// can still collide on the catalog's unique indexes).
+    ///
+    /// `expires_at` has no index on purpose: every write changes it, and an update that
+    /// changes an indexed column cannot be a HOT update, so each write would add entries to
+    /// every index. Without it, and with room left on each page (`fillfactor`), a write that
+    /// keeps its state updates in place; cleanups, rare and batched, scan instead.
     pub(super) fn migration(&self, table: &str) -> String {
         let t = &self.qualified;
         format!(
@@ -242,10 +247,8 @@ impl Statements {
                     CASE WHEN jsonb_typeof(status -> 'state') = 'string'
                     THEN status ->> 'state' END
                 ) STORED
-            );
+            ) WITH (fillfactor = 80);
             CREATE INDEX IF NOT EXISTS \"{table}_state_idx\" ON {t} (state, id);
-            CREATE INDEX IF NOT EXISTS \"{table}_expires_idx\" ON {t} (expires_at)
-                WHERE expires_at IS NOT NULL;
             CREATE TABLE IF NOT EXISTS {l} (pid integer PRIMARY KEY, since bigint NOT NULL);",
             l = self.listeners
         )

@@ -11,13 +11,17 @@ use syncstatus::{FileStorage, ManualClock};
 async fn make(_name: &str) -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let store = FileStorage::builder(dir.path())
-        .with_ttl(standard_ttl())
-        .with_clock(Arc::new(clock.clone()))
-        .build()
-        .unwrap();
+    let open = || {
+        FileStorage::builder(dir.path())
+            .with_ttl(standard_ttl())
+            .with_clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap()
+    };
+    let (store, other) = (open(), open());
     Some(Fixture {
         store: Arc::new(store),
+        other: Arc::new(other),
         clock,
         _guard: Box::new(dir),
     })

@@ -12,6 +12,7 @@ async fn make(_name: &str) -> Option<Fixture> {
     let clock = ManualClock::starting_now();
     let store = MemoryStorage::with_options(standard_ttl(), Arc::new(clock.clone()));
     Some(Fixture {
+        other: Arc::new(store.clone()),
         store: Arc::new(store),
         clock,
         _guard: Box::new(()),

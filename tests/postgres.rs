@@ -125,8 +125,10 @@ async fn make(name: &str) -> Option<Fixture> {
     let guard = DropSchema(schema.clone());
     let clock = ManualClock::starting_now();
     let store = store_in(&schema, &clock).await;
+    let other = store_in(&schema, &clock).await;
     Some(Fixture {
         store: Arc::new(store),
+        other: Arc::new(other),
         clock,
         _guard: Box::new(guard),
     })

@@ -139,7 +139,9 @@ async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
 
 async fn make(name: &str) -> Option<Fixture> {
     let setup = setup(name).await?;
+    let other = store_on(name, &setup.prefix, &setup.clock, standard_ttl()).await?;
     Some(Fixture {
+        other: Arc::new(other),
         store: Arc::new(setup.store),
         clock: setup.clock,
         _guard: Box::new(setup.guard),

@@ -19,6 +19,9 @@ use syncstatus::{
 /// moves, with the TTL policy the check asked for. `_guard` cleans up when dropped.
 pub struct Fixture {
     pub store: DynSyncStorage,
+    /// A second handle on the same records, opened the way another process or replica opens
+    /// it (another `FileStorage` on the directory, another client on the prefix or table).
+    pub other: DynSyncStorage,
     pub clock: ManualClock,
     pub _guard: Box<dyn Send>,
 }
@@ -656,6 +659,95 @@ pub async fn check_watch_resume(f: Fixture) {
     }
 }
 
+pub async fn check_second_handle_shares_records(f: Fixture) {
+    f.other
+        .put("shared", json!({"n": 1}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(f.store.get("shared").await.unwrap().unwrap().version, 1);
+    f.store
+        .put("shared", json!({"n": 2}), PutMode::Update(1))
+        .await
+        .unwrap();
+    let error = f
+        .other
+        .put("shared", json!({"n": 3}), PutMode::Update(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::VersionConflict {
+                expected: 1,
+                found: Some(2),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Read-modify-writes through both handles at once lose nothing.
+    const EACH: u64 = 20;
+    let mut writers = Vec::new();
+    for store in [
+        f.store.clone(),
+        f.other.clone(),
+        f.store.clone(),
+        f.other.clone(),
+    ] {
+        writers.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                store
+                    .update_with("both", |current| {
+                        let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+                        Ok(json!({"n": n + 1}))
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let record = f.other.get("both").await.unwrap().unwrap();
+    assert_eq!(
+        (record.status["n"].as_u64(), record.version),
+        (Some(4 * EACH), 4 * EACH)
+    );
+    // A store-wide lock held through one handle is held for the other.
+    let held = f
+        .store
+        .try_lock("shared-lock", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    assert!(
+        f.other
+            .try_lock("shared-lock", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn check_watch_sees_writes_of_another_handle(f: Fixture) {
+    let mut stream = f
+        .store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    for n in 1..=5u64 {
+        f.other
+            .put("elsewhere", json!({"n": n}), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let mut state = HashMap::new();
+    follow_until(&mut stream, &mut state, |s| s.get("elsewhere") == Some(&5)).await;
+    f.other.delete("elsewhere").await.unwrap();
+    follow_until(&mut stream, &mut state, |s| !s.contains_key("elsewhere")).await;
+}
+
 /// Checks that a store is usable as `&dyn SyncStorage` and `Arc<dyn SyncStorage>`.
 pub fn assert_object_safe(store: &dyn SyncStorage) -> Arc<dyn SyncStorage> {
     let _ = store.backend_name();
@@ -765,6 +857,8 @@ macro_rules! all_conformance_tests {
             check_watch_final_state_of_burst,
             check_watch_selector_and_snapshot,
             check_watch_resume,
+            check_second_handle_shares_records,
+            check_watch_sees_writes_of_another_handle,
         );
     };
 }

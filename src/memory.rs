@@ -1,7 +1,7 @@
 //! An in-process store: for tests and for embedding where nothing must outlive the process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use crate::storage::{
     WatchOptions, WatchSelector, WatchStream,
 };
 use crate::ttl::TtlPolicy;
-use crate::watch::{HubHandle, SharedHub, WatchHub};
+use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, SharedHub, WatchHub};
 
 /// Keeps records in memory. Cloning gives another handle on the same records.
 #[derive(Clone, Debug)]
@@ -244,9 +244,14 @@ impl SyncStorage for MemoryStorage {
                     .filter(|record| !self.inner.ttl.is_expired(record, now))
                     .cloned(),
             );
+            let hub = Arc::new(hub);
+            let expiry = tokio::spawn(report_expiry(
+                Arc::downgrade(&self.inner),
+                Arc::downgrade(&hub),
+            ));
             Ok(HubHandle {
-                hub: Arc::new(hub),
-                _source: Box::new(()),
+                hub,
+                _source: Box::new(AbortOnDrop(expiry)),
             })
         })?;
         drop(records);
@@ -256,5 +261,30 @@ impl SyncStorage for MemoryStorage {
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
         let lock = self.id_lock(&format!("\0lock:{name}"));
         Ok(lock.try_lock_owned().ok().map(LockGuard::new))
+    }
+}
+
+/// Tells watchers about records that expired: expiry writes nothing, so nothing else would.
+/// Runs while the hub lives (its handle aborts it) and looks every [`EXPIRY_LOOK`].
+async fn report_expiry(inner: Weak<Inner>, hub: Weak<WatchHub>) {
+    loop {
+        tokio::time::sleep(EXPIRY_LOOK).await;
+        let (Some(inner), Some(hub)) = (inner.upgrade(), hub.upgrade()) else {
+            return;
+        };
+        // Under the records lock, like every write's publication, so a record written again
+        // meanwhile is seen live and not reported removed.
+        let records = inner
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = inner.clock.now();
+        for id in hub.expired_ids(&inner.ttl, now) {
+            let live = records
+                .get(&id)
+                .filter(|record| !inner.ttl.is_expired(record, now))
+                .cloned();
+            hub.apply(&id, live);
+        }
     }
 }

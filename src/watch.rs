@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
 
+/// How often sources without an expiry timer of their own look for records that expired
+/// (by the store's clock, which tests move by hand) while they hold any.
+pub(crate) const EXPIRY_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How many events a subscriber may fall behind before it gets a resync instead.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -187,6 +191,26 @@ impl WatchHub {
     pub(crate) fn report(&self, error: Error) {
         let state = self.lock();
         let _ = state.tx.send(HubMessage::Problem(Arc::new(error)));
+    }
+
+    /// The ids of published records that have expired at `now` under `ttl`: expiry changes
+    /// nothing a source could hear of, so sources look for it themselves.
+    pub(crate) fn expired_ids(
+        &self,
+        ttl: &crate::ttl::TtlPolicy,
+        now: crate::record::Timestamp,
+    ) -> Vec<String> {
+        self.lock()
+            .records
+            .values()
+            .filter(|record| ttl.is_expired(record, now))
+            .map(|record| record.id.clone())
+            .collect()
+    }
+
+    /// Whether the hub holds any record.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().records.is_empty()
     }
 
     /// The ids the hub currently holds.

@@ -17,7 +17,7 @@ use super::FileStorage;
 use super::disk::Layout;
 use crate::error::{Error, Result};
 use crate::record::{Record, Timestamp};
-use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
+use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, WatchHub};
 
 /// How a file store's watches learn about changes.
 ///
@@ -329,10 +329,11 @@ impl Reconciler {
     /// How long to sleep at most before looking again without an event.
     fn next_look(&self) -> Option<Duration> {
         let now = self.store.inner.clock.now();
-        let until_expiry = self
-            .expiries
-            .next()
-            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(now.as_millis())));
+        // Capped so that a clock that jumps ahead (a test's manual clock, a corrected wall
+        // clock) is noticed within EXPIRY_LOOK rather than at the time first computed.
+        let until_expiry = self.expiries.next().map(|at| {
+            Duration::from_millis(at.as_millis().saturating_sub(now.as_millis())).min(EXPIRY_LOOK)
+        });
         let retry = self.retry.then_some(DIRECTORY_RETRY);
         [self.poll, until_expiry, retry].into_iter().flatten().min()
     }

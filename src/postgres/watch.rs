@@ -16,7 +16,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::{PostgresStorage, backend_error};
 use crate::error::{Error, Result};
 use crate::id::validate_id;
-use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
+use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, WatchHub};
 
 /// The first pause before reconnecting; doubled after every failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -210,7 +210,14 @@ impl Reconciler {
         let mut backoff = FIRST_BACKOFF;
         loop {
             if self.listener.is_some() && !self.resync {
-                self.signals.wake.notified().await;
+                // Expiry sends no notification: while the hub holds records, look for
+                // expired ones at least every EXPIRY_LOOK.
+                let holds_records = self.hub.upgrade().is_some_and(|hub| !hub.is_empty());
+                if holds_records {
+                    let _ = tokio::time::timeout(EXPIRY_LOOK, self.signals.wake.notified()).await;
+                } else {
+                    self.signals.wake.notified().await;
+                }
             }
             let Some(hub) = self.hub.upgrade() else {
                 return;
@@ -248,7 +255,9 @@ impl Reconciler {
             self.resync = false;
             return Ok(());
         }
-        let dirty: Vec<String> = self.signals.take_dirty().into_iter().collect();
+        let mut dirty = self.signals.take_dirty();
+        dirty.extend(hub.expired_ids(&self.store.inner.ttl, self.store.inner.clock.now()));
+        let dirty: Vec<String> = dirty.into_iter().collect();
         if dirty.is_empty() {
             return Ok(());
         }

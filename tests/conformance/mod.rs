@@ -748,6 +748,37 @@ pub async fn check_watch_sees_writes_of_another_handle(f: Fixture) {
     follow_until(&mut stream, &mut state, |s| !s.contains_key("elsewhere")).await;
 }
 
+pub async fn check_watch_reports_expiry(f: Fixture) {
+    f.store
+        .put("fading", json!({"state": "completed"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    f.store
+        .put("lasting", json!({"state": "forever"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let mut stream = f
+        .store
+        .watch(
+            WatchSelector::All,
+            WatchOptions {
+                snapshot: true,
+                resume: None,
+            },
+        )
+        .await
+        .unwrap();
+    let mut state = HashMap::new();
+    follow_until(&mut stream, &mut state, |s| s.len() == 2).await;
+    // Nothing is written: the removal comes from the watch noticing the expiry by the clock.
+    f.clock.advance(Duration::from_secs(301));
+    follow_until(&mut stream, &mut state, |s| !s.contains_key("fading")).await;
+    assert!(
+        state.contains_key("lasting"),
+        "a record without a TTL was reported removed"
+    );
+}
+
 /// Checks that a store is usable as `&dyn SyncStorage` and `Arc<dyn SyncStorage>`.
 pub fn assert_object_safe(store: &dyn SyncStorage) -> Arc<dyn SyncStorage> {
     let _ = store.backend_name();
@@ -859,6 +890,7 @@ macro_rules! all_conformance_tests {
             check_watch_resume,
             check_second_handle_shares_records,
             check_watch_sees_writes_of_another_handle,
+            check_watch_reports_expiry,
         );
     };
 }

@@ -53,9 +53,9 @@ use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, WatchHub};
 ///   whichever process wrote the record, and expiry is judged by this store's clock: a
 ///   record is reported removed when it expires by that clock, whether or not a sweep has
 ///   deleted its file yet. Records written by a machine whose clock runs behind may look
-///   expired (and are then reported as removed) or stale; keep clocks synchronised. With a
-///   [`ManualClock`](crate::ManualClock), expiry is noticed at the next change the watch
-///   sees (or once the TTL has passed in real time), not the moment the clock is advanced.
+///   expired (and are then reported as removed) or stale; keep clocks synchronised. A clock
+///   that jumps ahead (a [`ManualClock`](crate::ManualClock) in tests) is noticed within a
+///   second.
 /// - **Polling** costs a read of every record file per interval and reports only the state
 ///   at each look: writes between two looks are coalesced, and a record removed and made
 ///   again between two looks is seen as a removal followed by the new record only when its

@@ -78,6 +78,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// between the write and the look at it) is tried again before reporting the conflict.
 const CONFLICT_RECHECKS: usize = 16;
 
+/// Runs a statement (prepared once per connection) and returns its rows.
+async fn query(
+    client: &Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
+    client
+        .query(&statement, params)
+        .await
+        .map_err(backend_error)
+}
+
+/// Runs a statement (prepared once per connection) that returns at most one row.
+async fn query_opt(
+    client: &Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>> {
+    let statement = client.prepare_cached(sql).await.map_err(backend_error)?;
+    client
+        .query_opt(&statement, params)
+        .await
+        .map_err(backend_error)
+}
+
 pub(crate) fn backend_error(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::backend(STORE, source)
 }
@@ -418,15 +444,8 @@ impl PostgresStorage {
     /// Every live record, sorted by id, and an error per unreadable row.
     async fn scan(&self) -> Result<(Vec<Record>, Vec<Error>)> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.statements.scan)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let rows = client
-            .query(&statement, &[&now])
-            .await
-            .map_err(backend_error)?;
+        let rows = query(&client, &self.inner.statements.scan, &[&now]).await?;
         Ok(self.records_from_rows(&rows))
     }
 
@@ -445,15 +464,8 @@ impl PostgresStorage {
     /// The live records among `ids` (for watchers).
     async fn fetch_many(&self, ids: &[String]) -> Result<(Vec<Record>, Vec<Error>)> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.statements.fetch_many)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let rows = client
-            .query(&statement, &[&ids, &now])
-            .await
-            .map_err(backend_error)?;
+        let rows = query(&client, &self.inner.statements.fetch_many, &[&ids, &now]).await?;
         Ok(self.records_from_rows(&rows))
     }
 
@@ -520,15 +532,8 @@ impl PostgresStorage {
 
     /// The version of the live record of `id`, if any.
     async fn live_version(&self, client: &Object, id: &str) -> Result<Option<u64>> {
-        let statement = client
-            .prepare_cached(&self.inner.statements.live_version)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let row = client
-            .query_opt(&statement, &[&id, &now])
-            .await
-            .map_err(backend_error)?;
+        let row = query_opt(client, &self.inner.statements.live_version, &[&id, &now]).await?;
         row.map(|row| {
             let version: i64 = row.try_get(0).map_err(backend_error)?;
             u64::try_from(version).map_err(|_| self.corrupt(id, "negative version"))
@@ -713,15 +718,8 @@ impl SyncStorage for PostgresStorage {
     async fn get(&self, id: &str) -> Result<Option<Record>> {
         validate_id(id)?;
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.statements.get)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let row = client
-            .query_opt(&statement, &[&id, &now])
-            .await
-            .map_err(backend_error)?;
+        let row = query_opt(&client, &self.inner.statements.get, &[&id, &now]).await?;
         row.map(|row| self.record_of(id.to_string(), &row, 0))
             .transpose()
     }
@@ -778,15 +776,13 @@ impl SyncStorage for PostgresStorage {
     async fn delete(&self, id: &str) -> Result<bool> {
         validate_id(id)?;
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.statements.delete)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let row = client
-            .query_opt(&statement, &[&id, &now, &self.inner.channel])
-            .await
-            .map_err(backend_error)?;
+        let row = query_opt(
+            &client,
+            &self.inner.statements.delete,
+            &[&id, &now, &self.inner.channel],
+        )
+        .await?;
         match row {
             Some(row) => row.try_get::<_, bool>(0).map_err(backend_error),
             None => Ok(false),
@@ -799,7 +795,6 @@ impl SyncStorage for PostgresStorage {
             .inner
             .statements
             .list(filter.state.is_some(), filter.prefix.is_some());
-        let statement = client.prepare_cached(&sql).await.map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
         let pattern = filter.prefix.as_deref().map(sql::like_prefix);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&now];
@@ -809,25 +804,15 @@ impl SyncStorage for PostgresStorage {
         if let Some(pattern) = &pattern {
             params.push(pattern);
         }
-        let rows = client
-            .query(&statement, &params)
-            .await
-            .map_err(backend_error)?;
+        let rows = query(&client, &sql, &params).await?;
         let (records, errors) = self.records_from_rows(&rows);
         Ok(Listing { records, errors })
     }
 
     async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.inner.statements.count_by_state)
-            .await
-            .map_err(backend_error)?;
         let now = millis(self.inner.clock.now());
-        let rows = client
-            .query(&statement, &[&now])
-            .await
-            .map_err(backend_error)?;
+        let rows = query(&client, &self.inner.statements.count_by_state, &[&now]).await?;
         let mut counts = BTreeMap::new();
         for row in rows {
             let state: String = row.try_get(0).map_err(backend_error)?;

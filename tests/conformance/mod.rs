@@ -172,16 +172,17 @@ pub async fn check_update_missing_creates(f: Fixture) {
     assert_eq!(record.version, 1);
 }
 
-pub async fn check_concurrent_updates_lose_nothing(f: Fixture) {
-    const TASKS: u64 = 16;
-    const EACH: u64 = 25;
-    let mut handles = Vec::new();
-    for _ in 0..TASKS {
-        let store = f.store.clone();
-        handles.push(tokio::spawn(async move {
-            for _ in 0..EACH {
+/// Counts `id` up from as many tasks as `stores` has entries (handles may repeat), `each`
+/// read-modify-writes per task, and checks that the count and the version end at the total.
+async fn count_up_concurrently(stores: Vec<DynSyncStorage>, id: &'static str, each: u64) {
+    let total = stores.len() as u64 * each;
+    let reader = stores[0].clone();
+    let mut writers = Vec::new();
+    for store in stores {
+        writers.push(tokio::spawn(async move {
+            for _ in 0..each {
                 store
-                    .update_with("counter", |current| {
+                    .update_with(id, |current| {
                         let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
                         Ok(json!({"n": n + 1}))
                     })
@@ -190,12 +191,16 @@ pub async fn check_concurrent_updates_lose_nothing(f: Fixture) {
             }
         }));
     }
-    for handle in handles {
-        handle.await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
     }
-    let record = f.store.get("counter").await.unwrap().unwrap();
-    assert_eq!(record.status["n"], TASKS * EACH);
-    assert_eq!(record.version, TASKS * EACH);
+    let record = reader.get(id).await.unwrap().unwrap();
+    assert_eq!(record.status["n"], total);
+    assert_eq!(record.version, total);
+}
+
+pub async fn check_concurrent_updates_lose_nothing(f: Fixture) {
+    count_up_concurrently(vec![f.store.clone(); 16], "counter", 25).await;
 }
 
 pub async fn check_delete_and_recreate(f: Fixture) {
@@ -686,34 +691,13 @@ pub async fn check_second_handle_shares_records(f: Fixture) {
         "{error:?}"
     );
     // Read-modify-writes through both handles at once lose nothing.
-    const EACH: u64 = 20;
-    let mut writers = Vec::new();
-    for store in [
+    let both = vec![
         f.store.clone(),
         f.other.clone(),
         f.store.clone(),
         f.other.clone(),
-    ] {
-        writers.push(tokio::spawn(async move {
-            for _ in 0..EACH {
-                store
-                    .update_with("both", |current| {
-                        let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
-                        Ok(json!({"n": n + 1}))
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    let record = f.other.get("both").await.unwrap().unwrap();
-    assert_eq!(
-        (record.status["n"].as_u64(), record.version),
-        (Some(4 * EACH), 4 * EACH)
-    );
+    ];
+    count_up_concurrently(both, "both", 20).await;
     // A store-wide lock held through one handle is held for the other.
     let held = f
         .store

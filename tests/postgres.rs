@@ -294,39 +294,6 @@ async fn corrupt_row_is_reported_and_hides_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_store_skips_cleanup_while_first_holds_sweep_lock() {
-    let Some((_admin, schema, clock)) = setup("sweep_lock").await else {
-        return;
-    };
-    let first = store_in(&schema.0, &clock).await;
-    let second = store_in(&schema.0, &clock).await;
-    second
-        .put("old", json!({"state": "completed"}), PutMode::Overwrite)
-        .await
-        .unwrap();
-    clock.advance(Duration::from_secs(600));
-    let held = first
-        .try_lock("sweep", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .expect("the sweep lock is free");
-    let report = second.cleanup(&CleanupOptions::default()).await.unwrap();
-    assert!(!report.ran, "swept while another store held the lock");
-    assert!(report.removed.is_empty());
-    drop(held);
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
-    let report = loop {
-        let report = second.cleanup(&CleanupOptions::default()).await.unwrap();
-        if report.ran || tokio::time::Instant::now() > deadline {
-            break report;
-        }
-        tokio::task::yield_now().await;
-    };
-    assert!(report.ran, "the sweep lock was not released");
-    assert_eq!(report.removed, ["old"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_cleanups_remove_every_expired_row_exactly_once() {
     let Some((_admin, schema, clock)) = setup("racing_cleanup").await else {
         return;
@@ -451,29 +418,6 @@ async fn stores_starting_at_once_migrate_one_table() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(tables, ["jobs", "jobs_listeners"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_sees_writes_of_another_store() {
-    let Some((_admin, schema, clock)) = setup("watch_other").await else {
-        return;
-    };
-    let watcher = store_in(&schema.0, &clock).await;
-    let writer = store_in(&schema.0, &clock).await;
-    let mut stream = watcher
-        .watch(WatchSelector::All, WatchOptions::default())
-        .await
-        .unwrap();
-    for n in 0..5 {
-        writer
-            .put("remote", json!({"n": n}), PutMode::Overwrite)
-            .await
-            .unwrap();
-    }
-    let mut state = HashMap::new();
-    follow_until(&mut stream, &mut state, |s| s.get("remote") == Some(&5)).await;
-    writer.delete("remote").await.unwrap();
-    follow_until(&mut stream, &mut state, |s| !s.contains_key("remote")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

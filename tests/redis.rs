@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conformance::{EVENT_DEADLINE, Fixture, next_event, standard_ttl};
+use conformance::{EVENT_DEADLINE, Fixture, standard_ttl};
 use futures_util::StreamExt;
 use serde_json::json;
 use syncstatus::redis::RedisStorage;
@@ -355,41 +355,6 @@ async fn natively_expired_records_leave_only_index_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_reports_expiry_by_the_clock() {
-    let Some(s) = setup("watch_expiry").await else {
-        return;
-    };
-    s.store
-        .put("short", json!({"state": "completed"}), PutMode::Overwrite)
-        .await
-        .unwrap();
-    s.store
-        .put("kept", json!({"state": "forever"}), PutMode::Overwrite)
-        .await
-        .unwrap();
-    let mut stream = s
-        .store
-        .watch(
-            WatchSelector::All,
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    match next_event(&mut stream).await {
-        WatchEvent::Resync(records) => assert_eq!(records.len(), 2),
-        other => panic!("expected a snapshot, got {other:?}"),
-    }
-    s.clock.advance(Duration::from_secs(301));
-    assert_eq!(
-        next_event(&mut stream).await,
-        WatchEvent::Removed { id: "short".into() }
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resyncs_after_its_connection_is_killed() {
     let Some(s) = setup("watch_killed").await else {
         return;
@@ -447,75 +412,6 @@ async fn watch_resyncs_after_its_connection_is_killed() {
         .await
         .unwrap();
     follow(&mut stream, &mut state, |s| s.get("c") == Some(&1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_stores_on_one_prefix_see_each_others_writes() {
-    let Some(s) = setup("two_machines").await else {
-        return;
-    };
-    let Some(other) = store_on("two_machines", &s.prefix, &s.clock, standard_ttl()).await else {
-        return;
-    };
-    let mut here = s
-        .store
-        .watch(WatchSelector::All, WatchOptions::default())
-        .await
-        .unwrap();
-    let mut there = other
-        .watch(WatchSelector::All, WatchOptions::default())
-        .await
-        .unwrap();
-    other
-        .put("x", json!({"from": "other"}), PutMode::Create)
-        .await
-        .unwrap();
-    let mut seen_here = HashMap::new();
-    follow(&mut here, &mut seen_here, |s| s.get("x") == Some(&1)).await;
-    s.store
-        .put("x", json!({"from": "here"}), PutMode::Update(1))
-        .await
-        .unwrap();
-    let mut seen_there = HashMap::new();
-    follow(&mut there, &mut seen_there, |s| s.get("x") == Some(&2)).await;
-    assert_eq!(
-        other.get("x").await.unwrap().unwrap().status,
-        json!({"from": "here"})
-    );
-    assert!(other.delete("x").await.unwrap());
-    follow(&mut here, &mut seen_here, |s| !s.contains_key("x")).await;
-
-    // Read-modify-writes from both stores lose nothing.
-    let mut tasks = Vec::new();
-    for store in [s.store.clone(), other.clone()] {
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                store
-                    .update_with("shared", |current| {
-                        let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
-                        Ok(json!({"n": n + 1}))
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        s.store.get("shared").await.unwrap().unwrap().status,
-        json!({"n": 100})
-    );
-
-    // The sweep lock is shared too.
-    let held = s
-        .store
-        .try_lock("sweep", Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert!(held.is_some());
-    assert!(!other.cleanup(&CleanupOptions::default()).await.unwrap().ran);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -712,6 +712,37 @@ pub async fn check_second_handle_shares_records(f: Fixture) {
             .unwrap()
             .is_none()
     );
+    // So is the sweep lock: one replica sweeping makes another's cleanup skip, and once it
+    // lets go, the other sweeps.
+    f.other
+        .put("stale", json!({"state": "completed"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(600));
+    let sweeping = f
+        .store
+        .try_lock("sweep", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(sweeping.is_some());
+    let skipped = f.other.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert!(
+        !skipped.ran,
+        "swept while another handle held the sweep lock"
+    );
+    assert!(skipped.removed.is_empty());
+    drop(sweeping);
+    // Some backends release asynchronously; wait for the release, bounded.
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    let report = loop {
+        let report = f.other.cleanup(&CleanupOptions::default()).await.unwrap();
+        if report.ran || tokio::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(report.ran, "the sweep lock was not released");
+    assert!(report.removed.contains(&"stale".to_string()), "{report:?}");
 }
 
 pub async fn check_watch_sees_writes_of_another_handle(f: Fixture) {

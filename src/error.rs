@@ -46,12 +46,12 @@ pub enum Error {
     },
 
     /// A stored record could not be understood.
-    #[error("corrupt record `{id}` in {path}: {source}")]
+    #[error("corrupt record `{id}` in {location}: {source}")]
     Corrupt {
         /// The id whose record is corrupt.
         id: String,
-        /// Where it is stored (a file path, a key, a table row).
-        path: PathBuf,
+        /// Where it is stored.
+        location: Location,
         /// What was wrong.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -88,6 +88,86 @@ pub enum Error {
         store: &'static str,
         /// What was asked.
         operation: &'static str,
+    },
+
+    /// The record is not in a state that allows the operation (a job that is completed, not
+    /// running; a retry of a job that has not failed).
+    #[error("cannot {action} `{id}`: it is {state}")]
+    InvalidTransition {
+        /// The id concerned.
+        id: String,
+        /// What was asked (`"recover"`, `"cancel"`, `"retry"`, ...).
+        action: &'static str,
+        /// The state it is in (`"completed"`, or `"not a job status"`).
+        state: String,
+    },
+
+    /// The stored status does not have the shape the operation needs (not a JSON object, or
+    /// fields of the wrong type).
+    #[error("status of `{id}` cannot be used: {reason}")]
+    InvalidStatus {
+        /// The id concerned.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An update closure refused to go on with its own error, which is kept as the source.
+    #[error("update of `{id}` aborted: {source}")]
+    Aborted {
+        /// The id being updated.
+        id: String,
+        /// The closure's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A worker's write was refused because the job is no longer its own: another worker
+    /// claimed it (the worker was presumed dead) or it was requeued. The worker must stop.
+    #[error("job `{id}` is no longer owned by this worker (lease {lease}): {reason}")]
+    LostOwnership {
+        /// The job's id.
+        id: String,
+        /// The fencing token the worker held.
+        lease: String,
+        /// What happened to the job.
+        reason: String,
+    },
+
+    /// The job was cancelled; the worker's writes are refused and it should stop.
+    #[error("job `{id}` was cancelled")]
+    Cancelled {
+        /// The job's id.
+        id: String,
+    },
+
+    /// A lock held by another task or process was not released in time.
+    #[error("timed out after {waited:?} waiting for the lock of `{id}`")]
+    LockTimeout {
+        /// The id (or lock name) waited for.
+        id: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+
+    /// A record at the highest version cannot be written again.
+    #[error("record `{id}` is at the highest version ({version}) and cannot be written again")]
+    VersionExhausted {
+        /// The id concerned.
+        id: String,
+        /// Its version.
+        version: u64,
+    },
+
+    /// A record is larger than the store's limit; it was neither written nor read.
+    #[error("record `{id}` is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The id concerned.
+        id: String,
+        /// Its size in bytes (of the serialized record).
+        size: u64,
+        /// The store's limit.
+        limit: u64,
     },
 
     /// The work of an idempotency key is being done by another caller right now.
@@ -127,12 +207,51 @@ impl Error {
         }
     }
 
+    /// Wraps the own error of an update closure ([`Error::Aborted`]).
+    pub fn aborted(
+        id: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Aborted {
+            id: id.into(),
+            source: source.into(),
+        }
+    }
+
     /// True for [`Error::VersionConflict`] and [`Error::AlreadyExists`]: a retry may succeed.
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
             Error::VersionConflict { .. } | Error::AlreadyExists { .. }
         )
+    }
+}
+
+/// Where a record is stored, for errors that must name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// A file of the file store.
+    File(PathBuf),
+    /// A Redis key.
+    RedisKey(String),
+    /// A row of a PostgreSQL table.
+    PostgresRow {
+        /// The schema-qualified table.
+        table: String,
+    },
+    /// The memory store.
+    Memory,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "file {}", path.display()),
+            Location::RedisKey(key) => write!(f, "Redis key `{key}`"),
+            Location::PostgresRow { table } => write!(f, "a row of PostgreSQL table {table}"),
+            Location::Memory => f.write_str("the memory store"),
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
-pub use error::{Error, Result};
+pub use error::{Error, Location, Result};
 pub use file::{Durability, FileStorage, FileStorageBuilder, WatchMode};
 pub use id::{MAX_ID_LEN, validate_id};
 pub use lifecycle::{

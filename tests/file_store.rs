@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use syncstatus::{
-    CleanupOptions, CleanupReport, Durability, Error, FileStorage, ListFilter, ManualClock,
-    PutMode, Record, SyncStorage, SyncStorageExt, Timestamp, TtlPolicy,
+    CleanupOptions, CleanupReport, Durability, Error, FileStorage, ListFilter, Location,
+    ManualClock, PutMode, Record, SyncStorage, SyncStorageExt, Timestamp, TtlPolicy,
 };
 
 /// Tells a re-executed test binary which child role to play.
@@ -860,9 +860,9 @@ fn place_fixture(dir: &Path, fixture: &str, id: &str) -> PathBuf {
 
 fn assert_corrupt(error: &Error, want_id: &str, want_path: &Path) {
     match error {
-        Error::Corrupt { id, path, .. } => {
+        Error::Corrupt { id, location, .. } => {
             assert_eq!(id, want_id);
-            assert_eq!(path, want_path);
+            assert_eq!(location, &Location::File(want_path.to_path_buf()));
             let text = error.to_string();
             assert!(text.contains(want_id), "{text}");
             assert!(text.contains(&want_path.display().to_string()), "{text}");
@@ -907,7 +907,11 @@ async fn corrupt_and_foreign_files() {
         .errors
         .iter()
         .map(|error| match error {
-            Error::Corrupt { id, path, .. } => (id.clone(), path.clone()),
+            Error::Corrupt {
+                id,
+                location: Location::File(path),
+                ..
+            } => (id.clone(), path.clone()),
             other => panic!("unexpected {other:?}"),
         })
         .collect();

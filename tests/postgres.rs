@@ -270,10 +270,17 @@ async fn corrupt_row_is_reported_and_hides_nothing() {
     for id in ["huge", "negative"] {
         match store.get(id).await {
             Err(Error::Corrupt {
-                id: found, path, ..
+                id: found,
+                location,
+                ..
             }) => {
                 assert_eq!(found, id);
-                assert_eq!(path, std::path::PathBuf::from(format!("{}.jobs", schema.0)));
+                assert_eq!(
+                    location,
+                    syncstatus::Location::PostgresRow {
+                        table: format!("{}.jobs", schema.0)
+                    }
+                );
             }
             other => panic!("expected corrupt {id}, got {other:?}"),
         }

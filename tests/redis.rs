@@ -495,7 +495,7 @@ async fn corrupt_values_are_reported_with_their_key() {
         .unwrap();
     let error = s.store.get("bad").await.unwrap_err();
     assert!(
-        matches!(&error, Error::Corrupt { id, path, .. } if id == "bad" && path.to_str() == Some(key.as_str())),
+        matches!(&error, Error::Corrupt { id, location: syncstatus::Location::RedisKey(found), .. } if id == "bad" && found == &key),
         "{error:?}"
     );
     let error = s

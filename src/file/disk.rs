@@ -343,7 +343,7 @@ pub(crate) fn parse_record(
 ) -> Result<Record> {
     let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
         id: id.to_string(),
-        path: path.to_path_buf(),
+        location: crate::Location::File(path.to_path_buf()),
         source,
     };
     // The common case, one pass: our own envelope.

@@ -36,7 +36,6 @@ mod sql;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,7 +240,7 @@ impl PostgresStorageBuilder {
                     ));
                     config
                 },
-                location: PathBuf::from(format!("{schema}.{table}")),
+                location: format!("{schema}.{table}"),
                 channel,
                 migration: statements.migration(&table),
                 statements,
@@ -297,7 +296,7 @@ struct Inner {
     schema: String,
     table: String,
     /// `<schema>.<table>`, named in [`Error::Corrupt`].
-    location: PathBuf,
+    location: String,
     channel: String,
     statements: Statements,
     migration: String,
@@ -401,7 +400,9 @@ impl PostgresStorage {
     ) -> Error {
         Error::Corrupt {
             id: id.to_string(),
-            path: self.inner.location.clone(),
+            location: crate::Location::PostgresRow {
+                table: self.inner.location.clone(),
+            },
             source: source.into(),
         }
     }
@@ -837,7 +838,7 @@ impl SyncStorage for PostgresStorage {
             // What was removed before the failure is still reported.
             report.errors.push(CleanupProblem {
                 id: None,
-                message: format!("{} in {}: {error}", STORE, self.inner.location.display()),
+                message: format!("{} in {}: {error}", STORE, self.inner.location),
             });
         }
         lock.release().await;

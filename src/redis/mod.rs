@@ -27,7 +27,6 @@ mod watch;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -369,7 +368,7 @@ impl RedisStorage {
     fn decode(&self, id: &str, bytes: &[u8]) -> Result<Record> {
         let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
             id: id.to_string(),
-            path: PathBuf::from(self.inner.keys.record(id)),
+            location: crate::Location::RedisKey(self.inner.keys.record(id)),
             source,
         };
         let record: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
@@ -514,7 +513,7 @@ impl SyncStorage for RedisStorage {
             .map_err(command_error("write script on", &key))?;
         let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
             id: id.to_string(),
-            path: PathBuf::from(&key),
+            location: crate::Location::RedisKey(key.clone()),
             source,
         };
         let found = u64::try_from(number).ok();

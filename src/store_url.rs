@@ -24,6 +24,33 @@ const REDACTED: &str = "***";
 /// would silently choose another key space: unknown ones are refused instead.
 const REDIS_PARAMS: &[&str] = &["prefix", "protocol"];
 
+/// The query parameters of a PostgreSQL URL: the backend's own `table` and `schema`, and
+/// those tokio-postgres takes. The driver refuses others with a bare "invalid connection
+/// string"; refused here, the message names the parameter.
+const POSTGRES_PARAMS: &[&str] = &[
+    "table",
+    "schema",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
 /// A parsed store URL. Its `Display` and `Debug` never show a password.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -75,8 +102,7 @@ impl StoreUrl {
             }
             "postgres" | "postgresql" => {
                 let url = parse_url(text, "PostgreSQL")?;
-                // Unknown parameters are left to the driver, which refuses them by name.
-                query_params(&url, None)?;
+                query_params(&url, Some(POSTGRES_PARAMS))?;
                 Ok(StoreUrl::Postgres(url))
             }
             other => Err(Error::Config(format!(
@@ -222,9 +248,9 @@ pub(crate) fn query_params(
             && !allowed.contains(&key.as_ref())
         {
             return Err(Error::Config(format!(
-                "unknown parameter `{key}` in store URL `{}` (expected {})",
+                "unknown parameter `{key}` in store URL `{}` (expected one of: {})",
                 redact_url(url),
-                allowed.join(" or ")
+                allowed.join(", ")
             )));
         }
         if params.insert(key.to_string(), value.into_owned()).is_some() {
@@ -272,7 +298,12 @@ pub(crate) fn postgres_parts(text: &str) -> Result<(String, Option<String>, Opti
     if !text.contains("://") {
         return Ok((text.to_string(), None, None));
     }
-    let (url, mut taken) = take_params(text, "PostgreSQL", None, &["table", "schema"])?;
+    let (url, mut taken) = take_params(
+        text,
+        "PostgreSQL",
+        Some(POSTGRES_PARAMS),
+        &["table", "schema"],
+    )?;
     Ok((url, taken.remove("table"), taken.remove("schema")))
 }
 
@@ -334,6 +365,8 @@ mod tests {
             StoreUrl::parse("postgresql://h/db?sslmode=disable&table=t"),
             Ok(StoreUrl::Postgres(_))
         ));
+        let message = config_error("postgres://h/db?tabel=t");
+        assert!(message.contains("unknown parameter `tabel`"), "{message}");
     }
 
     #[cfg(feature = "redis")]

@@ -76,7 +76,7 @@ pub use lifecycle::{
 };
 pub use memory::MemoryStorage;
 pub use record::{Clock, ManualClock, Record, SharedClock, SystemClock, Timestamp, state_of};
-pub use status::{Progress, State, SyncStatus};
+pub use status::{MAX_STATE_LEN, Progress, State, SyncStatus, validate_state};
 pub use storage::{
     CleanupOptions, CleanupProblem, CleanupReport, DynSyncStorage, ListFilter, Listing, LockGuard,
     PutMode, SyncStorage, SyncStorageExt, UpdateFn, WatchEvent, WatchOptions, WatchSelector,

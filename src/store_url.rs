@@ -400,6 +400,28 @@ mod tests {
         assert_eq!((url.as_str(), table), ("host=h user=u", None));
     }
 
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_builders_do_not_show_the_password() {
+        let builder = crate::postgres::PostgresStorage::builder("postgres://u:SECRET@h/db");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("u:***@h"),
+            "{shown}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_builders_do_not_show_the_password() {
+        let builder = crate::redis::RedisStorage::builder("redis://u:SECRET@h:6379/0");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("u:***@h"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

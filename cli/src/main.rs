@@ -29,7 +29,7 @@ Store:
   --dir DIR is short for --store file:DIR. Without either, $SYNCSTATUS_STORE is used, else
   file:./data/sync-status. Stores: a directory (./data/sync-status), file:DIR, memory:,
   redis://HOST:PORT/DB?prefix=P, postgres://USER@HOST/DB?table=T&schema=S.
-  ls, get, stats and watch never create a store directory.
+  Only set and update create a missing store directory; the other commands say it is missing.
 
 States:
   A state is a lowercase letter followed by lowercase letters, digits or _ (at most 32):
@@ -40,7 +40,7 @@ Exit codes:
   1  any other error
   2  usage or invalid input (unknown flag, invalid id or state, bad --data/--progress, bad
      store URL, a record over the size limit)
-  3  not found (get, rm of a missing id; ls, get, stats, watch of a missing store directory)
+  3  not found (get, rm of a missing id; a store directory that does not exist)
   4  conflict (update --if-version lost, the record already exists, a job not in a state
      that allows the operation)
   5  store error (I/O, corrupt record or unusable status, lock timeout, server unreachable)
@@ -284,20 +284,18 @@ fn store_url(cli: &Cli) -> Result<StoreUrl, Failure> {
     Ok(StoreUrl::parse(&text)?)
 }
 
-/// Opens the store; the read commands open only one that exists.
+/// Opens the store. Only the commands that write a status create a missing file store
+/// directory: for the others, a mistyped `--dir` must fail rather than leave an empty store.
 async fn open_store(cli: &Cli) -> Result<DynSyncStorage, Failure> {
     let url = store_url(cli)?;
-    let reads_only = matches!(
-        cli.command,
-        Command::Get { .. } | Command::Ls { .. } | Command::Stats { .. } | Command::Watch { .. }
-    );
-    let opened = if reads_only {
-        url.open_existing().await
-    } else {
+    let may_create = matches!(cli.command, Command::Set { .. } | Command::Update { .. });
+    let opened = if may_create {
         url.open().await
+    } else {
+        url.open_existing().await
     };
     opened.map_err(|error| {
-        let missing = reads_only
+        let missing = !may_create
             && matches!(&error, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
         let mut failure = Failure::from(error);
         if missing {

@@ -879,7 +879,7 @@ fn rm_of_a_corrupt_record_removes_it_and_says_so() {
 }
 
 #[test]
-fn bare_paths_are_stores_and_read_commands_create_no_directory() {
+fn bare_paths_are_stores_and_only_writes_create_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The dev server's documented form.
@@ -895,7 +895,15 @@ fn bare_paths_are_stores_and_read_commands_create_no_directory() {
     let output = run_in(d, None, &["--store", "./data/sync-status", "ls"]);
     assert!(stdout(&output).contains("running"), "{}", stderr(&output));
 
-    for args in [&["ls"][..], &["get", "a"], &["stats"], &["watch", "--json"]] {
+    for args in [
+        &["ls"][..],
+        &["get", "a"],
+        &["stats"],
+        &["watch", "--json"],
+        &["rm", "a"],
+        &["cleanup"],
+        &["recover"],
+    ] {
         let output = run_in(
             d,
             None,

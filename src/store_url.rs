@@ -265,6 +265,7 @@ pub(crate) fn query_params(
 
 /// `url` without the parameters in `take`, and the values taken out. The rest is left for
 /// the backend's own client, which would refuse (PostgreSQL) or ignore (Redis) ours.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn take_params(
     text: &str,
     what: &str,

@@ -51,6 +51,7 @@ mod memory;
 mod record;
 mod status;
 mod storage;
+pub mod store_url;
 mod ttl;
 mod typed;
 mod watch;
@@ -65,8 +66,6 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
-use std::sync::Arc;
-
 pub use error::{Error, Location, Result};
 pub use file::{Durability, FileStorage, FileStorageBuilder, WatchMode};
 pub use id::{MAX_ID_LEN, validate_id};
@@ -77,12 +76,13 @@ pub use lifecycle::{
 };
 pub use memory::MemoryStorage;
 pub use record::{Clock, ManualClock, Record, SharedClock, SystemClock, Timestamp, state_of};
-pub use status::{Progress, State, SyncStatus};
+pub use status::{MAX_STATE_LEN, Progress, State, SyncStatus, validate_state};
 pub use storage::{
     CleanupOptions, CleanupProblem, CleanupReport, DynSyncStorage, ListFilter, Listing, LockGuard,
     PutMode, SyncStorage, SyncStorageExt, UpdateFn, WatchEvent, WatchOptions, WatchSelector,
     WatchStream, update_optimistically,
 };
+pub use store_url::StoreUrl;
 pub use ttl::{DEFAULT_TTL, TtlPolicy};
 pub use typed::{StatusStore, SyncStatusStore, TypedRecord};
 
@@ -91,47 +91,17 @@ pub const DEFAULT_STORE_URL: &str = "file:./data/sync-status";
 
 /// Opens a store by URL, with default settings:
 ///
-/// - `file:./data/sync-status`, `file:/abs/dir`, `file:///abs/dir`: a [`FileStorage`];
+/// - `file:./data/sync-status`, `file:/abs/dir`, `file:///abs/dir`, or a bare path
+///   (`./data/sync-status`, `/abs/dir`): a [`FileStorage`], its directory created if missing;
 /// - `memory:`: a new, empty [`MemoryStorage`];
 /// - `redis://host:port/db` (feature `redis`): see `redis::RedisStorage`;
 /// - `postgres://…` or `postgresql://…` (feature `postgres`): see `postgres::PostgresStorage`.
+///
+/// A bad URL is an [`Error::Config`] that shows the URL without its password. See
+/// [`StoreUrl`] for the rules and [`StoreUrl::open_existing`] to open a file store only if
+/// its directory exists.
 pub async fn open(url: &str) -> Result<DynSyncStorage> {
-    let (scheme, rest) = url.split_once(':').ok_or_else(|| {
-        Error::Config(format!(
-            "store URL `{url}` has no scheme (expected file:, memory:, redis:// or postgres://)"
-        ))
-    })?;
-    match scheme {
-        "file" => {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(Error::Config(format!(
-                    "store URL `{url}` names no directory"
-                )));
-            }
-            let dir = std::path::PathBuf::from(path);
-            let store = tokio::task::spawn_blocking(move || FileStorage::open(dir))
-                .await
-                .map_err(|e| Error::backend("file", e))??;
-            Ok(Arc::new(store))
-        }
-        "memory" => Ok(Arc::new(MemoryStorage::new())),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(redis::RedisStorage::open(url).await?)),
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PostgresStorage::open(url).await?)),
-        #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(Error::Config(format!(
-            "store URL `{url}` needs syncstatus built with the `redis` feature"
-        ))),
-        #[cfg(not(feature = "postgres"))]
-        "postgres" | "postgresql" => Err(Error::Config(format!(
-            "store URL `{url}` needs syncstatus built with the `postgres` feature"
-        ))),
-        other => Err(Error::Config(format!(
-            "unknown store scheme `{other}:` in `{url}` (expected file:, memory:, redis:// or postgres://)"
-        ))),
-    }
+    StoreUrl::parse(url)?.open().await
 }
 
 /// The README's examples, compiled as doctests so they stay true.

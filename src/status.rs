@@ -67,10 +67,55 @@ impl FromStr for State {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown state `{text}` (expected pending, running, completed, failed or cancelled)"
+                    "unknown state {text:?} (expected pending, running, completed, failed or cancelled)"
                 ))
             })
     }
+}
+
+/// The longest state name [`validate_state`] accepts, in bytes.
+pub const MAX_STATE_LEN: usize = 32;
+
+/// Checks a state name against the grammar every state follows: a lowercase ASCII letter,
+/// then lowercase letters, digits and `_`, at most [`MAX_STATE_LEN`] bytes
+/// (`running`, `waiting_for_input`, `step2`).
+///
+/// States are compared exactly, by listings, stats and the lifecycle helpers, so `Running`
+/// or `in progress` would count apart from `running` and never be recovered or swept as
+/// one; refusing them where they are written keeps every tool agreeing.
+///
+/// ```
+/// assert!(syncstatus::validate_state("running").is_ok());
+/// assert!(syncstatus::validate_state("Running").is_err());
+/// ```
+pub fn validate_state(state: &str) -> Result<(), Error> {
+    let refuse = |why: String| {
+        Err(Error::Config(format!(
+            "invalid state {state:?}: {why} (a state is a lowercase letter followed by lowercase letters, digits or `_`, at most {MAX_STATE_LEN} characters)"
+        )))
+    };
+    let Some(first) = state.chars().next() else {
+        return refuse("it is empty".into());
+    };
+    if state.len() > MAX_STATE_LEN {
+        return refuse(format!("it is {} bytes long", state.len()));
+    }
+    if !first.is_ascii_lowercase() {
+        if first.is_ascii_uppercase() || state.chars().any(|c| c.is_ascii_uppercase()) {
+            return refuse(format!("did you mean `{}`?", state.to_ascii_lowercase()));
+        }
+        return refuse("it does not start with a lowercase letter".into());
+    }
+    if let Some(bad) = state
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        if bad.is_ascii_uppercase() {
+            return refuse(format!("did you mean `{}`?", state.to_ascii_lowercase()));
+        }
+        return refuse(format!("it contains {bad:?}"));
+    }
+    Ok(())
 }
 
 /// How far a job got.
@@ -236,6 +281,24 @@ impl SyncStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_follow_one_grammar() {
+        for good in ["running", "waiting_for_input", "step2", "a"] {
+            assert!(validate_state(good).is_ok(), "{good}");
+        }
+        let why = |state: &str| match validate_state(state) {
+            Err(Error::Config(message)) => message,
+            other => panic!("{state}: {other:?}"),
+        };
+        assert!(why("Running").contains("did you mean `running`?"));
+        assert!(why("some thing").contains("' '"));
+        assert!(why("").contains("empty"));
+        assert!(why("2nd").contains("does not start"));
+        assert!(why("run\u{1b}[2J").contains("\\u{1b}"));
+        assert!(why(&"x".repeat(MAX_STATE_LEN + 1)).contains("33 bytes"));
+        assert!(validate_state(&"x".repeat(MAX_STATE_LEN)).is_ok());
+    }
 
     #[test]
     fn a_status_without_an_attempt_is_on_its_first() {

@@ -615,6 +615,11 @@ impl SseReader {
     }
 }
 
+/// The event id of a one-record stream for `record`: its incarnation and version.
+fn event_id(record: &syncstatus::Record) -> String {
+    format!("{}-{}", record.created_at.as_millis(), record.version)
+}
+
 async fn write_progress(fx: &Fixture, id: &str, done: u64) -> syncstatus::Record {
     fx.store
         .update_with(id, |current| {
@@ -640,13 +645,13 @@ async fn one_record_stream_starts_with_a_snapshot_then_follows_changes() {
 
     let resync = events.event().await;
     assert_eq!(resync.event.as_deref(), Some("resync"));
-    assert_eq!(resync.id.as_deref(), Some("1"));
+    assert_eq!(resync.id, Some(event_id(&first)));
     assert_eq!(resync.json(), json!([first]));
 
     let second = write_progress(&fx, "sync-1", 2).await;
     let upsert = events.event().await;
     assert_eq!(upsert.event.as_deref(), Some("upsert"));
-    assert_eq!(upsert.id.as_deref(), Some("2"));
+    assert_eq!(upsert.id, Some(event_id(&second)));
     assert_eq!(upsert.json(), serde_json::to_value(&second).unwrap());
 
     // Other ids are not part of this stream.
@@ -675,42 +680,44 @@ async fn one_record_stream_of_a_missing_record_starts_with_an_empty_snapshot() {
 #[tokio::test]
 async fn resuming_from_last_event_id_gets_exactly_what_was_missed() {
     let fx = fixture();
+    let mut seen = Vec::new();
     for done in 1..=4 {
-        write_progress(&fx, "sync-1", done).await;
+        seen.push(write_progress(&fx, "sync-1", done).await);
     }
     // The client saw version 2; versions 3 and 4 happened while it was away. The store
     // coalesces: it gets the latest, once.
-    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
+    let held = event_id(&seen[1]);
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some(&held)).await;
     let missed = events.event().await;
     assert_eq!(missed.event.as_deref(), Some("upsert"));
-    assert_eq!(missed.id.as_deref(), Some("4"));
+    assert_eq!(missed.id, Some(event_id(&seen[3])));
     assert_eq!(missed.json()["status"]["progress"]["done"], json!(4));
     // Nothing else was queued: the next event is the next write.
-    write_progress(&fx, "sync-1", 5).await;
+    let fifth = write_progress(&fx, "sync-1", 5).await;
     let next = events.event().await;
     assert_eq!(next.event.as_deref(), Some("upsert"));
-    assert_eq!(next.id.as_deref(), Some("5"));
+    assert_eq!(next.id, Some(event_id(&fifth)));
 }
 
 #[tokio::test]
 async fn resuming_at_the_current_version_sends_nothing_until_the_next_change() {
     let fx = fixture();
     write_progress(&fx, "sync-1", 1).await;
-    write_progress(&fx, "sync-1", 2).await;
-    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
-    write_progress(&fx, "sync-1", 3).await;
+    let held = event_id(&write_progress(&fx, "sync-1", 2).await);
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some(&held)).await;
+    let third = write_progress(&fx, "sync-1", 3).await;
     let next = events.event().await;
     assert_eq!(next.event.as_deref(), Some("upsert"));
-    assert_eq!(next.id.as_deref(), Some("3"));
+    assert_eq!(next.id, Some(event_id(&third)));
 }
 
 #[tokio::test]
 async fn resuming_after_a_removal_that_was_missed_sends_the_removal() {
     let fx = fixture();
     write_progress(&fx, "sync-1", 1).await;
-    write_progress(&fx, "sync-1", 2).await;
+    let held = event_id(&write_progress(&fx, "sync-1", 2).await);
     fx.store.delete("sync-1").await.unwrap();
-    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("2")).await;
+    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some(&held)).await;
     let removed = events.event().await;
     assert_eq!(removed.event.as_deref(), Some("removed"));
     assert_eq!(removed.id.as_deref(), Some("0"));
@@ -728,10 +735,48 @@ async fn resuming_after_a_removal_that_was_missed_sends_the_removal() {
 async fn an_unreadable_last_event_id_starts_over_with_a_snapshot() {
     let fx = fixture();
     let record = write_progress(&fx, "sync-1", 1).await;
-    let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some("sync-1:1")).await;
-    let resync = events.event().await;
-    assert_eq!(resync.event.as_deref(), Some("resync"));
-    assert_eq!(resync.json(), json!([record]));
+    // An id of `/events`, and a bare version (what this route sent before ids named the
+    // incarnation): neither says which record the client holds.
+    for held in ["sync-1:1", "1"] {
+        let mut events = SseReader::open(fx.app(), "/syncs/sync-1/events", Some(held)).await;
+        let resync = events.event().await;
+        assert_eq!(resync.event.as_deref(), Some("resync"), "{held}");
+        assert_eq!(resync.json(), json!([record]), "{held}");
+    }
+}
+
+#[tokio::test]
+async fn resuming_notices_a_new_incarnation_at_the_same_version() {
+    let fx = fixture();
+    let mut old = None;
+    for done in 1..=3 {
+        old = Some(write_progress(&fx, "inc", done).await);
+    }
+    let old = old.unwrap();
+    assert_eq!(old.version, 3);
+    // While the client was away, `inc` was deleted and written again up to version 3.
+    fx.store.delete("inc").await.unwrap();
+    fx.clock.advance(Duration::from_millis(5));
+    let mut new = None;
+    for done in 7..=9 {
+        new = Some(write_progress(&fx, "inc", done).await);
+    }
+    let new = new.unwrap();
+    assert_eq!(new.version, 3);
+    assert_ne!(new.created_at, old.created_at);
+
+    let held = event_id(&old);
+    let mut events = SseReader::open(fx.app(), "/syncs/inc/events", Some(&held)).await;
+    let missed = events.event().await;
+    assert_eq!(missed.event.as_deref(), Some("upsert"));
+    assert_eq!(missed.id, Some(event_id(&new)));
+    assert_eq!(missed.json(), serde_json::to_value(&new).unwrap());
+
+    // Holding the new one, a client gets nothing until the next write.
+    let mut current = SseReader::open(fx.app(), "/syncs/inc/events", Some(&event_id(&new))).await;
+    let fourth = write_progress(&fx, "inc", 10).await;
+    let next = current.event().await;
+    assert_eq!(next.id, Some(event_id(&fourth)));
 }
 
 #[tokio::test]
@@ -747,7 +792,7 @@ async fn all_records_stream_starts_with_a_snapshot_and_names_events_by_id_and_ve
     let b2 = write_progress(&fx, "b", 2).await;
     let upsert = events.event().await;
     assert_eq!(upsert.event.as_deref(), Some("upsert"));
-    assert_eq!(upsert.id.as_deref(), Some("b:2"));
+    assert_eq!(upsert.id, Some(format!("b:{}", event_id(&b2))));
     assert_eq!(upsert.json(), serde_json::to_value(&b2).unwrap());
 
     fx.store.delete("a").await.unwrap();
@@ -757,7 +802,8 @@ async fn all_records_stream_starts_with_a_snapshot_and_names_events_by_id_and_ve
     assert_eq!(removed.json(), json!({"id": "a"}));
 
     // A reconnecting client is given the whole picture again.
-    let mut resumed = SseReader::open(fx.app(), "/events", Some("b:2")).await;
+    let held = format!("b:{}", event_id(&b2));
+    let mut resumed = SseReader::open(fx.app(), "/events", Some(&held)).await;
     let again = resumed.event().await;
     assert_eq!(again.event.as_deref(), Some("resync"));
     assert_eq!(again.json(), json!([b2]));
@@ -865,18 +911,128 @@ async fn a_corrupt_record_is_a_json_500_naming_it_and_never_hides_the_others() {
     std::fs::write(dir.path().join("broken.json"), b"{ not json").unwrap();
     let app = router(store);
 
+    let (log, _guard) = LogCapture::install();
     let broken = get(app.clone(), "/syncs/broken").await;
     assert_error(&broken, StatusCode::INTERNAL_SERVER_ERROR, Some("broken"));
+    // The answer names no file and no cause, only the log event that does.
+    let error = broken.body["error"].as_str().unwrap();
+    let dir_name = dir.path().display().to_string();
     assert!(
-        broken.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("broken.json")
+        !error.contains("broken.json") && !error.contains(&dir_name),
+        "{error}"
     );
+    let error_id = broken.body["error_id"].as_str().expect("an error id");
+    assert!(error.contains(error_id), "{error}");
+    let lines = log.lines();
+    let logged = lines
+        .iter()
+        .find(|line| line.contains(error_id))
+        .unwrap_or_else(|| panic!("no log line with {error_id}: {lines:?}"));
+    assert!(logged.contains("broken.json"), "{logged}");
 
     let listed = get(app, "/syncs").await;
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.headers["x-syncstatus-unreadable"], "1");
     assert_eq!(listed.body.as_array().unwrap().len(), 1);
     assert_eq!(listed.body[0]["id"], "good");
+}
+
+/// Records the `tracing` events of the current thread, one line each with every field.
+#[derive(Clone, Default)]
+struct LogCapture {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LogCapture {
+    fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let guard = tracing::subscriber::set_default(capture.clone());
+        (capture, guard)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+struct LineVisitor<'a>(&'a mut String);
+
+impl tracing::field::Visit for LineVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+}
+
+impl tracing::Subscriber for LogCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = event.metadata().level().to_string();
+        event.record(&mut LineVisitor(&mut line));
+        self.lines.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// ---------------------------------------------------------------------------------------
+// Query parameters
+
+#[tokio::test]
+async fn every_route_refuses_unknown_query_parameters() {
+    let fx = fixture();
+    let job = fx.put("job-1", &fx.running()).await;
+    // A live job: a recovery that ignored `dry_run` would requeue it.
+    let routes = [
+        (Method::GET, "/?x=1"),
+        (Method::GET, "/syncs?bogus=1"),
+        (Method::GET, "/syncs?state=running&state=failed"),
+        (Method::GET, "/syncs/job-1?fields=all"),
+        (Method::GET, "/syncs/job-1/events?since=3"),
+        (Method::GET, "/events?prefx=job-"),
+        (Method::GET, "/admin/stats?verbose=1"),
+        (Method::GET, "/admin/health?deep=true"),
+        (Method::POST, "/admin/cleanup?dry-run=true"),
+        (Method::POST, "/admin/recover?dry_run=true"),
+        (Method::POST, "/admin/recover/job-1?dry_run=true"),
+    ];
+    for (method, uri) in routes {
+        let answer = admin(fx.admin_app(), method.clone(), uri, Some(KEY)).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, None);
+        let error = answer.body["error"].as_str().unwrap();
+        assert!(
+            error.contains("unknown field") || error.contains("duplicate field"),
+            "{method} {uri}: {error}"
+        );
+    }
+    let after = fx.store.get("job-1").await.unwrap().unwrap();
+    assert_eq!(after.version, job.version, "a refused request wrote");
+    assert_eq!(after.status["state"], "running");
+    // The routes still answer without the stray parameter.
+    assert_eq!(get(fx.app(), "/syncs/job-1").await.status, StatusCode::OK);
+    // An unauthenticated request is still refused for its key first.
+    let answer = admin(
+        fx.admin_app(),
+        Method::POST,
+        "/admin/recover/job-1?dry_run=true",
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
 }

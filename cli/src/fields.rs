@@ -2,20 +2,20 @@
 
 use clap::Args;
 use serde_json::{Map, Value, json};
-use syncstatus::Timestamp;
-
-use crate::failure::Failure;
+use syncstatus::{Error, Timestamp};
 
 /// The fields of a status that can be given on the command line.
 #[derive(Args, Debug, Clone, Default)]
 pub struct FieldArgs {
-    /// The `state` field: pending, running, completed, failed, cancelled (or any word your
-    /// jobs use).
-    #[arg(long, value_name = "STATE")]
+    /// The `state` field: pending, running, completed, failed, cancelled (or a word of your
+    /// own: a lowercase letter, then lowercase letters, digits or `_`).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
     pub state: Option<String>,
     /// The `progress` field: `DONE/TOTAL` (`40/600`), `DONE` (total unknown), a fraction
     /// (`0.4`, stored as 40/100) or a percentage (`40%`, stored as 40/100).
-    #[arg(long, value_name = "PROGRESS", value_parser = parse_progress)]
+    // Hyphen values reach the parser, which says what is wrong with `-1`, instead of clap
+    // taking it for an unknown flag.
+    #[arg(long, value_name = "PROGRESS", value_parser = parse_progress, allow_hyphen_values = true)]
     pub progress: Option<Value>,
     /// The `message` field, a line for people.
     #[arg(long, value_name = "TEXT")]
@@ -56,7 +56,7 @@ impl FieldArgs {
         id: &str,
         current: Option<&Value>,
         now: Timestamp,
-    ) -> Result<Value, Failure> {
+    ) -> Result<Value, Error> {
         let fields = self.to_map(now);
         let mut status = match current {
             None | Some(Value::Null) => Map::new(),
@@ -64,9 +64,10 @@ impl FieldArgs {
             // Nothing to merge: the write keeps the status as it is, whatever its shape.
             Some(other) if fields.is_empty() => return Ok(other.clone()),
             Some(_) => {
-                return Err(Failure::usage(format!(
-                    "the status of `{id}` is not a JSON object, so fields cannot be merged into it; use `set` to replace it"
-                )));
+                return Err(Error::InvalidStatus {
+                    id: id.to_string(),
+                    reason: "it is not a JSON object, so fields cannot be merged into it; use `set` to replace it".into(),
+                });
             }
         };
         status.extend(fields);
@@ -74,9 +75,23 @@ impl FieldArgs {
     }
 }
 
+/// Parses `--state` (and `ls --state`): the grammar of [`syncstatus::validate_state`].
+pub fn parse_state(text: &str) -> Result<String, String> {
+    match syncstatus::validate_state(text) {
+        Ok(()) => Ok(text.to_string()),
+        Err(Error::Config(why)) => Err(why),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
 /// Parses `--progress`.
 pub fn parse_progress(text: &str) -> Result<Value, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "progress `{text}` is negative (expected DONE/TOTAL like 40/600, DONE, a fraction like 0.4 or a percentage like 40%, none below zero)"
+        ));
+    }
     let bad = || {
         format!(
             "`{text}` is not a progress (expected DONE/TOTAL like 40/600, DONE, a fraction like 0.4 or a percentage like 40%)"
@@ -150,7 +165,7 @@ mod tests {
         let current = json!({"state": "running", "message": "page 4", "attempt": 2});
         let merged = fields
             .merge_into("a", Some(&current), Timestamp::from_millis(0))
-            .map_err(|f| f.message);
+            .map_err(|error| error.to_string());
         assert_eq!(
             merged,
             Ok(json!({"state": "running", "message": "page 5", "attempt": 2}))

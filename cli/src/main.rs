@@ -15,27 +15,35 @@ use serde::Serialize;
 use serde_json::Value;
 use syncstatus::{
     CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, RecoveryAction,
-    RecoveryPolicy, SyncStorageExt, validate_id,
+    RecoveryPolicy, StoreUrl, SyncStorageExt, validate_id,
 };
 
 /// [`syncstatus::DEFAULT_STALE_AFTER`] as clap shows and parses it.
 const DEFAULT_STALE_AFTER: &str = "60s";
 
-use failure::{Failure, one_line};
+use failure::{Failure, one_line, printable};
 use fields::FieldArgs;
 
 const AFTER_HELP: &str = "\
 Store:
   --dir DIR is short for --store file:DIR. Without either, $SYNCSTATUS_STORE is used, else
-  file:./data/sync-status. URLs: file:DIR, redis://HOST:PORT/DB, postgres://USER@HOST/DB.
+  file:./data/sync-status. Stores: a directory (./data/sync-status), file:DIR, memory:,
+  redis://HOST:PORT/DB?prefix=P, postgres://USER@HOST/DB?table=T&schema=S.
+  Only set and update create a missing store directory; the other commands say it is missing.
+
+States:
+  A state is a lowercase letter followed by lowercase letters, digits or _ (at most 32):
+  pending, running, completed, failed, cancelled, or a word of your own.
 
 Exit codes:
   0  success
   1  any other error
-  2  usage or invalid input (unknown flag, invalid id, bad --data/--progress, bad store URL)
-  3  not found (get, rm of a missing id)
-  4  conflict (update --if-version lost, or the record already exists)
-  5  store error (I/O, corrupt record, server unreachable)
+  2  usage or invalid input (unknown flag, invalid id or state, bad --data/--progress, bad
+     store URL, a record over the size limit)
+  3  not found (get, rm of a missing id; a store directory that does not exist)
+  4  conflict (update --if-version lost, the record already exists, a job not in a state
+     that allows the operation)
+  5  store error (I/O, corrupt record or unusable status, lock timeout, server unreachable)
   6  stats --check found the store unhealthy (stale running jobs)
 
 Unreadable records met by ls, cleanup or recover are reported on stderr, one line each,
@@ -43,7 +51,7 @@ and do not change the exit code.";
 
 /// Read, write, clean up and watch job status.
 #[derive(Parser, Debug)]
-#[command(name = "syncstatus", version, after_help = AFTER_HELP)]
+#[command(name = "syncstatus", version, after_help = AFTER_HELP, arg_required_else_help = true)]
 struct Cli {
     /// The store to use, as a URL (default: $SYNCSTATUS_STORE, else file:./data/sync-status).
     #[arg(long, global = true, value_name = "URL", conflicts_with = "dir")]
@@ -97,7 +105,7 @@ enum Command {
     #[command(alias = "list")]
     Ls {
         /// Only records in this state.
-        #[arg(long, value_name = "STATE")]
+        #[arg(long, value_name = "STATE", value_parser = fields::parse_state)]
         state: Option<String>,
         /// Only ids starting with this.
         #[arg(long, value_name = "PREFIX")]
@@ -176,6 +184,13 @@ fn main() -> ExitCode {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
+        Err(error)
+            if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `syncstatus`: the help as written, on stderr, since nothing was done.
+            let _ = error.print();
+            return ExitCode::from(failure::code::USAGE);
+        }
         Err(error) => {
             return fail(&Failure::usage(format!(
                 "{} (see `syncstatus --help`)",
@@ -227,13 +242,13 @@ fn clap_one_line(error: &clap::Error) -> String {
 }
 
 fn fail(failure: &Failure) -> ExitCode {
-    let _ = writeln!(io::stderr(), "syncstatus: {failure}");
+    let _ = writeln!(io::stderr(), "syncstatus: {}", printable(&failure.message));
     failure.exit_code()
 }
 
 /// Prints a warning that does not fail the command.
 fn warn(message: &str) {
-    let _ = writeln!(io::stderr(), "syncstatus: warning: {message}");
+    let _ = writeln!(io::stderr(), "syncstatus: warning: {}", printable(message));
 }
 
 /// Prints the command's output. A closed stdout (`| head`) is not an error.
@@ -251,18 +266,47 @@ fn print(output: &str) -> Result<(), Failure> {
     }
 }
 
-fn store_url(cli: &Cli) -> String {
+/// The store to open: `--dir`, else `--store`, else `$SYNCSTATUS_STORE`, else the default.
+fn store_url(cli: &Cli) -> Result<StoreUrl, Failure> {
     if let Some(dir) = &cli.dir {
-        return format!("file:{}", dir.display());
+        return Ok(StoreUrl::File(dir.clone()));
     }
-    cli.store
+    let text = cli
+        .store
         .clone()
         .or_else(|| {
             std::env::var("SYNCSTATUS_STORE")
                 .ok()
                 .filter(|url| !url.is_empty())
         })
-        .unwrap_or_else(|| syncstatus::DEFAULT_STORE_URL.to_string())
+        .unwrap_or_else(|| syncstatus::DEFAULT_STORE_URL.to_string());
+    failure::hide_password_of(&text);
+    Ok(StoreUrl::parse(&text)?)
+}
+
+/// Opens the store. Only the commands that write a status create a missing file store
+/// directory: for the others, a mistyped `--dir` must fail rather than leave an empty store.
+async fn open_store(cli: &Cli) -> Result<DynSyncStorage, Failure> {
+    let url = store_url(cli)?;
+    let may_create = matches!(cli.command, Command::Set { .. } | Command::Update { .. });
+    let opened = if may_create {
+        url.open().await
+    } else {
+        url.open_existing().await
+    };
+    opened.map_err(|error| {
+        let missing = !may_create
+            && matches!(&error, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
+        let mut failure = Failure::from(error);
+        if missing {
+            failure.code = failure::code::NOT_FOUND;
+        }
+        let shown = url.redacted();
+        if !failure.message.contains(&shown) {
+            failure.message = format!("cannot open store `{shown}`: {}", failure.message);
+        }
+        failure
+    })
 }
 
 /// What a command prints once it is done, outside the async runtime (terminal writes block).
@@ -290,14 +334,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         | Command::Stats { .. }
         | Command::Recover { .. } => {}
     }
-    let url = store_url(&cli);
-    let store = syncstatus::open(&url).await.map_err(|error| {
-        let mut failure = Failure::from(error);
-        if !failure.message.contains(&url) {
-            failure.message = format!("cannot open store `{url}`: {}", failure.message);
-        }
-        failure
-    })?;
+    let store = open_store(&cli).await?;
     out.stdout = match cli.command {
         Command::Set { id, fields, json } => {
             let status = Value::Object(fields.to_map(store.now()));
@@ -336,8 +373,26 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             }
         }
         Command::Rm { id } => {
-            if !store.delete(&id).await? {
-                return Err(Error::NotFound { id }.into());
+            // A record that cannot be read is still there, and removing it is how an
+            // operator gets rid of it: that is a success, said so on stderr.
+            let unreadable = match store.get(&id).await {
+                Ok(_) => None,
+                Err(
+                    error @ (Error::Corrupt { .. }
+                    | Error::TooLarge { .. }
+                    | Error::Serde { .. }
+                    | Error::Io { .. }),
+                ) => Some(error),
+                Err(error) => return Err(error.into()),
+            };
+            let removed = store.delete(&id).await?;
+            match unreadable {
+                Some(error) => out.warnings.push(format!(
+                    "removed `{id}`, which could not be read: {}",
+                    one_line(&error)
+                )),
+                None if !removed => return Err(Error::NotFound { id }.into()),
+                None => {}
             }
             String::new()
         }
@@ -364,7 +419,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         } => {
             let stats = syncstatus::stats(store.as_ref(), stale_after).await?;
             let output = if json {
-                pretty(&stats)?
+                pretty(&StatsOutput::from(&stats))?
             } else {
                 stats_text(&stats, stale_after)
             };
@@ -418,25 +473,11 @@ async fn update(
 ) -> Result<Record, Failure> {
     let now = store.now();
     match if_version {
-        None => {
-            let mut refused = None;
-            let result = store
-                .update_with(id, |current| {
-                    fields
-                        .merge_into(id, current.map(|record| &record.status), now)
-                        .map_err(|failure| {
-                            let error = Error::Config(failure.message.clone());
-                            refused = Some(failure);
-                            error
-                        })
-                })
-                .await;
-            match (result, refused) {
-                (Ok(record), _) => Ok(record),
-                (Err(_), Some(failure)) => Err(failure),
-                (Err(error), None) => Err(error.into()),
-            }
-        }
+        None => Ok(store
+            .update_with(id, |current| {
+                fields.merge_into(id, current.map(|record| &record.status), now)
+            })
+            .await?),
         Some(0) => {
             let status = fields.merge_into(id, None, now)?;
             Ok(store.put(id, status, PutMode::Create).await?)
@@ -468,13 +509,45 @@ fn written(record: &Record, json: bool) -> Result<String, Failure> {
     }
 }
 
+/// `stats --json`: the library's stats, with records without a state counted as
+/// `no_state` rather than under an empty state name, as the text output says "(no state)".
+#[derive(Serialize)]
+struct StatsOutput<'a> {
+    counts: std::collections::BTreeMap<&'a str, u64>,
+    no_state: u64,
+    total: u64,
+    stale_running: &'a [String],
+    oldest_age_ms: Option<u64>,
+    unreadable: u64,
+    healthy: bool,
+}
+
+impl<'a> From<&'a syncstatus::Stats> for StatsOutput<'a> {
+    fn from(stats: &'a syncstatus::Stats) -> Self {
+        StatsOutput {
+            counts: stats
+                .counts
+                .iter()
+                .filter(|(state, _)| !state.is_empty())
+                .map(|(state, count)| (state.as_str(), *count))
+                .collect(),
+            no_state: stats.counts.get("").copied().unwrap_or(0),
+            total: stats.total,
+            stale_running: &stats.stale_running,
+            oldest_age_ms: stats.oldest_age_ms,
+            unreadable: stats.unreadable,
+            healthy: stats.healthy,
+        }
+    }
+}
+
 fn stats_text(stats: &syncstatus::Stats, stale_after: Duration) -> String {
     let mut out = format!("total: {}\n", stats.total);
     for (state, count) in &stats.counts {
         let state = if state.is_empty() {
-            "(no state)"
+            "(no state)".to_string()
         } else {
-            state
+            render::escape(state)
         };
         out.push_str(&format!("  {state}: {count}\n"));
     }

@@ -6,6 +6,35 @@ use std::time::Duration;
 use serde_json::Value;
 use syncstatus::{Record, Timestamp};
 
+/// `text` safe to print on a terminal: control characters (ESC, CR, NUL, DEL, the C1 range)
+/// and the invisible characters that reorder or hide text (bidi overrides, zero-width
+/// marks) are shown as `\u{1b}` escapes, and a line break as a space. A record's fields
+/// come from whoever wrote them: printed raw, an ESC sequence could retitle the window,
+/// clear the screen or write the clipboard (OSC 52).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push(' '),
+            c if c.is_control() || is_invisible_format(c) => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that change how the text around them shows without showing themselves.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// The `state` field, escaped for a terminal, or `-`.
+pub fn state_of(record: &Record) -> String {
+    record.state().map_or_else(|| "-".to_string(), escape)
+}
+
 /// `done/total` of a status's progress, when it has one that reads as such.
 pub fn progress_of(status: &Value) -> Option<(u64, Option<u64>)> {
     let progress = status.get("progress")?;
@@ -44,12 +73,9 @@ pub fn progress_bar(status: &Value) -> Option<String> {
     ))
 }
 
-/// The `message` field, on one line.
+/// The `message` field, on one line, escaped for a terminal.
 pub fn message_of(status: &Value) -> Option<String> {
-    status
-        .get("message")
-        .and_then(Value::as_str)
-        .map(|text| text.replace(['\n', '\r'], " "))
+    status.get("message").and_then(Value::as_str).map(escape)
 }
 
 /// An age in its largest whole unit: `4s`, `12m`, `3h`, `2d`.
@@ -71,9 +97,9 @@ pub fn record_view(record: &Record, now: Timestamp) -> String {
         None => progress_text(status),
     };
     let mut lines: Vec<(String, String)> = vec![
-        ("id".into(), record.id.clone()),
+        ("id".into(), escape(&record.id)),
         ("version".into(), record.version.to_string()),
-        ("state".into(), record.state().unwrap_or("-").to_string()),
+        ("state".into(), state_of(record)),
         ("progress".into(), progress),
         (
             "message".into(),
@@ -96,13 +122,13 @@ pub fn record_view(record: &Record, now: Timestamp) -> String {
                     continue;
                 }
                 let text = match value {
-                    Value::String(text) => text.replace(['\n', '\r'], " "),
-                    other => other.to_string(),
+                    Value::String(text) => escape(text),
+                    other => escape(&other.to_string()),
                 };
-                lines.push((key.clone(), text));
+                lines.push((escape(key), text));
             }
         }
-        other => lines.push(("status".into(), other.to_string())),
+        other => lines.push(("status".into(), escape(&other.to_string()))),
     }
     let width = lines.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
     let mut out = String::new();
@@ -119,8 +145,8 @@ pub fn table(records: &[Record], now: Timestamp) -> String {
         .iter()
         .map(|record| {
             [
-                record.id.clone(),
-                record.state().unwrap_or("-").to_string(),
+                escape(&record.id),
+                state_of(record),
                 progress_text(&record.status),
                 record.version.to_string(),
                 format!("{} ago", short_age(record.updated_at.age_at(now))),
@@ -186,6 +212,14 @@ mod tests {
             progress_bar(&json!({"progress": {"done": 9, "total": 3}})).map(|b| b.len()),
             Some(22)
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("a\u{1b}]0;pwned\u{7}b"), "a\\u{1b}]0;pwned\\u{7}b");
+        assert_eq!(escape("one\ntwo\rthree"), "one two\\u{d}three");
+        assert_eq!(escape("\u{9b}2J \u{202e}x"), "\\u{9b}2J \\u{202e}x");
+        assert_eq!(escape("plain ünïcode ✓"), "plain ünïcode ✓");
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub async fn run(
             }
             // The stream carries on after an error and resyncs once the cause is gone.
             Some(Err(error)) => {
-                let line = format!("syncstatus: warning: watch: {}\n", one_line(&error));
+                let line = format!(
+                    "syncstatus: warning: watch: {}\n",
+                    crate::failure::printable(&one_line(&error))
+                );
                 // A warning that cannot be written has nowhere else to go.
                 let _ = tokio::io::stderr().write_all(line.as_bytes()).await;
             }
@@ -258,8 +261,8 @@ fn is_terminal_state(state: Option<&str>) -> bool {
 fn line(record: &Record) -> String {
     let mut line = format!(
         "{}  {}  {}  v{}",
-        record.id,
-        record.state().unwrap_or("-"),
+        render::escape(&record.id),
+        render::state_of(record),
         render::progress_text(&record.status),
         record.version
     );
@@ -360,7 +363,11 @@ impl View {
             Some(_) => &self.with_total,
             None => &self.without_total,
         };
-        let prefix = format!("{} {}", record.id, record.state().unwrap_or("-"));
+        let prefix = format!(
+            "{} {}",
+            render::escape(&record.id),
+            render::state_of(record)
+        );
         let message = render::message_of(&record.status).unwrap_or_default();
         match self.bars.get(&record.id) {
             Some(bar) => {
@@ -401,7 +408,7 @@ impl View {
         };
         let was_printed = self.printed.remove(id).is_some();
         if had_bar || (self.multi.is_none() && was_printed) {
-            self.println(&format!("{id}  removed"))?;
+            self.println(&format!("{}  removed", render::escape(id)))?;
         }
         Ok(())
     }

@@ -184,11 +184,13 @@ fn update_refuses_to_merge_into_a_status_that_is_not_an_object() {
     record["status"] = json!(3);
     std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
 
-    let line = fails(d, &["update", "raw", "--message", "m"], 2);
+    // Not a usage error: the stored status is what cannot be used.
+    let line = fails(d, &["update", "raw", "--message", "m"], 5);
     assert!(
         line.contains("raw") && line.contains("not a JSON object"),
         "{line}"
     );
+    assert!(!line.contains("invalid configuration"), "{line}");
     assert_eq!(ok_json(d, &["get", "raw", "--json"])["version"], 1);
     // Without fields there is nothing to merge: the status is rewritten as it is.
     assert_eq!(ok(d, &["update", "raw"]).trim(), "2");
@@ -305,7 +307,7 @@ fn bad_store_urls_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_syncstatus"))
         .env_remove("SYNCSTATUS_STORE")
-        .args(["--store", "nonsense", "ls"])
+        .args(["--store", "nonsense:x", "ls"])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -761,4 +763,268 @@ fn recover_requeues_stale_jobs_then_fails_them_after_max_attempts() {
     assert!(text.contains("recovered 0 job(s)"), "{text}");
     fails(d, &["recover", "--max-attempts", "0"], 2);
     fails(d, &["stats", "--stale-after", "never"], 2);
+}
+
+/// Runs with no `--dir`, the given environment store and arguments, in `cwd`.
+fn run_in(cwd: &Path, store_env: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_syncstatus"));
+    command.env_remove("SYNCSTATUS_STORE").current_dir(cwd);
+    if let Some(store) = store_env {
+        command.env("SYNCSTATUS_STORE", store);
+    }
+    command.args(args).output().expect("run syncstatus")
+}
+
+#[test]
+fn passwords_in_store_urls_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let urls = [
+        "postgres://u:SECRET@127.0.0.1:1/db",
+        "postgres://u:SECRET@127.0.0.1:1/db?table=a&table=b",
+        "postgres://u:SECRET@127.0.0.1:99999/db",
+        "postgres://u:SECRET@127.0.0.1:1/db?bogus=1",
+        "redis://u:SECRET@127.0.0.1:1/0",
+        "redis://u:SECRET@127.0.0.1:1/0?prefx=a",
+    ];
+    for url in urls {
+        for args in [
+            &["ls"][..],
+            &["get", "a"],
+            &["set", "a", "--state", "running"],
+        ] {
+            let from_flag = run_in(d, None, &[&["--store", url][..], args].concat());
+            let from_env = run_in(d, Some(url), args);
+            for output in [from_flag, from_env] {
+                let (out, err) = (stdout(&output), stderr(&output));
+                assert!(!output.status.success(), "{url} {args:?}: {out}");
+                assert!(
+                    !out.contains("SECRET") && !err.contains("SECRET"),
+                    "{url} {args:?}: {err}"
+                );
+                assert!(err.contains("127.0.0.1"), "{url}: {err}");
+            }
+        }
+    }
+    // A refused connection says what it tried, not the pool's "creating a new object".
+    let output = run_in(d, None, &["--store", urls[0], "ls"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1/db as u"),
+        "{err}"
+    );
+    assert!(!err.contains("new object"), "{err}");
+}
+
+#[test]
+fn human_output_escapes_control_characters_and_json_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}]52;c;aGk=\u{7}\u{9b}31m";
+    ok(d, &["set", "evil", "--state", "running", "--message", evil]);
+    // Another program wrote the state and another field.
+    let path = d.join("evil.json");
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["status"]["state"] = json!(format!("run{evil}"));
+    record["status"]["note"] = json!(evil);
+    std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
+
+    let raw_controls = |text: &str| {
+        text.chars()
+            .any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\u{9b}')
+    };
+    for args in [&["ls"][..], &["get", "evil"]] {
+        let out = ok(d, args);
+        assert!(
+            !raw_controls(&out),
+            "{args:?} printed raw control characters: {out:?}"
+        );
+        assert!(out.contains("\\u{1b}]0;pwned"), "{args:?}: {out}");
+    }
+    let record = ok_json(d, &["get", "evil", "--json"]);
+    assert_eq!(record["status"]["message"], evil);
+    assert_eq!(record["status"]["state"], format!("run{evil}"));
+    assert_eq!(ok_json(d, &["ls", "--json"])[0]["status"]["note"], evil);
+
+    let watcher = Watcher::start(d, &[]);
+    let line = watcher
+        .lines
+        .recv_timeout(DEADLINE)
+        .expect("no line for the snapshot");
+    assert!(line.contains("evil"), "{line:?}");
+    assert!(
+        !raw_controls(&line),
+        "watch printed raw control characters: {line:?}"
+    );
+    assert!(line.contains("\\u{1b}[2J"), "{line:?}");
+}
+
+#[test]
+fn rm_of_a_corrupt_record_removes_it_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("broken.json"), "{ not json").unwrap();
+    let output = run(d, &["rm", "broken"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("syncstatus: warning: removed `broken`, which could not be read"),
+        "{err}"
+    );
+    assert!(!d.join("broken.json").exists());
+    let line = fails(d, &["rm", "broken"], 3);
+    assert!(line.contains("no record with id `broken`"), "{line}");
+}
+
+#[test]
+fn bare_paths_are_stores_and_only_writes_create_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The dev server's documented form.
+    let output = run_in(
+        d,
+        Some("./data/sync-status"),
+        &["set", "a", "--state", "running"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(d.join("data/sync-status/a.json").is_file());
+    let output = run_in(d, Some("data/sync-status"), &["get", "a", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run_in(d, None, &["--store", "./data/sync-status", "ls"]);
+    assert!(stdout(&output).contains("running"), "{}", stderr(&output));
+
+    for args in [
+        &["ls"][..],
+        &["get", "a"],
+        &["stats"],
+        &["watch", "--json"],
+        &["rm", "a"],
+        &["cleanup"],
+        &["recover"],
+    ] {
+        let output = run_in(
+            d,
+            None,
+            &[&["--dir", "./data/sync-stauts"][..], args].concat(),
+        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("sync-stauts") && err.contains("does not exist"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !d.join("data/sync-stauts").exists(),
+            "{args:?} created the directory"
+        );
+    }
+}
+
+#[test]
+fn a_store_path_that_is_a_file_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    std::fs::write(&file, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    for args in [&["ls"][..], &["set", "a", "--state", "running"]] {
+        let line = fails(&file, args, 5);
+        assert!(
+            line.contains("passwd") && line.contains("not a directory"),
+            "{args:?}: {line}"
+        );
+        assert!(!line.contains("File exists"), "{line}");
+    }
+}
+
+#[test]
+fn mistyped_and_repeated_url_parameters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (url, expected) in [
+        (
+            "redis://127.0.0.1:6379/0?prefx=app:",
+            "unknown parameter `prefx`",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?prefix=a:&prefix=b:",
+            "`prefix` is given twice",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:5432/test?table=a&table=b",
+            "`table` is given twice",
+        ),
+    ] {
+        let output = run_in(d, None, &["--store", url, "ls"]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains(expected), "{url}: {err}");
+    }
+}
+
+#[test]
+fn states_follow_the_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let line = fails(d, &["set", "a", "--state", "Running"], 2);
+    assert!(line.contains("did you mean `running`?"), "{line}");
+    let line = fails(d, &["set", "a", "--state", "some thing"], 2);
+    assert!(line.contains("--state") && line.contains("' '"), "{line}");
+    fails(d, &["update", "a", "--state", "RUNNING"], 2);
+    fails(d, &["ls", "--state", "Running"], 2);
+    fails(d, &["set", "a", "--state", ""], 2);
+    let long = "x".repeat(33);
+    fails(d, &["set", "a", "--state", &long], 2);
+    ok(d, &["set", "a", "--state", "waiting_for_input"]);
+    assert!(!d.join("b.json").exists());
+}
+
+#[test]
+fn a_negative_progress_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["set", "a", "--progress", "-1"][..],
+        &["update", "a", "--progress", "-5/10"],
+    ] {
+        let line = fails(dir.path(), args, 2);
+        assert!(
+            line.contains("--progress") && line.contains("negative"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn bare_syncstatus_prints_readable_help() {
+    let output = Command::new(env!("CARGO_BIN_EXE_syncstatus"))
+        .env_remove("SYNCSTATUS_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let help = stderr(&output);
+    assert!(help.lines().count() > 10, "{help}");
+    assert!(
+        help.lines().any(|line| line.starts_with("Usage:")),
+        "{help}"
+    );
+    assert!(
+        help.lines()
+            .any(|line| line.trim_start().starts_with("set ")),
+        "{help}"
+    );
+}
+
+#[test]
+fn stats_json_and_text_agree_on_records_without_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "plain", "--message", "no state here"]);
+    ok(d, &["set", "job", "--state", "running", "--heartbeat"]);
+    let stats = ok_json(d, &["stats", "--json"]);
+    assert_eq!(stats["counts"], json!({"running": 1}), "{stats}");
+    assert_eq!(stats["no_state"], 1, "{stats}");
+    assert_eq!(stats["total"], 2, "{stats}");
+    let text = ok(d, &["stats"]);
+    assert!(text.contains("(no state): 1"), "{text}");
+    assert!(text.contains("running: 1"), "{text}");
 }

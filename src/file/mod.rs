@@ -59,6 +59,7 @@ pub struct FileStorageBuilder {
     clock: SharedClock,
     sweep_interval: Option<Duration>,
     watch_mode: WatchMode,
+    create_dir: bool,
 }
 
 impl FileStorageBuilder {
@@ -94,6 +95,14 @@ impl FileStorageBuilder {
         self
     }
 
+    /// Whether [`build`](Self::build) creates the directory when it is missing (default:
+    /// yes). Tools that only read pass `false`, so a mistyped path fails with
+    /// [`Error::Io`] (`NotFound`) instead of leaving an empty store behind.
+    pub fn with_create_dir(mut self, create: bool) -> Self {
+        self.create_dir = create;
+        self
+    }
+
     /// Creates the directory (and its `.tmp` and `.locks`) if needed and opens the store.
     pub fn build(self) -> Result<FileStorage> {
         if let WatchMode::Poll(interval) = self.watch_mode
@@ -103,8 +112,13 @@ impl FileStorageBuilder {
                 "the polling interval must not be zero".into(),
             ));
         }
+        check_store_dir(&self.dir, self.create_dir)?;
         let layout = Layout::new(self.dir);
-        layout.create_dirs()?;
+        if self.create_dir {
+            layout.create_dirs()?;
+        } else {
+            layout.check_private_dirs()?;
+        }
         Ok(FileStorage {
             inner: Arc::new(Inner {
                 layout,
@@ -118,6 +132,30 @@ impl FileStorageBuilder {
                 hub: SharedHub::default(),
             }),
         })
+    }
+}
+
+/// Refuses a store path that is not a directory (creating it would fail with a bare "File
+/// exists"), and a missing one unless it may be created.
+fn check_store_dir(dir: &Path, create: bool) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "the store path is not a directory",
+            ),
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && create => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the store directory does not exist",
+            ),
+        )),
+        Err(error) => Err(Error::io(dir, error)),
     }
 }
 
@@ -154,6 +192,7 @@ impl FileStorage {
             clock: Arc::new(SystemClock),
             sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
             watch_mode: WatchMode::default(),
+            create_dir: true,
         }
     }
 

@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::reads::{checked_id, query};
+use super::params::{NoParams, Params};
+use super::reads::checked_id;
 use crate::lifecycle::{self, RecoveredJob, RecoveryReport, Stats};
 use crate::storage::{CleanupOptions, CleanupReport};
 
@@ -57,8 +58,10 @@ fn authorize(config: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 pub(super) async fn stats(
     State(config): State<AppState>,
     headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Json<Stats>, ApiError> {
     authorize(&config, &headers)?;
+    params?;
     let stats = lifecycle::stats(&*config.store, config.stale_after).await?;
     Ok(Json(stats))
 }
@@ -66,8 +69,10 @@ pub(super) async fn stats(
 pub(super) async fn health(
     State(config): State<AppState>,
     headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Response, ApiError> {
     authorize(&config, &headers)?;
+    params?;
     let stats = lifecycle::stats(&*config.store, config.stale_after).await?;
     let status = if stats.healthy {
         StatusCode::OK
@@ -96,10 +101,10 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
 pub(super) async fn cleanup(
     State(config): State<AppState>,
     headers: HeaderMap,
-    params: Result<Query<CleanupQuery>, QueryRejection>,
+    params: Result<Params<CleanupQuery>, ApiError>,
 ) -> Result<Json<CleanupReport>, ApiError> {
     authorize(&config, &headers)?;
-    let params = query(params)?;
+    let Params(params) = params?;
     let options = CleanupOptions {
         ttl: params.ttl.as_deref().map(parse_ttl).transpose()?,
         dry_run: params.dry_run,
@@ -111,9 +116,11 @@ pub(super) async fn cleanup(
 pub(super) async fn recover_one(
     State(config): State<AppState>,
     headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RecoveredJob>, ApiError> {
     authorize(&config, &headers)?;
+    params?;
     let id = checked_id(path)?;
     let recovered = lifecycle::recover_job(&*config.store, &id, &config.recovery).await?;
     Ok(Json(recovered))
@@ -122,8 +129,10 @@ pub(super) async fn recover_one(
 pub(super) async fn recover_stale(
     State(config): State<AppState>,
     headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Json<RecoveryReport>, ApiError> {
     authorize(&config, &headers)?;
+    params?;
     let report =
         lifecycle::recover_stale(&*config.store, config.stale_after, &config.recovery).await?;
     Ok(Json(report))

@@ -1,5 +1,8 @@
 //! Errors as JSON responses.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +12,10 @@ use crate::error::Error;
 
 /// An error answer of the router: a status code and a JSON body
 /// `{"error": "<message>", "id": "<id>"}` (`id` only when the error concerns one).
+///
+/// A 500 says only `internal error (error id <error_id>)` and carries `error_id`: the
+/// detail (file paths, SQL, server addresses) goes to the log, in a `tracing` error event
+/// with the same `error_id` field, never to whoever sent the request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiError {
     /// The HTTP status.
@@ -19,6 +26,20 @@ pub struct ApiError {
     /// The id concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// For a 500: the id of the log event that has the detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
+}
+
+/// A new id for an error's log event: unique across the processes of a machine (time,
+/// process id, a counter), short enough to quote.
+pub(super) fn new_error_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{millis:x}-{:x}-{count:x}", std::process::id())
 }
 
 impl ApiError {
@@ -28,6 +49,7 @@ impl ApiError {
             status,
             error: error.into(),
             id: None,
+            error_id: None,
         }
     }
 
@@ -53,7 +75,16 @@ fn status_of(error: &Error) -> StatusCode {
     match error {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::InvalidId { .. } | Error::Config(_) => StatusCode::BAD_REQUEST,
-        Error::VersionConflict { .. } | Error::AlreadyExists { .. } => StatusCode::CONFLICT,
+        Error::VersionConflict { .. }
+        | Error::AlreadyExists { .. }
+        | Error::InvalidTransition { .. }
+        | Error::LostOwnership { .. }
+        | Error::Cancelled { .. }
+        | Error::VersionExhausted { .. }
+        | Error::InProgress { .. } => StatusCode::CONFLICT,
+        Error::InvalidStatus { .. } | Error::Aborted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::LockTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -66,7 +97,15 @@ fn id_of(error: &Error) -> Option<&str> {
         | Error::AlreadyExists { id, .. }
         | Error::InvalidId { id, .. }
         | Error::Corrupt { id, .. }
-        | Error::Serde { id, .. } => Some(id),
+        | Error::Serde { id, .. }
+        | Error::InvalidTransition { id, .. }
+        | Error::InvalidStatus { id, .. }
+        | Error::Aborted { id, .. }
+        | Error::LostOwnership { id, .. }
+        | Error::Cancelled { id }
+        | Error::LockTimeout { id, .. }
+        | Error::VersionExhausted { id, .. }
+        | Error::TooLarge { id, .. } => Some(id),
         _ => None,
     }
 }
@@ -74,8 +113,23 @@ fn id_of(error: &Error) -> Option<&str> {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let status = status_of(&error);
+        let id = id_of(&error).map(str::to_string);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            let error_id = new_error_id();
+            tracing::error!(
+                error_id = %error_id,
+                error = &error as &dyn std::error::Error,
+                "request failed"
+            );
+            return ApiError {
+                status,
+                error: format!("internal error (error id {error_id})"),
+                id,
+                error_id: Some(error_id),
+            };
+        }
         if status.is_server_error() {
-            tracing::error!(error = &error as &dyn std::error::Error, "request failed");
+            tracing::warn!(error = &error as &dyn std::error::Error, "request failed");
         }
         let mut message = error.to_string();
         // The message of a backend error is its own; the chain below it tells the cause.
@@ -91,7 +145,8 @@ impl From<Error> for ApiError {
         ApiError {
             status,
             error: message,
-            id: id_of(&error).map(str::to_string),
+            id,
+            error_id: None,
         }
     }
 }
@@ -141,8 +196,51 @@ mod tests {
                 StatusCode::CONFLICT,
             ),
             (
-                Error::backend("redis", std::io::Error::other("connection refused")),
-                StatusCode::INTERNAL_SERVER_ERROR,
+                Error::InvalidTransition {
+                    id: "a".into(),
+                    action: "recover",
+                    state: "completed".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::InvalidStatus {
+                    id: "a".into(),
+                    reason: "not an object".into(),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (Error::aborted("a", "no"), StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                Error::LostOwnership {
+                    id: "a".into(),
+                    lease: "l".into(),
+                    reason: "claimed".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (Error::Cancelled { id: "a".into() }, StatusCode::CONFLICT),
+            (
+                Error::LockTimeout {
+                    id: "a".into(),
+                    waited: std::time::Duration::from_secs(1),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Error::VersionExhausted {
+                    id: "a".into(),
+                    version: u64::MAX,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::TooLarge {
+                    id: "a".into(),
+                    size: 2,
+                    limit: 1,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
             ),
         ];
         for (error, status) in cases {
@@ -150,7 +248,19 @@ mod tests {
             let answer = ApiError::from(error);
             assert_eq!(answer.status, status, "{text}");
             assert!(answer.error.contains(&text), "{}", answer.error);
+            if status != StatusCode::BAD_REQUEST && status != StatusCode::NOT_FOUND {
+                assert_eq!(answer.id.as_deref(), Some("a"), "{text}");
+            }
         }
+        // A 500 says nothing of its cause, only the id of the log event that does.
+        let answer = ApiError::from(Error::backend(
+            "redis",
+            std::io::Error::other("connection refused by 10.0.0.7:6379"),
+        ));
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!answer.error.contains("10.0.0.7"), "{}", answer.error);
+        let error_id = answer.error_id.expect("an error id");
+        assert!(answer.error.contains(&error_id), "{}", answer.error);
         let conflict = ApiError::from(Error::VersionConflict {
             id: "job-1".into(),
             expected: 1,

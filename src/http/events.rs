@@ -1,11 +1,10 @@
 //! `GET /syncs/{id}/events` and `GET /events`: watch streams as Server-Sent Events.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,8 +15,10 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::reads::{checked_id, query};
+use super::params::{NoParams, Params};
+use super::reads::checked_id;
 use crate::error::Result;
+use crate::record::Record;
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector};
 
 /// How soon a browser reconnects after the stream breaks (a restarting server, say).
@@ -48,33 +49,118 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 }
 
 fn error_event(error: &crate::Error) -> Event {
+    let error_id = super::error::new_error_id();
+    // The detail (file paths, SQL) is for the log; the stream's readers get the id to quote.
     tracing::warn!(
+        error_id = %error_id,
         error = error as &dyn std::error::Error,
         "watch stream reported a problem"
     );
-    json_event("problem", &json!({ "error": error.to_string() }))
+    json_event(
+        "problem",
+        &json!({
+            "error": format!("the store reported a problem (error id {error_id})"),
+            "error_id": error_id,
+        }),
+    )
 }
 
-/// Events of a one-id stream: the id of every event is the version the client then holds.
+/// The event id of a record: `<created_at millis>-<version>`. The version alone would name
+/// two records when one is deleted and written again up to the same version; the creation
+/// time tells these incarnations apart.
+fn incarnation_id(record: &Record) -> String {
+    format!("{}-{}", record.created_at.as_millis(), record.version)
+}
+
+/// What a reconnecting client of a one-id stream holds, read from its `Last-Event-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// It saw the record missing or removed (`0`).
+    Nothing,
+    /// It holds this incarnation at this version (`<created_at millis>-<version>`).
+    Record { created_at: u64, version: u64 },
+}
+
+impl Held {
+    /// `None` for anything this route did not make (an id of `/events`, or a bare version
+    /// from before ids named the incarnation): those clients start over with a snapshot.
+    fn parse(text: &str) -> Option<Self> {
+        if text == "0" {
+            return Some(Held::Nothing);
+        }
+        let (created_at, version) = text.split_once('-')?;
+        Some(Held::Record {
+            created_at: created_at.parse().ok()?,
+            version: version.parse().ok()?,
+        })
+    }
+
+    fn is(self, record: Option<&Record>) -> bool {
+        match (self, record) {
+            (Held::Nothing, None) => true,
+            (
+                Held::Record {
+                    created_at,
+                    version,
+                },
+                Some(record),
+            ) => record.created_at.as_millis() == created_at && record.version == version,
+            _ => false,
+        }
+    }
+}
+
+/// Events of a one-id stream: the id of every event names what the client then holds.
 fn single_event(item: Result<WatchEvent>) -> Event {
     match item {
         Ok(WatchEvent::Upsert(record)) => {
-            json_event("upsert", &record).id(record.version.to_string())
+            let id = incarnation_id(&record);
+            json_event("upsert", &record).id(id)
         }
         Ok(WatchEvent::Removed { id }) => json_event("removed", &json!({ "id": id })).id("0"),
         Ok(WatchEvent::Resync(records)) => {
-            let version = records.first().map_or(0, |record| record.version);
-            json_event("resync", &records).id(version.to_string())
+            let id = records
+                .first()
+                .map_or_else(|| "0".to_string(), incarnation_id);
+            json_event("resync", &records).id(id)
         }
         Err(error) => error_event(&error),
     }
 }
 
-/// Events of the all-ids stream: ids are `<id>:<version>` (`<id>:0` for a removal).
+/// The first snapshot of a resumed one-id stream, told against what the client holds:
+/// nothing when it holds the same incarnation at the same version, else the change it
+/// missed (the record, or its removal). Later events pass unchanged.
+fn resumed(held: Held, id: String) -> impl FnMut(Result<WatchEvent>) -> Option<Result<WatchEvent>> {
+    let mut held = Some(held);
+    move |item| match (held.take(), item) {
+        (Some(held), Ok(WatchEvent::Resync(mut records))) => {
+            let current = records.pop();
+            if held.is(current.as_ref()) {
+                None
+            } else {
+                Some(Ok(match current {
+                    Some(record) => WatchEvent::Upsert(record),
+                    None => WatchEvent::Removed { id: id.clone() },
+                }))
+            }
+        }
+        // A problem before the snapshot: the snapshot still to come is the one to judge.
+        (Some(held_now), Err(error)) => {
+            held = Some(held_now);
+            Some(Err(error))
+        }
+        (_, item) => Some(item),
+    }
+}
+
+/// Events of the all-ids stream: ids are `<id>:<created_at millis>-<version>` (`<id>:0` for
+/// a removal), so clients can drop repeats without taking a new incarnation for one.
 fn multi_event(item: Result<WatchEvent>) -> Event {
     match item {
         Ok(WatchEvent::Upsert(record)) => {
-            json_event("upsert", &record).id(format!("{}:{}", record.id, record.version))
+            let id = format!("{}:{}", record.id, incarnation_id(&record));
+            json_event("upsert", &record).id(id)
         }
         Ok(WatchEvent::Removed { id }) => {
             json_event("removed", &json!({ "id": id })).id(format!("{id}:0"))
@@ -104,31 +190,33 @@ fn sse_response(config: &AppState, events: impl Stream<Item = Event> + Send + 's
 
 pub(super) async fn one(
     State(config): State<AppState>,
+    Params(NoParams {}): Params<NoParams>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = checked_id(path)?;
-    // A version the client holds lets the store send only what it missed; anything else
-    // (no header, or one not made by this route) starts over with a snapshot.
-    let options = match last_event_id(&headers).and_then(|text| text.parse::<u64>().ok()) {
-        Some(0) => WatchOptions {
-            snapshot: false,
-            resume: Some(HashMap::new()),
-        },
-        Some(version) => WatchOptions {
-            snapshot: false,
-            resume: Some(HashMap::from([(id.clone(), version)])),
-        },
-        None => WatchOptions {
-            snapshot: true,
-            resume: None,
-        },
+    // Every stream starts from a snapshot taken with the watch, so nothing falls between
+    // them; a client that says what it holds gets only the difference.
+    let held = last_event_id(&headers).and_then(Held::parse);
+    let options = WatchOptions {
+        snapshot: true,
+        resume: None,
     };
     let stream = config
         .store
-        .watch(WatchSelector::ids([id]), options)
+        .watch(WatchSelector::ids([id.clone()]), options)
         .await?;
-    Ok(sse_response(&config, stream.map(single_event)))
+    let events = match held {
+        Some(held) => stream
+            .filter_map({
+                let mut judge = resumed(held, id);
+                move |item| std::future::ready(judge(item))
+            })
+            .map(single_event)
+            .left_stream(),
+        None => stream.map(single_event).right_stream(),
+    };
+    Ok(sse_response(&config, events))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,9 +227,8 @@ pub(super) struct EventsQuery {
 
 pub(super) async fn all(
     State(config): State<AppState>,
-    params: Result<Query<EventsQuery>, QueryRejection>,
+    Params(params): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let params = query(params)?;
     let selector = match params.prefix.filter(|prefix| !prefix.is_empty()) {
         Some(prefix) => WatchSelector::Prefix(prefix),
         None => WatchSelector::All,

@@ -28,8 +28,13 @@
 //! | `POST /admin/recover` | recovers every stale running job ([`crate::recover_stale`]) |
 //!
 //! Errors are JSON: `{"error": "<message>", "id": "<id>"}` (the id when there is one).
-//! Not found is 404, a refused id or argument 400 (unknown query parameters too), a version
-//! conflict 409, anything else 500. A listing returns the records it could read and counts
+//! Not found is 404; a refused id or argument 400, and so is any query parameter a route
+//! does not take (every route checks); a version conflict, a job not in a state that allows
+//! the operation, a lost or cancelled job and a version at its maximum 409; a status that
+//! cannot be used 422; a record over the size limit 413; a lock not released in time 503.
+//! Anything else is a 500 that says only `internal error (error id <error_id>)` and carries
+//! `error_id`: the detail (file paths, SQL) is logged with `tracing` under the same
+//! `error_id`, never sent. A listing returns the records it could read and counts
 //! the others in the `x-syncstatus-unreadable` header. Only the admin routes are guarded:
 //! put the others behind your own authentication layer if statuses are not for everyone.
 //!
@@ -43,14 +48,21 @@
 //! (data: `{"error": ...}`) reports a problem of the store; a `resync` follows once it is gone.
 //! Comments are sent as keep-alives.
 //!
-//! On `/syncs/{id}/events` the event id is the record's version (`0` once it is removed or
-//! while it does not exist), so a reconnecting `EventSource` sends `Last-Event-ID: 7` and gets
-//! exactly what it missed: nothing if the record is still at version 7, else the record or its
-//! removal. Without the header the stream starts with a `resync` of the record.
+//! On `/syncs/{id}/events` the event id names what the client then holds: `<created_at
+//! millis>-<version>` of the record (`0` once it is removed or while it does not exist). The
+//! version alone is not enough: a record deleted and written again up to the same version is
+//! another record. A reconnecting `EventSource` sends `Last-Event-ID` and gets exactly what
+//! it missed: nothing if it holds the current record at its version, else the record (a new
+//! incarnation too) or its removal. Without the header, or with one this route did not
+//! make, the stream starts with a `resync` of the record.
 //!
-//! On `/events` the event id is `<id>:<version>` so clients can drop repeats, but one id cannot
-//! say what a client holds of every record: that stream always starts with a `resync`, also on
-//! reconnection, which is what a reconnecting client needs.
+//! On `/events` the event id is `<id>:<created_at millis>-<version>` (`<id>:0` for a removal)
+//! so clients can drop repeats, but one id cannot say what a client holds of every record:
+//! that stream always starts with a `resync`, also on reconnection, which is what a
+//! reconnecting client needs.
+//!
+//! A `problem` event says only `the store reported a problem (error id <error_id>)`; the
+//! detail is logged under that id.
 //!
 //! # Admin routes
 //!
@@ -62,6 +74,7 @@ mod admin;
 mod error;
 mod events;
 mod page;
+mod params;
 mod reads;
 
 use std::sync::Arc;

@@ -3,10 +3,16 @@
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 
+use super::error::ApiError;
+use super::params::{NoParams, Params};
+
 const STATUS_PAGE: &str = include_str!("status.html");
 
-pub(super) async fn status_page() -> impl IntoResponse {
-    (
+pub(super) async fn status_page(
+    params: Result<Params<NoParams>, ApiError>,
+) -> Result<impl IntoResponse, ApiError> {
+    params?;
+    Ok((
         [
             (header::CACHE_CONTROL, "no-cache"),
             (
@@ -15,5 +21,5 @@ pub(super) async fn status_page() -> impl IntoResponse {
             ),
         ],
         Html(STATUS_PAGE),
-    )
+    ))
 }

@@ -1,14 +1,15 @@
 //! `GET /syncs` and `GET /syncs/{id}`.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::params::{NoParams, Params};
 use crate::error::Error;
 use crate::id::validate_id;
 use crate::record::Record;
@@ -24,13 +25,6 @@ pub(super) fn checked_id(path: Result<Path<String>, PathRejection>) -> Result<St
     Ok(id)
 }
 
-/// A query string, with a refusal as a JSON 400.
-pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query
-        .map(|Query(value)| value)
-        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
@@ -40,9 +34,8 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(config): State<AppState>,
-    params: Result<Query<ListQuery>, QueryRejection>,
+    Params(params): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let params = query(params)?;
     let filter = ListFilter {
         state: params.state.filter(|state| !state.is_empty()),
         prefix: params.prefix.filter(|prefix| !prefix.is_empty()),
@@ -65,6 +58,7 @@ pub(super) async fn list(
 
 pub(super) async fn get_one(
     State(config): State<AppState>,
+    Params(NoParams {}): Params<NoParams>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Record>, ApiError> {
     let id = checked_id(path)?;

@@ -53,6 +53,7 @@ use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
     SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, update_optimistically,
 };
+use crate::store_url::redact;
 use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
 
@@ -131,7 +132,7 @@ fn duration_millis(duration: Duration) -> i64 {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresStorageBuilder {
     url: String,
     table: Option<String>,
@@ -139,6 +140,19 @@ pub struct PostgresStorageBuilder {
     ttl: TtlPolicy,
     clock: SharedClock,
     pool_size: usize,
+}
+
+impl std::fmt::Debug for PostgresStorageBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorageBuilder")
+            .field("url", &redact(&self.url))
+            .field("table", &self.table)
+            .field("schema", &self.schema)
+            .field("ttl", &self.ttl)
+            .field("clock", &self.clock)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 impl PostgresStorageBuilder {
@@ -184,7 +198,7 @@ impl PostgresStorageBuilder {
         if self.pool_size == 0 {
             return Err(Error::Config("the pool size must not be zero".into()));
         }
-        let (url, url_table, url_schema) = split_store_params(&self.url)?;
+        let (url, url_table, url_schema) = crate::store_url::postgres_parts(&self.url)?;
         let table = self
             .table
             .or(url_table)
@@ -220,6 +234,7 @@ impl PostgresStorageBuilder {
             .build()
             .map_err(|error| Error::Config(format!("cannot build the connection pool: {error}")))?;
 
+        let target = describe_server(&pg_config);
         let statements = Statements::new(&schema, &table);
         let channel = {
             let name = format!("syncstatus:{schema}.{table}");
@@ -232,6 +247,7 @@ impl PostgresStorageBuilder {
         let store = PostgresStorage {
             inner: Arc::new(Inner {
                 pool,
+                target,
                 listener_config: {
                     let mut config = pg_config;
                     config.application_name(sql::cut(
@@ -256,28 +272,74 @@ impl PostgresStorageBuilder {
     }
 }
 
-/// Takes `table=` and `schema=` out of the query of a URL (the driver refuses parameters it
-/// does not know). Key-value connection strings are passed through untouched.
-fn split_store_params(url: &str) -> Result<(String, Option<String>, Option<String>)> {
-    let Some((base, query)) = url.split_once('?').filter(|_| url.contains("://")) else {
-        return Ok((url.to_string(), None, None));
-    };
-    let mut table = None;
-    let mut schema = None;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        match pair.split_once('=') {
-            Some(("table", value)) => table = Some(value.to_string()),
-            Some(("schema", value)) => schema = Some(value.to_string()),
-            _ => rest.push(pair),
-        }
-    }
-    let url = if rest.is_empty() {
-        base.to_string()
+/// The server a configuration connects to, for messages: hosts, ports, database and user,
+/// never the password.
+fn describe_server(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = config
+                .get_ports()
+                .get(index)
+                .or_else(|| config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{name}:{port}")
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "the default host".to_string()
     } else {
-        format!("{base}?{}", rest.join("&"))
+        hosts.join(",")
     };
-    Ok((url, table, schema))
+    let mut text = format!("PostgreSQL at {hosts}");
+    if let Some(db) = config.get_dbname() {
+        text.push_str(&format!("/{db}"));
+    }
+    if let Some(user) = config.get_user() {
+        text.push_str(&format!(" as {user}"));
+    }
+    text
+}
+
+/// A failure to get a pooled connection, saying what failed instead of the pool's "Error
+/// occurred while creating a new object".
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot connect to {target}: {source}")]
+    Refused {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("timed out after {waited:?} connecting to {target}")]
+    ConnectTimeout { target: String, waited: Duration },
+    #[error("no pooled connection to {target} became free within {waited:?} (all are in use)")]
+    PoolBusy { target: String, waited: Duration },
+}
+
+fn pool_error(target: &str, error: deadpool_postgres::PoolError) -> Error {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    let target = target.to_string();
+    match error {
+        PoolError::Backend(source) => backend_error(ConnectError::Refused { target, source }),
+        PoolError::Timeout(TimeoutType::Create) => backend_error(ConnectError::ConnectTimeout {
+            target,
+            waited: CONNECT_TIMEOUT,
+        }),
+        PoolError::Timeout(TimeoutType::Wait) => backend_error(ConnectError::PoolBusy {
+            target,
+            waited: POOL_WAIT,
+        }),
+        other => backend_error(other),
+    }
 }
 
 /// Keeps records in a PostgreSQL table; safe across tasks, processes and machines.
@@ -291,6 +353,8 @@ pub struct PostgresStorage {
 #[derive(Debug)]
 struct Inner {
     pool: Pool,
+    /// The server as errors name it: `PostgreSQL at host:port/db as user`, no password.
+    target: String,
     /// The pool's settings with the listener's `application_name`.
     listener_config: tokio_postgres::Config,
     schema: String,
@@ -341,7 +405,11 @@ impl PostgresStorage {
     }
 
     async fn client(&self) -> Result<Object> {
-        self.inner.pool.get().await.map_err(backend_error)
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|error| pool_error(&self.inner.target, error))
     }
 
     async fn migrate(&self) -> Result<()> {

@@ -41,6 +41,7 @@ use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
     SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, update_optimistically,
 };
+use crate::store_url::redact;
 use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
 
@@ -138,10 +139,11 @@ impl RedisStorageBuilder {
         self
     }
 
-    /// Connects. Fails with [`Error::Config`] for a bad URL or prefix and with
+    /// Connects. Fails with [`Error::Config`] for a bad URL (an unknown or repeated parameter
+    /// too) or prefix and with
     /// [`Error::Backend`] when the server cannot be reached.
     pub async fn build(self) -> Result<RedisStorage> {
-        let (url, url_prefix) = split_prefix(&self.url)?;
+        let (url, url_prefix) = crate::store_url::redis_parts(&self.url)?;
         let prefix = self
             .prefix
             .or(url_prefix)
@@ -185,74 +187,6 @@ impl RedisStorageBuilder {
                 hub: SharedHub::default(),
             }),
         })
-    }
-}
-
-/// Takes the `prefix` query parameter out of a store URL, leaving the rest for the Redis
-/// client.
-fn split_prefix(url: &str) -> Result<(String, Option<String>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None));
-    };
-    let mut prefix = None;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        match pair.split_once('=') {
-            Some(("prefix", value)) => prefix = Some(percent_decode(value)?),
-            _ => rest.push(pair),
-        }
-    }
-    let url = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    Ok((url, prefix))
-}
-
-fn percent_decode(text: &str) -> Result<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|hex| std::str::from_utf8(hex).ok())
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                    .ok_or_else(|| {
-                        Error::Config(format!("bad percent escape in redis key prefix `{text}`"))
-                    })?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::Config(format!("redis key prefix `{text}` is not UTF-8")))
-}
-
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***{}", &rest[at..])
-        }
-        None => url.to_string(),
     }
 }
 
@@ -687,35 +621,6 @@ impl RedisStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_comes_out_of_the_url() {
-        let (url, prefix) = split_prefix("redis://127.0.0.1:6379/0?prefix=app%3Ajobs:").unwrap();
-        assert_eq!(url, "redis://127.0.0.1:6379/0");
-        assert_eq!(prefix.as_deref(), Some("app:jobs:"));
-        let (url, prefix) =
-            split_prefix("redis://127.0.0.1/1?protocol=resp3&prefix=x:&foo=bar").unwrap();
-        assert_eq!(url, "redis://127.0.0.1/1?protocol=resp3&foo=bar");
-        assert_eq!(prefix.as_deref(), Some("x:"));
-        assert_eq!(
-            split_prefix("redis://h/0").unwrap(),
-            ("redis://h/0".to_string(), None)
-        );
-        assert!(matches!(
-            split_prefix("redis://h/0?prefix=%zz"),
-            Err(Error::Config(_))
-        ));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact("redis://:secret@host/0"), "redis://:***@host/0");
-        assert_eq!(redact("redis://host:6379/0"), "redis://host:6379/0");
-    }
 
     #[test]
     fn watch_connection_names_are_valid() {

@@ -1,0 +1,443 @@
+//! Store URLs, parsed in one place for [`crate::open`], the CLI and the backends, and printed
+//! without their passwords.
+//!
+//! The forms: `file:DIR`, `file:///abs/dir`, a bare path (`./data/sync-status`, `/var/lib/x`,
+//! `data`), `memory:`, `redis://…`/`rediss://…` and `postgres://…`/`postgresql://…`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::file::FileStorage;
+use crate::memory::MemoryStorage;
+use crate::storage::DynSyncStorage;
+
+/// What replaces a password wherever a URL is printed.
+const REDACTED: &str = "***";
+
+/// The query parameters the Redis backend understands: its own `prefix`, and the client's
+/// `protocol` (`resp2`/`resp3`). The client ignores every other one, so a typo (`prefx=`)
+/// would silently choose another key space: unknown ones are refused instead.
+const REDIS_PARAMS: &[&str] = &["prefix", "protocol"];
+
+/// The query parameters of a PostgreSQL URL: the backend's own `table` and `schema`, and
+/// those tokio-postgres takes. The driver refuses others with a bare "invalid connection
+/// string"; refused here, the message names the parameter.
+const POSTGRES_PARAMS: &[&str] = &[
+    "table",
+    "schema",
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// A parsed store URL. Its `Display` and `Debug` never show a password.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreUrl {
+    /// A directory of the file store.
+    File(PathBuf),
+    /// A new, empty memory store.
+    Memory,
+    /// A Redis server (`redis://` or `rediss://`).
+    Redis(Url),
+    /// A PostgreSQL server (`postgres://` or `postgresql://`).
+    Postgres(Url),
+}
+
+impl StoreUrl {
+    /// Parses a store URL or a bare directory path. A text is a URL when it starts with a
+    /// scheme of two or more characters and a colon before any `/` (so `C:\dir` and
+    /// `./a:b` are paths); anything else is a path of the file store.
+    pub fn parse(text: &str) -> Result<Self> {
+        let shown = redact(text);
+        if text.trim().is_empty() {
+            return Err(Error::Config("the store URL is empty".into()));
+        }
+        let Some((scheme, rest)) = split_scheme(text) else {
+            return Ok(StoreUrl::File(PathBuf::from(text)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() {
+                    return Err(Error::Config(format!(
+                        "store URL `{shown}` names no directory"
+                    )));
+                }
+                Ok(StoreUrl::File(PathBuf::from(path)))
+            }
+            "memory" => {
+                if !matches!(rest, "" | "//") {
+                    return Err(Error::Config(format!(
+                        "store URL `{shown}`: memory: takes no path or parameters"
+                    )));
+                }
+                Ok(StoreUrl::Memory)
+            }
+            "redis" | "rediss" => {
+                let url = parse_url(text, "Redis")?;
+                query_params(&url, Some(REDIS_PARAMS))?;
+                Ok(StoreUrl::Redis(url))
+            }
+            "postgres" | "postgresql" => {
+                let url = parse_url(text, "PostgreSQL")?;
+                query_params(&url, Some(POSTGRES_PARAMS))?;
+                Ok(StoreUrl::Postgres(url))
+            }
+            other => Err(Error::Config(format!(
+                "unknown store scheme `{other}:` in `{shown}` (expected a directory, file:DIR, memory:, redis:// or postgres://)"
+            ))),
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl StoreUrl {
+    /// Opens the store, creating a file store's directory if it is missing.
+    pub async fn open(&self) -> Result<DynSyncStorage> {
+        self.open_with(true).await
+    }
+
+    /// Opens the store, but fails with [`Error::Io`] (`NotFound`) rather than create a file
+    /// store's directory: for tools that only read, where a mistyped path must not leave an
+    /// empty store behind. Other backends open as with [`open`](Self::open).
+    pub async fn open_existing(&self) -> Result<DynSyncStorage> {
+        self.open_with(false).await
+    }
+
+    async fn open_with(&self, create_dir: bool) -> Result<DynSyncStorage> {
+        match self {
+            StoreUrl::File(dir) => {
+                let dir = dir.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    FileStorage::builder(dir)
+                        .with_create_dir(create_dir)
+                        .build()
+                })
+                .await
+                .map_err(|e| Error::backend("file", e))??;
+                Ok(Arc::new(store))
+            }
+            StoreUrl::Memory => Ok(Arc::new(MemoryStorage::new())),
+            #[cfg(feature = "redis")]
+            StoreUrl::Redis(url) => Ok(Arc::new(
+                crate::redis::RedisStorage::open(url.as_str()).await?,
+            )),
+            #[cfg(feature = "postgres")]
+            StoreUrl::Postgres(url) => Ok(Arc::new(
+                crate::postgres::PostgresStorage::open(url.as_str()).await?,
+            )),
+            #[cfg(not(feature = "redis"))]
+            StoreUrl::Redis(_) => Err(Error::Config(format!(
+                "store URL `{self}` needs syncstatus built with the `redis` feature"
+            ))),
+            #[cfg(not(feature = "postgres"))]
+            StoreUrl::Postgres(_) => Err(Error::Config(format!(
+                "store URL `{self}` needs syncstatus built with the `postgres` feature"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::File(path) => write!(f, "file:{}", path.display()),
+            StoreUrl::Memory => f.write_str("memory:"),
+            StoreUrl::Redis(url) | StoreUrl::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        StoreUrl::parse(text)
+    }
+}
+
+/// `text` with the password of any URL in it replaced by `***`, for messages and logs. Text
+/// that does not parse as a URL still loses what sits between `user:` and `@`.
+pub fn redact(text: &str) -> String {
+    if let Ok(url) = Url::parse(text)
+        && url.has_authority()
+    {
+        return redact_url(&url);
+    }
+    // Not a URL the parser takes (a bad port, say), but it may still hold a password.
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{REDACTED}{}", &rest[at..]),
+            None => text.to_string(),
+        },
+        None => text.to_string(),
+    }
+}
+
+fn redact_url(url: &Url) -> String {
+    if url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Only URLs that cannot have a password refuse one, and this one has one.
+    let _ = shown.set_password(Some(REDACTED));
+    shown.to_string()
+}
+
+/// The scheme and the rest, when `text` starts with one (see [`StoreUrl::parse`]).
+fn split_scheme(text: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = text.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    let valid = first.is_ascii_alphabetic()
+        && scheme.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some((scheme, rest))
+}
+
+fn parse_url(text: &str, what: &str) -> Result<Url> {
+    Url::parse(text)
+        .map_err(|error| Error::Config(format!("invalid {what} URL `{}`: {error}", redact(text))))
+}
+
+/// The decoded query parameters of `url`. Refuses a parameter given twice (which one would
+/// win is a guess) and, when `allowed` is given, any parameter not in it.
+pub(crate) fn query_params(
+    url: &Url,
+    allowed: Option<&[&str]>,
+) -> Result<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    for (key, value) in url.query_pairs() {
+        if let Some(allowed) = allowed
+            && !allowed.contains(&key.as_ref())
+        {
+            return Err(Error::Config(format!(
+                "unknown parameter `{key}` in store URL `{}` (expected one of: {})",
+                redact_url(url),
+                allowed.join(", ")
+            )));
+        }
+        if params.insert(key.to_string(), value.into_owned()).is_some() {
+            return Err(Error::Config(format!(
+                "parameter `{key}` is given twice in store URL `{}`",
+                redact_url(url)
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// `url` without the parameters in `take`, and the values taken out. The rest is left for
+/// the backend's own client, which would refuse (PostgreSQL) or ignore (Redis) ours.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn take_params(
+    text: &str,
+    what: &str,
+    allowed: Option<&[&str]>,
+    take: &[&str],
+) -> Result<(String, BTreeMap<String, String>)> {
+    let mut url = parse_url(text, what)?;
+    let params = query_params(&url, allowed)?;
+    let (taken, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = params
+        .into_iter()
+        .partition(|(key, _)| take.contains(&key.as_str()));
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((url.to_string(), taken))
+}
+
+/// A Redis URL without `prefix=`, and the prefix it named.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_parts(text: &str) -> Result<(String, Option<String>)> {
+    let (url, mut taken) = take_params(text, "Redis", Some(REDIS_PARAMS), &["prefix"])?;
+    Ok((url, taken.remove("prefix")))
+}
+
+/// A PostgreSQL URL without `table=` and `schema=`, and what they named. Key-value
+/// connection strings (`host=… user=…`) are passed through untouched.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_parts(text: &str) -> Result<(String, Option<String>, Option<String>)> {
+    if !text.contains("://") {
+        return Ok((text.to_string(), None, None));
+    }
+    let (url, mut taken) = take_params(
+        text,
+        "PostgreSQL",
+        Some(POSTGRES_PARAMS),
+        &["table", "schema"],
+    )?;
+    Ok((url, taken.remove("table"), taken.remove("schema")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(text: &str) -> String {
+        match StoreUrl::parse(text) {
+            Err(Error::Config(message)) => message,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bare_paths_and_file_urls_name_a_directory() {
+        for (text, dir) in [
+            ("./data/sync-status", "./data/sync-status"),
+            ("data", "data"),
+            ("/var/lib/jobs", "/var/lib/jobs"),
+            ("./a:b", "./a:b"),
+            ("C:\\jobs", "C:\\jobs"),
+            ("file:./data", "./data"),
+            ("file:/abs", "/abs"),
+            ("file:///abs", "/abs"),
+            ("FILE:rel", "rel"),
+        ] {
+            assert_eq!(
+                StoreUrl::parse(text).unwrap(),
+                StoreUrl::File(PathBuf::from(dir)),
+                "{text}"
+            );
+        }
+        assert_eq!(StoreUrl::parse("memory:").unwrap(), StoreUrl::Memory);
+        config_error("file:");
+        config_error("");
+        config_error("memory:x");
+        assert!(config_error("nonsense:x").contains("nonsense"));
+    }
+
+    #[test]
+    fn redis_parameters_are_checked() {
+        assert!(matches!(
+            StoreUrl::parse("redis://127.0.0.1:6379/0?prefix=a:&protocol=resp3"),
+            Ok(StoreUrl::Redis(_))
+        ));
+        let message = config_error("redis://127.0.0.1/0?prefx=a:");
+        assert!(message.contains("prefx"), "{message}");
+        let message = config_error("redis://127.0.0.1/0?prefix=a&prefix=b");
+        assert!(message.contains("twice"), "{message}");
+    }
+
+    #[test]
+    fn postgres_parameters_given_twice_are_refused() {
+        let message = config_error("postgres://u:pw@h/db?table=a&table=b");
+        assert!(message.contains("`table` is given twice"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+        assert!(matches!(
+            StoreUrl::parse("postgresql://h/db?sslmode=disable&table=t"),
+            Ok(StoreUrl::Postgres(_))
+        ));
+        let message = config_error("postgres://h/db?tabel=t");
+        assert!(message.contains("unknown parameter `tabel`"), "{message}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_prefix_comes_out_of_a_redis_url() {
+        let (url, prefix) = redis_parts("redis://127.0.0.1:6379/0?prefix=app%3Ajobs:").unwrap();
+        assert_eq!(url, "redis://127.0.0.1:6379/0");
+        assert_eq!(prefix.as_deref(), Some("app:jobs:"));
+        let (url, prefix) = redis_parts("redis://127.0.0.1/1?protocol=resp3&prefix=x:").unwrap();
+        assert_eq!(url, "redis://127.0.0.1/1?protocol=resp3");
+        assert_eq!(prefix.as_deref(), Some("x:"));
+        assert_eq!(
+            redis_parts("redis://h/0").unwrap(),
+            ("redis://h/0".to_string(), None)
+        );
+        assert!(matches!(
+            redis_parts("redis://h/0?prefix=a&foo=bar"),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn table_and_schema_come_out_of_a_postgres_url() {
+        let (url, table, schema) =
+            postgres_parts("postgres://u@h:5432/db?table=t&sslmode=disable&schema=s").unwrap();
+        assert_eq!(url, "postgres://u@h:5432/db?sslmode=disable");
+        assert_eq!(table.as_deref(), Some("t"));
+        assert_eq!(schema.as_deref(), Some("s"));
+        let (url, table, _) = postgres_parts("host=h user=u").unwrap();
+        assert_eq!((url.as_str(), table), ("host=h user=u", None));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_builders_do_not_show_the_password() {
+        let builder = crate::postgres::PostgresStorage::builder("postgres://u:SECRET@h/db");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("u:***@h"),
+            "{shown}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_builders_do_not_show_the_password() {
+        let builder = crate::redis::RedisStorage::builder("redis://u:SECRET@h:6379/0");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("u:***@h"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://:secret@host/0"), "redis://:***@host/0");
+        assert_eq!(redact("redis://host:6379/0"), "redis://host:6379/0");
+        assert_eq!(
+            redact("postgres://u:SECRET@127.0.0.1:99999/db"),
+            "postgres://u:***@127.0.0.1:99999/db"
+        );
+        let url = StoreUrl::parse("postgres://u:SECRET@127.0.0.1:1/db").unwrap();
+        assert!(!url.to_string().contains("SECRET"));
+        assert!(!format!("{url:?}").contains("SECRET"));
+        assert_eq!(redact("./data/x"), "./data/x");
+    }
+}

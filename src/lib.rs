@@ -51,6 +51,8 @@ mod memory;
 mod record;
 mod status;
 mod storage;
+#[cfg(any(feature = "redis-tls", feature = "postgres-tls"))]
+mod tls;
 mod ttl;
 mod typed;
 mod watch;

@@ -33,6 +33,7 @@
 //!   guard; the server releases it if the holder dies, so the lease is not needed.
 
 mod sql;
+mod tls;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -41,9 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
 use crate::error::{Error, Result};
@@ -185,6 +185,8 @@ impl PostgresStorageBuilder {
             return Err(Error::Config("the pool size must not be zero".into()));
         }
         let (url, url_table, url_schema) = split_store_params(&self.url)?;
+        let (url, tls_settings) = tls::take_tls_params(&url)?;
+        let connector = tls_settings.connector()?;
         let table = self
             .table
             .or(url_table)
@@ -205,9 +207,11 @@ impl PostgresStorageBuilder {
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let manager = Manager::from_config(
+        pg_config.ssl_mode(tls_settings.driver_mode());
+        #[cfg(feature = "postgres-tls")]
+        let server = server_of(&pg_config);
+        let manager = connector.manager(
             pg_config.clone(),
-            NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -240,6 +244,7 @@ impl PostgresStorageBuilder {
                     ));
                     config
                 },
+                connector,
                 location: format!("{schema}.{table}"),
                 channel,
                 migration: statements.migration(&table),
@@ -251,9 +256,28 @@ impl PostgresStorageBuilder {
                 hub: SharedHub::default(),
             }),
         };
-        store.migrate().await?;
+        let migrated = store.migrate().await;
+        #[cfg(feature = "postgres-tls")]
+        let migrated = migrated.map_err(|error| crate::tls::clarify(error, &server));
+        migrated?;
         Ok(store)
     }
+}
+
+/// The hosts and ports of a configuration, for messages (never the password).
+#[cfg(feature = "postgres-tls")]
+fn server_of(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!("PostgreSQL at {}", hosts.join(","))
 }
 
 /// Takes `table=` and `schema=` out of the query of a URL (the driver refuses parameters it
@@ -293,6 +317,8 @@ struct Inner {
     pool: Pool,
     /// The pool's settings with the listener's `application_name`.
     listener_config: tokio_postgres::Config,
+    /// How the listener connects (TLS or not, as the pool does).
+    connector: tls::Connector,
     schema: String,
     table: String,
     /// `<schema>.<table>`, named in [`Error::Corrupt`].

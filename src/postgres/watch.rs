@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::{PostgresStorage, backend_error};
 use crate::error::{Error, Result};
@@ -112,10 +112,14 @@ impl Listener {
     async fn connect(store: &PostgresStorage, signals: &Arc<Signals>) -> Result<Listener> {
         let mut config = store.inner.listener_config.clone();
         config.keepalives_idle(KEEPALIVE_IDLE);
-        let (client, mut connection) = config.connect(NoTls).await.map_err(backend_error)?;
+        let (client, mut messages) = store
+            .inner
+            .connector
+            .connect(&config)
+            .await
+            .map_err(backend_error)?;
         let driver_signals = Arc::downgrade(signals);
         let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             let end = loop {
                 let Some(signals) = driver_signals.upgrade() else {
                     return;

@@ -64,6 +64,9 @@ const STORE: &str = "postgres";
 pub const DEFAULT_TABLE: &str = "syncstatus";
 /// The schema used when none is named.
 pub const DEFAULT_SCHEMA: &str = "public";
+/// How long a watcher's registration lasts unless renewed.
+pub const DEFAULT_WATCH_LEASE: Duration = Duration::from_secs(30);
+
 /// The default number of pooled connections.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -139,6 +142,7 @@ pub struct PostgresStorageBuilder {
     ttl: TtlPolicy,
     clock: SharedClock,
     pool_size: usize,
+    watch_lease: Duration,
 }
 
 impl PostgresStorageBuilder {
@@ -179,10 +183,26 @@ impl PostgresStorageBuilder {
         self
     }
 
+    /// How long a watcher's registration lasts unless renewed (default:
+    /// [`DEFAULT_WATCH_LEASE`]; renewed every third of it). Writes send a notification only
+    /// while some registration runs, so a watcher whose process was killed stops costing
+    /// writers a NOTIFY after this long. A watcher that could not renew in time (a frozen
+    /// process) resyncs when it can.
+    pub fn with_watch_lease(mut self, lease: Duration) -> Self {
+        self.watch_lease = lease;
+        self
+    }
+
     /// Checks the settings, connects, and creates the table if it does not exist.
     pub async fn build(self) -> Result<PostgresStorage> {
         if self.pool_size == 0 {
             return Err(Error::Config("the pool size must not be zero".into()));
+        }
+        if self.watch_lease < Duration::from_millis(300) {
+            return Err(Error::Config(format!(
+                "the watch lease must be at least 300ms, not {:?}",
+                self.watch_lease
+            )));
         }
         let (url, url_table, url_schema) = split_store_params(&self.url)?;
         let (url, tls_settings) = tls::take_tls_params(&url)?;
@@ -252,6 +272,7 @@ impl PostgresStorageBuilder {
                 schema,
                 table,
                 ttl: self.ttl,
+                watch_lease: self.watch_lease,
                 clock: self.clock,
                 hub: SharedHub::default(),
             }),
@@ -329,6 +350,7 @@ struct Inner {
     ttl: TtlPolicy,
     clock: SharedClock,
     hub: SharedHub,
+    watch_lease: Duration,
 }
 
 impl PostgresStorage {
@@ -347,6 +369,7 @@ impl PostgresStorage {
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),
             pool_size: DEFAULT_POOL_SIZE,
+            watch_lease: DEFAULT_WATCH_LEASE,
         }
     }
 

@@ -816,3 +816,54 @@ async fn a_watcher_whose_lease_ran_out_resyncs_and_misses_no_write() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_the_applications_own_pool_reads_writes_and_watches() {
+    let Some((_admin, schema, _clock)) = setup("own_pool").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = server_url().parse().unwrap();
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(4)
+        .build()
+        .unwrap();
+    let store = PostgresStorage::builder_from_pool(pool.clone(), config)
+        .with_table("jobs")
+        .with_schema(&schema.0)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut stream = store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    // Written through another store, so the change reaches the watch only over LISTEN.
+    let other = store_in(&schema.0, &ManualClock::starting_now()).await;
+    let written = other
+        .put("job", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.get("job").await.unwrap(), Some(written));
+    loop {
+        let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+            .await
+            .expect("no watch event")
+            .expect("the watch ended")
+            .unwrap();
+        if let WatchEvent::Upsert(record) = event
+            && record.id == "job"
+        {
+            break;
+        }
+    }
+    // The application's pool is the store's: it serves the store's queries.
+    assert!(pool.status().size >= 1);
+}

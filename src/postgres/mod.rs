@@ -118,6 +118,19 @@ fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Where a store's connections come from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// A URL, with the store's own parameters (`table`, `schema`, `sslmode`, ...).
+    Url(String),
+    /// The application's pool, and the settings of the one connection the store opens
+    /// itself: the watch's `LISTEN` (pooled connections cannot receive notifications).
+    Pool {
+        pool: Pool,
+        listener: tokio_postgres::Config,
+    },
+}
+
 /// Builds a [`PostgresStorage`].
 ///
 /// ```no_run
@@ -136,7 +149,7 @@ fn duration_millis(duration: Duration) -> i64 {
 /// ```
 #[derive(Clone, Debug)]
 pub struct PostgresStorageBuilder {
-    url: String,
+    source: Source,
     table: Option<String>,
     schema: Option<String>,
     ttl: TtlPolicy,
@@ -204,9 +217,18 @@ impl PostgresStorageBuilder {
                 self.watch_lease
             )));
         }
-        let (url, url_table, url_schema) = split_store_params(&self.url)?;
-        let (url, tls_settings) = tls::take_tls_params(&url)?;
-        let connector = tls_settings.connector()?;
+        let (pool, pg_config, connector, url_table, url_schema) = match self.source {
+            Source::Url(url) => {
+                let (url, url_table, url_schema) = split_store_params(&url)?;
+                let (pool, pg_config, connector) = pool_for_url(&url, self.pool_size)?;
+                (pool, pg_config, connector, url_table, url_schema)
+            }
+            Source::Pool { pool, listener } => {
+                let connector =
+                    tls::TlsSettings::for_driver_mode(listener.get_ssl_mode()).connector()?;
+                (pool, listener, connector, None, None)
+            }
+        };
         let table = self
             .table
             .or(url_table)
@@ -217,32 +239,8 @@ impl PostgresStorageBuilder {
             .or(url_schema)
             .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
         validate_identifier("schema", &schema, MAX_IDENTIFIER_LEN)?;
-
-        // The URL may hold a password: errors name the problem, never the URL.
-        let mut pg_config = tokio_postgres::Config::from_str(&url)
-            .map_err(|error| Error::Config(format!("invalid PostgreSQL URL: {error}")))?;
-        if pg_config.get_application_name().is_none() {
-            pg_config.application_name("syncstatus");
-        }
-        if pg_config.get_connect_timeout().is_none() {
-            pg_config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        pg_config.ssl_mode(tls_settings.driver_mode());
         #[cfg(feature = "postgres-tls")]
         let server = server_of(&pg_config);
-        let manager = connector.manager(
-            pg_config.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(self.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|error| Error::Config(format!("cannot build the connection pool: {error}")))?;
 
         let statements = Statements::new(&schema, &table);
         let channel = {
@@ -283,6 +281,40 @@ impl PostgresStorageBuilder {
         migrated?;
         Ok(store)
     }
+}
+
+/// The pool, the connection settings (for the watch's own connection) and the connector of a
+/// URL whose store parameters were taken out.
+fn pool_for_url(
+    url: &str,
+    pool_size: usize,
+) -> Result<(Pool, tokio_postgres::Config, tls::Connector)> {
+    let (url, tls_settings) = tls::take_tls_params(url)?;
+    let connector = tls_settings.connector()?;
+    // The URL may hold a password: errors name the problem, never the URL.
+    let mut pg_config = tokio_postgres::Config::from_str(&url)
+        .map_err(|error| Error::Config(format!("invalid PostgreSQL URL: {error}")))?;
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("syncstatus");
+    }
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    pg_config.ssl_mode(tls_settings.driver_mode());
+    let manager = connector.manager(
+        pg_config.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|error| Error::Config(format!("cannot build the connection pool: {error}")))?;
+    Ok((pool, pg_config, connector))
 }
 
 /// The hosts and ports of a configuration, for messages (never the password).
@@ -363,7 +395,28 @@ impl PostgresStorage {
     /// A builder for a store on the server at `url`.
     pub fn builder(url: impl Into<String>) -> PostgresStorageBuilder {
         PostgresStorageBuilder {
-            url: url.into(),
+            source: Source::Url(url.into()),
+            table: None,
+            schema: None,
+            ttl: TtlPolicy::default(),
+            clock: Arc::new(SystemClock),
+            pool_size: DEFAULT_POOL_SIZE,
+            watch_lease: DEFAULT_WATCH_LEASE,
+        }
+    }
+
+    /// A builder for a store on the application's own pool. `listener` are the settings
+    /// of the one connection the store opens itself, for the watch's `LISTEN` (a pooled
+    /// connection cannot receive notifications); its `sslmode` is read as libpq reads it
+    /// without a root certificate file: `require` encrypts without checking the
+    /// certificate. The table and schema are the defaults unless the builder says
+    /// otherwise; [`with_pool_size`](PostgresStorageBuilder::with_pool_size) does not apply.
+    pub fn builder_from_pool(
+        pool: deadpool_postgres::Pool,
+        listener: tokio_postgres::Config,
+    ) -> PostgresStorageBuilder {
+        PostgresStorageBuilder {
+            source: Source::Pool { pool, listener },
             table: None,
             schema: None,
             ttl: TtlPolicy::default(),

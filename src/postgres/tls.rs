@@ -117,6 +117,19 @@ fn percent_decode(text: &str) -> Result<String> {
 }
 
 impl TlsSettings {
+    /// The settings the driver's own mode stands for, with the platform's roots.
+    pub(crate) fn for_driver_mode(mode: tokio_postgres::config::SslMode) -> Self {
+        let mode = match mode {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        };
+        TlsSettings {
+            mode,
+            root_cert: None,
+        }
+    }
+
     /// The mode the driver is given: it negotiates, we verify.
     pub(crate) fn driver_mode(&self) -> tokio_postgres::config::SslMode {
         match self.mode {

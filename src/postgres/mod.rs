@@ -127,7 +127,7 @@ enum Source {
     /// itself: the watch's `LISTEN` (pooled connections cannot receive notifications).
     Pool {
         pool: Pool,
-        listener: tokio_postgres::Config,
+        listener: Box<tokio_postgres::Config>,
     },
 }
 
@@ -226,7 +226,7 @@ impl PostgresStorageBuilder {
             Source::Pool { pool, listener } => {
                 let connector =
                     tls::TlsSettings::for_driver_mode(listener.get_ssl_mode()).connector()?;
-                (pool, listener, connector, None, None)
+                (pool, *listener, connector, None, None)
             }
         };
         let table = self
@@ -416,7 +416,10 @@ impl PostgresStorage {
         listener: tokio_postgres::Config,
     ) -> PostgresStorageBuilder {
         PostgresStorageBuilder {
-            source: Source::Pool { pool, listener },
+            source: Source::Pool {
+                pool,
+                listener: Box::new(listener),
+            },
             table: None,
             schema: None,
             ttl: TtlPolicy::default(),

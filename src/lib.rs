@@ -52,6 +52,8 @@ mod record;
 mod status;
 mod storage;
 pub mod store_url;
+#[cfg(any(feature = "redis-tls", feature = "postgres-tls"))]
+mod tls;
 mod ttl;
 mod typed;
 mod watch;

@@ -36,6 +36,9 @@ const POSTGRES_PARAMS: &[&str] = &[
     "options",
     "application_name",
     "sslmode",
+    // Read by the store itself (the driver knows no root certificate file): see
+    // `postgres::tls`.
+    "sslrootcert",
     "sslnegotiation",
     "host",
     "hostaddr",

@@ -707,3 +707,163 @@ async fn watch_starting_among_writers_misses_no_write() {
     .await;
     assert_eq!(state.len(), all.len());
 }
+
+/// Waits (with a deadline) until no registration of the store's watchers has a running
+/// lease, by the server's clock.
+async fn until_leases_ran_out(admin: &tokio_postgres::Client, schema: &str) {
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let running: i64 = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM \"{schema}\".\"jobs_listeners\"
+                    WHERE lease_until > (extract(epoch FROM now()) * 1000)::bigint"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leases still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_lease_ran_out_makes_writes_quiet() {
+    let Some((admin, schema, clock)) = setup("lease_quiet").await else {
+        return;
+    };
+    let store = store_in(&schema.0, &clock).await;
+    let channel = store.channel().to_string();
+    let (client, mut rx, _driver) = raw_listener(&channel).await;
+    // A watcher that was killed (or froze) after registering: a live session's row that is
+    // never renewed, with half a second of lease.
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".\"jobs_listeners\" (pid, since, lease_until)
+                VALUES (pg_backend_pid(), 0, (extract(epoch FROM now()) * 1000)::bigint + 500)",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    store.put("a", json!({}), PutMode::Overwrite).await.unwrap();
+    let heard = payloads_until(&client, &mut rx, &channel, "marker-1").await;
+    assert_eq!(heard, ["a:1"], "a running lease makes writes notify");
+
+    until_leases_ran_out(&admin, &schema.0).await;
+    store.put("b", json!({}), PutMode::Overwrite).await.unwrap();
+    let heard = payloads_until(&client, &mut rx, &channel, "marker-2").await;
+    assert!(heard.is_empty(), "notified for a dead watcher: {heard:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_whose_lease_ran_out_resyncs_and_misses_no_write() {
+    let Some((admin, schema, clock)) = setup("lease_resync").await else {
+        return;
+    };
+    let watched = PostgresStorage::builder(server_url())
+        .with_table("jobs")
+        .with_schema(&schema.0)
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()))
+        .with_watch_lease(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    // Writes from another store: they reach the watcher only through the server.
+    let writer = store_in(&schema.0, &clock).await;
+    let mut stream = watched
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    // As if the watcher's process had been frozen past its lease: writers stop notifying.
+    admin
+        .execute(
+            &format!(
+                "UPDATE \"{}\".\"jobs_listeners\" SET lease_until = 0",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    writer
+        .put("unheard", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    // The next renewal finds the lease gone and resyncs: the write arrives anyway.
+    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("the write made while the lease had run out never arrived")
+            .expect("the watch ended");
+        match event {
+            Ok(WatchEvent::Upsert(record)) if record.id == "unheard" => break,
+            Ok(WatchEvent::Resync(records)) if records.iter().any(|r| r.id == "unheard") => break,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_the_applications_own_pool_reads_writes_and_watches() {
+    let Some((_admin, schema, _clock)) = setup("own_pool").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = server_url().parse().unwrap();
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(4)
+        .build()
+        .unwrap();
+    let store = PostgresStorage::builder_from_pool(pool.clone(), config)
+        .with_table("jobs")
+        .with_schema(&schema.0)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut stream = store
+        .watch(WatchSelector::All, WatchOptions::default())
+        .await
+        .unwrap();
+    // Written through another store, so the change reaches the watch only over LISTEN.
+    let other = store_in(&schema.0, &ManualClock::starting_now()).await;
+    let written = other
+        .put("job", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.get("job").await.unwrap(), Some(written));
+    loop {
+        let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+            .await
+            .expect("no watch event")
+            .expect("the watch ended")
+            .unwrap();
+        if let WatchEvent::Upsert(record) = event
+            && record.id == "job"
+        {
+            break;
+        }
+    }
+    // The application's pool is the store's: it serves the store's queries.
+    assert!(pool.status().size >= 1);
+}

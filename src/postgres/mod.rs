@@ -33,6 +33,7 @@
 //!   guard; the server releases it if the holder dies, so the lease is not needed.
 
 mod sql;
+mod tls;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -41,9 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
 use crate::error::{Error, Result};
@@ -65,6 +65,9 @@ const STORE: &str = "postgres";
 pub const DEFAULT_TABLE: &str = "syncstatus";
 /// The schema used when none is named.
 pub const DEFAULT_SCHEMA: &str = "public";
+/// How long a watcher's registration lasts unless renewed.
+pub const DEFAULT_WATCH_LEASE: Duration = Duration::from_secs(30);
+
 /// The default number of pooled connections.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -116,6 +119,29 @@ fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Where a store's connections come from.
+#[derive(Clone)]
+enum Source {
+    /// A URL, with the store's own parameters (`table`, `schema`, `sslmode`, ...).
+    Url(String),
+    /// The application's pool, and the settings of the one connection the store opens
+    /// itself: the watch's `LISTEN` (pooled connections cannot receive notifications).
+    Pool {
+        pool: Pool,
+        listener: Box<tokio_postgres::Config>,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The URL may hold a password.
+            Source::Url(url) => f.write_str(&redact(url)),
+            Source::Pool { .. } => f.write_str("the application's pool"),
+        }
+    }
+}
+
 /// Builds a [`PostgresStorage`].
 ///
 /// ```no_run
@@ -134,18 +160,19 @@ fn duration_millis(duration: Duration) -> i64 {
 /// ```
 #[derive(Clone)]
 pub struct PostgresStorageBuilder {
-    url: String,
+    source: Source,
     table: Option<String>,
     schema: Option<String>,
     ttl: TtlPolicy,
     clock: SharedClock,
     pool_size: usize,
+    watch_lease: Duration,
 }
 
 impl std::fmt::Debug for PostgresStorageBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStorageBuilder")
-            .field("url", &redact(&self.url))
+            .field("source", &self.source)
             .field("table", &self.table)
             .field("schema", &self.schema)
             .field("ttl", &self.ttl)
@@ -193,12 +220,39 @@ impl PostgresStorageBuilder {
         self
     }
 
+    /// How long a watcher's registration lasts unless renewed (default:
+    /// [`DEFAULT_WATCH_LEASE`]; renewed every third of it). Writes send a notification only
+    /// while some registration runs, so a watcher whose process was killed stops costing
+    /// writers a NOTIFY after this long. A watcher that could not renew in time (a frozen
+    /// process) resyncs when it can.
+    pub fn with_watch_lease(mut self, lease: Duration) -> Self {
+        self.watch_lease = lease;
+        self
+    }
+
     /// Checks the settings, connects, and creates the table if it does not exist.
     pub async fn build(self) -> Result<PostgresStorage> {
         if self.pool_size == 0 {
             return Err(Error::Config("the pool size must not be zero".into()));
         }
-        let (url, url_table, url_schema) = crate::store_url::postgres_parts(&self.url)?;
+        if self.watch_lease < Duration::from_millis(300) {
+            return Err(Error::Config(format!(
+                "the watch lease must be at least 300ms, not {:?}",
+                self.watch_lease
+            )));
+        }
+        let (pool, pg_config, connector, url_table, url_schema) = match self.source {
+            Source::Url(url) => {
+                let (url, url_table, url_schema) = crate::store_url::postgres_parts(&url)?;
+                let (pool, pg_config, connector) = pool_for_url(&url, self.pool_size)?;
+                (pool, pg_config, connector, url_table, url_schema)
+            }
+            Source::Pool { pool, listener } => {
+                let connector =
+                    tls::TlsSettings::for_driver_mode(listener.get_ssl_mode()).connector()?;
+                (pool, *listener, connector, None, None)
+            }
+        };
         let table = self
             .table
             .or(url_table)
@@ -209,31 +263,6 @@ impl PostgresStorageBuilder {
             .or(url_schema)
             .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
         validate_identifier("schema", &schema, MAX_IDENTIFIER_LEN)?;
-
-        // The URL may hold a password: errors name the problem, never the URL.
-        let mut pg_config = tokio_postgres::Config::from_str(&url)
-            .map_err(|error| Error::Config(format!("invalid PostgreSQL URL: {error}")))?;
-        if pg_config.get_application_name().is_none() {
-            pg_config.application_name("syncstatus");
-        }
-        if pg_config.get_connect_timeout().is_none() {
-            pg_config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let manager = Manager::from_config(
-            pg_config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(self.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|error| Error::Config(format!("cannot build the connection pool: {error}")))?;
-
         let target = describe_server(&pg_config);
         let statements = Statements::new(&schema, &table);
         let channel = {
@@ -256,6 +285,7 @@ impl PostgresStorageBuilder {
                     ));
                     config
                 },
+                connector,
                 location: format!("{schema}.{table}"),
                 channel,
                 migration: statements.migration(&table),
@@ -263,13 +293,51 @@ impl PostgresStorageBuilder {
                 schema,
                 table,
                 ttl: self.ttl,
+                watch_lease: self.watch_lease,
                 clock: self.clock,
                 hub: SharedHub::default(),
             }),
         };
-        store.migrate().await?;
+        let migrated = store.migrate().await;
+        #[cfg(feature = "postgres-tls")]
+        let migrated = migrated.map_err(|error| crate::tls::clarify(error, &store.inner.target));
+        migrated?;
         Ok(store)
     }
+}
+
+/// The pool, the connection settings (for the watch's own connection) and the connector of a
+/// URL whose store parameters were taken out.
+fn pool_for_url(
+    url: &str,
+    pool_size: usize,
+) -> Result<(Pool, tokio_postgres::Config, tls::Connector)> {
+    let (url, tls_settings) = tls::take_tls_params(url)?;
+    let connector = tls_settings.connector()?;
+    // The URL may hold a password: errors name the problem, never the URL.
+    let mut pg_config = tokio_postgres::Config::from_str(&url)
+        .map_err(|error| Error::Config(format!("invalid PostgreSQL URL: {error}")))?;
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("syncstatus");
+    }
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    pg_config.ssl_mode(tls_settings.driver_mode());
+    let manager = connector.manager(
+        pg_config.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|error| Error::Config(format!("cannot build the connection pool: {error}")))?;
+    Ok((pool, pg_config, connector))
 }
 
 /// The server a configuration connects to, for messages: hosts, ports, database and user,
@@ -357,6 +425,8 @@ struct Inner {
     target: String,
     /// The pool's settings with the listener's `application_name`.
     listener_config: tokio_postgres::Config,
+    /// How the listener connects (TLS or not, as the pool does).
+    connector: tls::Connector,
     schema: String,
     table: String,
     /// `<schema>.<table>`, named in [`Error::Corrupt`].
@@ -367,6 +437,7 @@ struct Inner {
     ttl: TtlPolicy,
     clock: SharedClock,
     hub: SharedHub,
+    watch_lease: Duration,
 }
 
 impl PostgresStorage {
@@ -379,12 +450,37 @@ impl PostgresStorage {
     /// A builder for a store on the server at `url`.
     pub fn builder(url: impl Into<String>) -> PostgresStorageBuilder {
         PostgresStorageBuilder {
-            url: url.into(),
+            source: Source::Url(url.into()),
             table: None,
             schema: None,
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),
             pool_size: DEFAULT_POOL_SIZE,
+            watch_lease: DEFAULT_WATCH_LEASE,
+        }
+    }
+
+    /// A builder for a store on the application's own pool. `listener` are the settings
+    /// of the one connection the store opens itself, for the watch's `LISTEN` (a pooled
+    /// connection cannot receive notifications); its `sslmode` is read as libpq reads it
+    /// without a root certificate file: `require` encrypts without checking the
+    /// certificate. The table and schema are the defaults unless the builder says
+    /// otherwise; [`with_pool_size`](PostgresStorageBuilder::with_pool_size) does not apply.
+    pub fn builder_from_pool(
+        pool: deadpool_postgres::Pool,
+        listener: tokio_postgres::Config,
+    ) -> PostgresStorageBuilder {
+        PostgresStorageBuilder {
+            source: Source::Pool {
+                pool,
+                listener: Box::new(listener),
+            },
+            table: None,
+            schema: None,
+            ttl: TtlPolicy::default(),
+            clock: Arc::new(SystemClock),
+            pool_size: DEFAULT_POOL_SIZE,
+            watch_lease: DEFAULT_WATCH_LEASE,
         }
     }
 

@@ -107,6 +107,8 @@ pub(super) struct Statements {
 pub(super) const SWEEP_BATCH: i64 = 1000;
 
 const COLUMNS: &str = "id, version, created_at, updated_at, status";
+/// The server's time in Unix milliseconds, the clock of watcher leases.
+const SERVER_NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 /// Live at `$2` (the store's clock, never the server's `now()`).
 const LIVE_AT_2: &str = "(expires_at IS NULL OR expires_at > $2)";
 
@@ -118,8 +120,16 @@ impl Statements {
         // fsync included; so writes notify only while some watcher is registered. The check
         // is in the writing statement, and a new watcher waits for writers in flight before
         // its first scan (see `wait_for_writers`), so no write falls between the two.
+        //
+        // A registration counts while its lease runs (by the server's clock, which every
+        // process shares): a watcher killed without deregistering stops costing writers a
+        // NOTIFY once its lease ends, without waiting for a purge. Rows without a lease come
+        // from an older release and count until purged.
         let notify = |channel: &str, payload: &str| {
-            format!("CASE WHEN EXISTS (SELECT 1 FROM {l}) THEN pg_notify({channel}, {payload}) END")
+            format!(
+                "CASE WHEN EXISTS (SELECT 1 FROM {l} WHERE lease_until IS NULL OR lease_until > \
+                 {SERVER_NOW_MS}) THEN pg_notify({channel}, {payload}) END"
+            )
         };
         let notify_write = notify("$5", "$1 || ':' || version");
         // The notification is sent from RETURNING: in the writing statement itself, once per
@@ -188,15 +198,25 @@ impl Statements {
             expired_by_age: format!("SELECT id FROM {t} WHERE {by_age} ORDER BY id"),
             kept_by_policy: format!("SELECT count(*) FROM {t} WHERE ({by_policy}) IS NOT TRUE"),
             kept_by_age: format!("SELECT count(*) FROM {t} WHERE ({by_age}) IS NOT TRUE"),
-            // On the listening connection itself, so the row names its backend.
+            // On the listening connection itself, so the row names its backend. $1 since,
+            // $2 the lease in milliseconds. Returns the backend and whether the lease it
+            // renews was still running: if not, writers may have skipped notifying.
             register_listener: format!(
-                "INSERT INTO {l} (pid, since) VALUES (pg_backend_pid(), $1)
-                ON CONFLICT (pid) DO UPDATE SET since = $1 RETURNING pid"
+                "WITH old AS (SELECT lease_until FROM {l} WHERE pid = pg_backend_pid())
+                INSERT INTO {l} (pid, since, lease_until)
+                    VALUES (pg_backend_pid(), $1, {SERVER_NOW_MS} + $2)
+                ON CONFLICT (pid) DO UPDATE SET lease_until = EXCLUDED.lease_until
+                RETURNING pid, coalesce(
+                    (SELECT lease_until IS NULL OR lease_until > {SERVER_NOW_MS} FROM old),
+                    false
+                )"
             ),
             deregister_listener: format!("DELETE FROM {l} WHERE pid = $1"),
-            // Registrations of sessions that ended without deregistering (a killed process).
+            // Registrations of sessions that ended without deregistering (a killed process)
+            // or whose lease ran out (a frozen one, which renews and resyncs if it wakes).
             purge_listeners: format!(
-                "DELETE FROM {l} WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)"
+                "DELETE FROM {l} WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)
+                    OR lease_until <= {SERVER_NOW_MS}"
             ),
             // SHARE conflicts with the ROW EXCLUSIVE lock every write holds from before its
             // snapshot until its commit: taking it waits out every writer that may have
@@ -249,7 +269,8 @@ impl Statements {
                 ) STORED
             ) WITH (fillfactor = 80);
             CREATE INDEX IF NOT EXISTS \"{table}_state_idx\" ON {t} (state, id);
-            CREATE TABLE IF NOT EXISTS {l} (pid integer PRIMARY KEY, since bigint NOT NULL);",
+            CREATE TABLE IF NOT EXISTS {l} (pid integer PRIMARY KEY, since bigint NOT NULL);
+            ALTER TABLE {l} ADD COLUMN IF NOT EXISTS lease_until bigint;",
             l = self.listeners
         )
     }

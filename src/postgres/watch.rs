@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio::time::Instant;
+use tokio_postgres::AsyncMessage;
 
 use super::{PostgresStorage, backend_error};
 use crate::error::{Error, Result};
@@ -112,10 +113,14 @@ impl Listener {
     async fn connect(store: &PostgresStorage, signals: &Arc<Signals>) -> Result<Listener> {
         let mut config = store.inner.listener_config.clone();
         config.keepalives_idle(KEEPALIVE_IDLE);
-        let (client, mut connection) = config.connect(NoTls).await.map_err(backend_error)?;
+        let (client, mut messages) = store
+            .inner
+            .connector
+            .connect(&config)
+            .await
+            .map_err(backend_error)?;
         let driver_signals = Arc::downgrade(signals);
         let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             let end = loop {
                 let Some(signals) = driver_signals.upgrade() else {
                     return;
@@ -148,13 +153,7 @@ impl Listener {
             .execute(&statements.purge_listeners, &[])
             .await
             .map_err(backend_error)?;
-        let now = super::millis(store.inner.clock.now());
-        let pid: i32 = client
-            .query_one(&statements.register_listener, &[&now])
-            .await
-            .map_err(backend_error)?
-            .try_get(0)
-            .map_err(backend_error)?;
+        let pid = renew(client, store).await?.0;
         listener.registration = Some(Registration {
             store: store.clone(),
             pid,
@@ -170,6 +169,21 @@ impl Listener {
     }
 }
 
+/// Registers the listening connection, or renews its lease. Returns its backend id and
+/// whether the lease it renewed was still running.
+async fn renew(client: &tokio_postgres::Client, store: &PostgresStorage) -> Result<(i32, bool)> {
+    let since = super::millis(store.inner.clock.now());
+    let lease = super::duration_millis(store.inner.watch_lease);
+    let row = client
+        .query_one(&store.inner.statements.register_listener, &[&since, &lease])
+        .await
+        .map_err(backend_error)?;
+    Ok((
+        row.try_get(0).map_err(backend_error)?,
+        row.try_get(1).map_err(backend_error)?,
+    ))
+}
+
 /// Starts listening, then seeds the hub with a full scan taken after `LISTEN` is active, so
 /// no write falls between the two.
 pub(super) async fn start(store: PostgresStorage) -> Result<HubHandle> {
@@ -181,12 +195,15 @@ pub(super) async fn start(store: PostgresStorage) -> Result<HubHandle> {
         tracing::warn!(%error, "unreadable row left out of the watch");
     }
     let hub = Arc::new(WatchHub::new(records));
+    let renew_every = store.inner.watch_lease / 3;
     let reconciler = Reconciler {
         store,
         hub: Arc::downgrade(&hub),
         signals,
         listener: Some(listener),
         resync: false,
+        renew_every,
+        renew_at: Instant::now() + renew_every,
     };
     let task = tokio::spawn(reconciler.run());
     Ok(HubHandle {
@@ -203,6 +220,9 @@ struct Reconciler {
     listener: Option<Listener>,
     /// Continuity was lost: publish a full scan as a resync before anything else.
     resync: bool,
+    /// How often the listener's lease is renewed, and when next.
+    renew_every: Duration,
+    renew_at: Instant,
 }
 
 impl Reconciler {
@@ -211,13 +231,14 @@ impl Reconciler {
         loop {
             if self.listener.is_some() && !self.resync {
                 // Expiry sends no notification: while the hub holds records, look for
-                // expired ones at least every EXPIRY_LOOK.
+                // expired ones at least every EXPIRY_LOOK. The lease is renewed in time
+                // either way.
                 let holds_records = self.hub.upgrade().is_some_and(|hub| !hub.is_empty());
+                let mut until = self.renew_at;
                 if holds_records {
-                    let _ = tokio::time::timeout(EXPIRY_LOOK, self.signals.wake.notified()).await;
-                } else {
-                    self.signals.wake.notified().await;
+                    until = until.min(Instant::now() + EXPIRY_LOOK);
                 }
+                let _ = tokio::time::timeout_at(until, self.signals.wake.notified()).await;
             }
             let Some(hub) = self.hub.upgrade() else {
                 return;
@@ -242,7 +263,25 @@ impl Reconciler {
         }
         if self.listener.is_none() {
             self.listener = Some(Listener::connect(&self.store, &self.signals).await?);
+            self.renew_at = Instant::now() + self.renew_every;
             self.resync = true;
+        }
+        if let Some(listener) = &self.listener
+            && Instant::now() >= self.renew_at
+        {
+            let (_, was_running) = renew(&listener._client, &self.store).await?;
+            self.renew_at = Instant::now() + self.renew_every;
+            if !was_running {
+                // Writers saw no registration for a while and may not have notified: wait
+                // out those still in flight, then rescan.
+                listener
+                    ._client
+                    .batch_execute(&self.store.inner.statements.wait_for_writers)
+                    .await
+                    .map_err(backend_error)?;
+                tracing::debug!("the watch lease had run out; resyncing");
+                self.resync = true;
+            }
         }
         if self.resync {
             // Everything dirty is covered by the scan, which starts after LISTEN is active.

@@ -21,6 +21,7 @@
 //! should share their TTL policy: writers judge an older record's expiry by the expiry time
 //! recorded when it was written.
 
+mod client;
 mod lock;
 mod scripts;
 mod watch;
@@ -100,7 +101,8 @@ fn command_error(command: &'static str, key: &str) -> impl FnOnce(redis::RedisEr
 /// ```
 #[derive(Clone)]
 pub struct RedisStorageBuilder {
-    url: String,
+    source: client::Source,
+    connection: Option<ConnectionManager>,
     prefix: Option<String>,
     ttl: TtlPolicy,
     clock: SharedClock,
@@ -108,8 +110,13 @@ pub struct RedisStorageBuilder {
 
 impl fmt::Debug for RedisStorageBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            client::Source::Url { url, tls_ca } => format!("{} (CA {tls_ca:?})", redact(url)),
+            client::Source::Client(client) => format!("{:?}", client.get_connection_info().addr()),
+        };
         f.debug_struct("RedisStorageBuilder")
-            .field("url", &redact(&self.url))
+            .field("source", &source)
+            .field("connection", &self.connection.as_ref().map(|_| "given"))
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .field("clock", &self.clock)
@@ -122,6 +129,26 @@ impl RedisStorageBuilder {
     /// [`DEFAULT_PREFIX`]). Stores with the same prefix on the same database share records.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Trusts the certificates of this PEM file for a `rediss://` URL instead of the
+    /// platform's roots. A server whose certificate they do not sign, or whose certificate
+    /// does not name the URL's host, is refused with an error that says so.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn with_tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        if let client::Source::Url { tls_ca, .. } = &mut self.source {
+            *tls_ca = Some(path.into());
+        }
+        self
+    }
+
+    /// Uses the application's own connection manager for commands instead of opening one.
+    /// It must talk to the same server and database as the client the builder was made
+    /// with; the watch still opens a connection of its own from that client.
+    pub fn with_connection_manager(mut self, connection: ConnectionManager) -> Self {
+        self.connection = Some(connection);
         self
     }
 
@@ -143,7 +170,22 @@ impl RedisStorageBuilder {
     /// too) or prefix and with
     /// [`Error::Backend`] when the server cannot be reached.
     pub async fn build(self) -> Result<RedisStorage> {
-        let (url, url_prefix) = crate::store_url::redis_parts(&self.url)?;
+        let (client, url_prefix, shown) = match &self.source {
+            client::Source::Url { url, tls_ca } => {
+                let (url, url_prefix) = crate::store_url::redis_parts(url)?;
+                let shown = redact(&url);
+                (
+                    client::open(&url, tls_ca.as_ref(), &shown)?,
+                    url_prefix,
+                    shown,
+                )
+            }
+            client::Source::Client(client) => (
+                client.clone(),
+                None,
+                format!("{:?}", client.get_connection_info().addr()),
+            ),
+        };
         let prefix = self
             .prefix
             .or(url_prefix)
@@ -153,9 +195,6 @@ impl RedisStorageBuilder {
                 "redis key prefix {prefix:?} contains control characters"
             )));
         }
-        let client = redis::Client::open(url.as_str()).map_err(|error| {
-            Error::Config(format!("invalid redis URL `{}`: {error}", redact(&url)))
-        })?;
         let info = client.get_connection_info().clone();
         // The watch connection speaks RESP3 so that it can subscribe and still take
         // ordinary commands (CLIENT SETNAME), and so that a lost connection is reported.
@@ -163,18 +202,24 @@ impl RedisStorageBuilder {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let watch_client =
-            redis::Client::open(info.set_redis_settings(watch_settings)).map_err(|error| {
-                Error::Config(format!("invalid redis URL `{}`: {error}", redact(&url)))
-            })?;
+        let watch_client = redis::Client::open(info.set_redis_settings(watch_settings))
+            .map_err(|error| Error::Config(format!("invalid redis URL `{shown}`: {error}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(command_error("connect to", &redact(&url)))?;
+        let conn = match self.connection {
+            Some(conn) => conn,
+            None => ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|error| {
+                    let error = command_error("connect to", &shown)(error);
+                    #[cfg(feature = "redis-tls")]
+                    let error = crate::tls::clarify(error, &format!("Redis at {shown}"));
+                    error
+                })?,
+        };
         let keys = Keys::new(prefix);
         Ok(RedisStorage {
             inner: Arc::new(Inner {
@@ -264,7 +309,24 @@ impl RedisStorage {
     /// `?prefix=...`).
     pub fn builder(url: impl Into<String>) -> RedisStorageBuilder {
         RedisStorageBuilder {
-            url: url.into(),
+            source: client::Source::Url {
+                url: url.into(),
+                tls_ca: None,
+            },
+            connection: None,
+            prefix: None,
+            ttl: TtlPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// A builder for a store on the application's own client (for example one built with
+    /// its own TLS settings). The key prefix is [`DEFAULT_PREFIX`] unless
+    /// [`with_prefix`](RedisStorageBuilder::with_prefix) says otherwise.
+    pub fn builder_from_client(client: redis::Client) -> RedisStorageBuilder {
+        RedisStorageBuilder {
+            source: client::Source::Client(client),
+            connection: None,
             prefix: None,
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),

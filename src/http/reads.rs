@@ -11,7 +11,6 @@ use super::AppState;
 use super::error::ApiError;
 use crate::error::Error;
 use crate::id::validate_id;
-use crate::record::Record;
 use crate::storage::ListFilter;
 
 /// The header telling how many records a listing could not read (they are logged).
@@ -66,10 +65,11 @@ pub(super) async fn list(
 pub(super) async fn get_one(
     State(config): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Record>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let id = checked_id(path)?;
     match config.store.get(&id).await {
-        Ok(Some(record)) => Ok(Json(record)),
+        Ok(Some(record)) => super::etag::conditional_read(&headers, record),
         Ok(None) | Err(Error::NotFound { .. }) => Err(ApiError::not_found(&id)),
         Err(error) => Err(error.into()),
     }

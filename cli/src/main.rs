@@ -3,6 +3,7 @@
 mod failure;
 mod fields;
 mod render;
+mod serve;
 mod watch;
 
 use std::io::{self, Write};
@@ -166,6 +167,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the store over HTTP until SIGTERM or Ctrl-C (see `syncstatus serve --help`).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -288,7 +291,8 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         Command::Ls { .. }
         | Command::Cleanup { .. }
         | Command::Stats { .. }
-        | Command::Recover { .. } => {}
+        | Command::Recover { .. }
+        | Command::Serve(_) => {}
     }
     let url = store_url(&cli);
     let store = syncstatus::open(&url).await.map_err(|error| {
@@ -405,6 +409,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             watch::run(store, ids, prefix, json).await?;
             String::new()
         }
+        Command::Serve(args) => return serve::run(store, args).await,
     };
     Ok(())
 }

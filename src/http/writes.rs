@@ -271,9 +271,9 @@ fn admit(
     headers: &HeaderMap,
     extensions: &Extensions,
     path: Result<Path<String>, PathRejection>,
-) -> Result<String, Response> {
-    authorize(config, headers, extensions).map_err(IntoResponse::into_response)?;
-    checked_id(path).map_err(IntoResponse::into_response)
+) -> Result<String, ApiError> {
+    authorize(config, headers, extensions)?;
+    checked_id(path)
 }
 
 /// `PUT /syncs/{id}`: the body is the new status. `If-None-Match: *` creates only;
@@ -285,7 +285,7 @@ pub(super) async fn put(
     extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let id = admit(&config, &headers, &extensions, path)?;
+    let id = admit(&config, &headers, &extensions, path).map_err(IntoResponse::into_response)?;
     require_content_type(&headers, &["application/json"])
         .map_err(|e| e.with_id(&id).into_response())?;
     let status = json_body(&id, body).map_err(IntoResponse::into_response)?;
@@ -333,7 +333,7 @@ pub(super) async fn patch(
     extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let id = admit(&config, &headers, &extensions, path)?;
+    let id = admit(&config, &headers, &extensions, path).map_err(IntoResponse::into_response)?;
     require_content_type(
         &headers,
         &["application/merge-patch+json", "application/json"],
@@ -363,7 +363,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     extensions: Extensions,
 ) -> Answer {
-    let id = admit(&config, &headers, &extensions, path)?;
+    let id = admit(&config, &headers, &extensions, path).map_err(IntoResponse::into_response)?;
     if headers.contains_key(header::IF_MATCH) {
         // A check before the delete could pass and still remove a newer write: the store
         // has no conditional delete, so refuse rather than pretend.
@@ -392,7 +392,7 @@ pub(super) async fn heartbeat(
     headers: HeaderMap,
     extensions: Extensions,
 ) -> Answer {
-    let id = admit(&config, &headers, &extensions, path)?;
+    let id = admit(&config, &headers, &extensions, path).map_err(IntoResponse::into_response)?;
     require_content_type(&headers, &["application/json"])
         .map_err(|e| e.with_id(&id).into_response())?;
     match lifecycle::heartbeat(&*config.store, &id).await {

@@ -392,3 +392,171 @@ fn the_status_page_follows_the_server_through_a_kill_and_restart() {
     ));
     assert_eq!(attempt, "2");
 }
+
+/// The router over `store`, served on a loopback port by its own runtime until dropped.
+struct InProcessServer {
+    addr: std::net::SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn serve_in_process(store: syncstatus::DynSyncStorage) -> InProcessServer {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        let _ = axum::serve(listener, syncstatus::http::router(store)).await;
+    });
+    InProcessServer {
+        addr,
+        _runtime: runtime,
+    }
+}
+
+#[test]
+fn the_status_page_holds_50_jobs_newest_first_with_filters_elapsed_and_eta() {
+    let Some(chromium) = chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed (apt-get install -y chromium), and CI is set");
+        }
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    use std::sync::Arc;
+    use syncstatus::{
+        Clock, ManualClock, MemoryStorage, PutMode, SyncStorage, Timestamp, TtlPolicy,
+    };
+
+    // Records made a second apart, from 60 s ago to 11 s ago, so their order is their age.
+    let now = Timestamp::now();
+    let clock = ManualClock::new(Timestamp::from_millis(now.as_millis() - 60_000));
+    let store = Arc::new(MemoryStorage::with_options(
+        TtlPolicy::uniform(Duration::from_secs(3600)),
+        Arc::new(clock.clone()),
+    ));
+    let states = ["running", "completed", "failed", "pending", "running"];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let state = states[n % states.len()];
+        let prefix = if n % 2 == 0 { "import" } else { "sync" };
+        let id = format!("{prefix}-2026-12-01T21.{n:02}.00-customer-{n:04}-full-resync");
+        let started = clock.now().as_millis() - 30_000;
+        let status = serde_json::json!({
+            "state": state,
+            // 30 items in 30 s: 1 per second, so the 120 left take two minutes from the write.
+            "progress": {"done": 30, "total": 150},
+            "message": format!("page {n} of a rather long message that must not wrap the row"),
+            "started_at": Timestamp::from_millis(started),
+            "attempt": 1,
+        });
+        runtime
+            .block_on(store.put(&id, status, PutMode::Overwrite))
+            .unwrap();
+        ids.push((id, state, prefix));
+        clock.advance(Duration::from_secs(1));
+    }
+    let server = serve_in_process(store);
+    let workdir = tempfile::tempdir().unwrap();
+    let mut browser = Browser::launch(&chromium, &workdir.path().join("chromium"));
+    browser.open(&format!("http://{}/", server.addr));
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1200, "height": 1900, "deviceScaleFactor": 1, "mobile": false }),
+    );
+    let layout = r##"(() => {
+        const rows = Array.from(document.querySelectorAll("#jobs tbody tr")).filter((row) => !row.hidden);
+        const heights = rows.map((row) => row.getBoundingClientRect().height);
+        return {
+            ids: rows.map((row) => row.dataset.id),
+            tallest: Math.max(0, ...heights),
+            lowest: Math.min(1e9, ...heights),
+            pageWidth: document.documentElement.scrollWidth,
+            eta: rows.map((row) => row.querySelector("td.eta").textContent),
+            elapsed: rows.map((row) => row.querySelector("td.elapsed").textContent),
+            shown: document.getElementById("shown").textContent,
+        };
+    })()"##;
+    let page = wait_in_page(&mut browser, layout, "50 jobs on the page", |page| {
+        page["ids"].as_array().is_some_and(|ids| ids.len() == 50)
+    });
+    let newest_first: Vec<_> = ids.iter().rev().map(|(id, _, _)| json!(id)).collect();
+    assert_eq!(page["ids"], json!(newest_first), "newest first");
+    // One line per row: every row as tall as the others and no wider than the window.
+    let tallest = page["tallest"].as_f64().unwrap();
+    assert!(tallest - page["lowest"].as_f64().unwrap() < 1.0, "{page}");
+    assert!(tallest < 40.0, "rows wrap: {page}");
+    assert!(page["pageWidth"].as_f64().unwrap() <= 1200.0, "{page}");
+    for (index, (_, state, _)) in ids.iter().rev().enumerate() {
+        let eta = page["eta"][index].as_str().unwrap();
+        if *state == "running" {
+            // 120 s left at the write, made 11 to 60 s ago.
+            assert!(
+                eta.starts_with('~') && eta.ends_with(" left"),
+                "{index}: {eta}"
+            );
+        } else {
+            assert_eq!(eta, "", "{index}: no ETA for a {state} job");
+        }
+        assert!(
+            !page["elapsed"][index].as_str().unwrap().is_empty(),
+            "{page}"
+        );
+    }
+
+    // Filters: by state, then by prefix on top, both kept in the fragment.
+    browser.eval(
+        r#"(() => { const s = document.getElementById("state-filter"); s.value = "running";
+                    s.dispatchEvent(new Event("change")); })()"#,
+    );
+    let running = ids
+        .iter()
+        .filter(|(_, state, _)| *state == "running")
+        .count();
+    let filtered = wait_in_page(&mut browser, layout, "the state filter", |page| {
+        page["ids"]
+            .as_array()
+            .is_some_and(|shown| shown.len() == running)
+    });
+    assert_eq!(filtered["shown"], format!("showing {running} of 50"));
+    browser.eval(
+        r#"(() => { const p = document.getElementById("prefix-filter"); p.value = "import-";
+                    p.dispatchEvent(new Event("input")); })()"#,
+    );
+    let both = ids
+        .iter()
+        .filter(|(_, state, prefix)| *state == "running" && *prefix == "import")
+        .count();
+    let narrowed = wait_in_page(&mut browser, layout, "the prefix filter", |page| {
+        page["ids"]
+            .as_array()
+            .is_some_and(|shown| shown.len() == both)
+    });
+    for id in narrowed["ids"].as_array().unwrap() {
+        assert!(id.as_str().unwrap().starts_with("import-"), "{narrowed}");
+    }
+    assert_eq!(
+        browser.eval("location.hash"),
+        "#state=running&prefix=import-"
+    );
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page-filtered.png");
+    std::fs::write(&shot, &png).unwrap();
+    browser.eval(r#"(() => { location.hash = ""; })()"#);
+    wait_in_page(&mut browser, layout, "the filters cleared", |page| {
+        page["ids"].as_array().is_some_and(|ids| ids.len() == 50)
+    });
+    let png = browser.screenshot();
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page-50-jobs.png");
+    std::fs::write(&shot, &png).unwrap();
+    println!("status page screenshot: {}", shot.display());
+}

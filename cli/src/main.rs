@@ -3,6 +3,7 @@
 mod failure;
 mod fields;
 mod render;
+mod serve;
 mod watch;
 
 use std::io::{self, Write};
@@ -174,6 +175,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the store over HTTP until SIGTERM or Ctrl-C (see `syncstatus serve --help`).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -332,7 +335,8 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         Command::Ls { .. }
         | Command::Cleanup { .. }
         | Command::Stats { .. }
-        | Command::Recover { .. } => {}
+        | Command::Recover { .. }
+        | Command::Serve(_) => {}
     }
     let store = open_store(&cli).await?;
     out.stdout = match cli.command {
@@ -460,6 +464,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             watch::run(store, ids, prefix, json).await?;
             String::new()
         }
+        Command::Serve(args) => return serve::run(store, args).await,
     };
     Ok(())
 }

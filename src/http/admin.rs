@@ -1,5 +1,6 @@
 //! The admin routes, behind a bearer key.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -28,7 +29,7 @@ pub(super) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// Lets the request through only with the configured bearer key.
-fn authorize(config: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(config: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &config.admin_key else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +111,14 @@ pub(super) async fn cleanup(
         dry_run: params.dry_run,
     };
     let report = config.store.cleanup(&options).await?;
+    if report.ran && !options.dry_run {
+        config.metrics.cleanups.fetch_add(1, Ordering::Relaxed);
+        let removed = u64::try_from(report.removed.len()).unwrap_or(u64::MAX);
+        config
+            .metrics
+            .expired_removed
+            .fetch_add(removed, Ordering::Relaxed);
+    }
     Ok(Json(report))
 }
 
@@ -123,6 +132,7 @@ pub(super) async fn recover_one(
     params?;
     let id = checked_id(path)?;
     let recovered = lifecycle::recover_job(&*config.store, &id, &config.recovery).await?;
+    config.metrics.recoveries.fetch_add(1, Ordering::Relaxed);
     Ok(Json(recovered))
 }
 
@@ -135,6 +145,11 @@ pub(super) async fn recover_stale(
     params?;
     let report =
         lifecycle::recover_stale(&*config.store, config.stale_after, &config.recovery).await?;
+    let recovered = u64::try_from(report.recovered.len()).unwrap_or(u64::MAX);
+    config
+        .metrics
+        .recoveries
+        .fetch_add(recovered, Ordering::Relaxed);
     Ok(Json(report))
 }
 

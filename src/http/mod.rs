@@ -18,7 +18,12 @@
 //! |---|---|
 //! | `GET /` | a status page: every job with a live progress bar (fed by `GET /events`) |
 //! | `GET /syncs?state=running&prefix=sync-` | JSON array of records, sorted by id |
-//! | `GET /syncs/{id}` | one record; 404 `{"error", "id"}` when missing or expired; 400 for a bad id |
+//! | `GET /syncs/{id}` | one record with its `ETag`; 304 for a matching `If-None-Match`; 404 `{"error", "id"}` when missing or expired; 400 for a bad id |
+//! | `PUT /syncs/{id}` | writes the body as the status (201 when new); `If-None-Match: *` creates only, `If-Match` writes over that write only (412 otherwise) |
+//! | `PATCH /syncs/{id}` | JSON Merge Patch (RFC 7396) of the status, applied under the record's lock; `If-Match` as for `PUT` |
+//! | `DELETE /syncs/{id}` | 204, or 404 when there was no record |
+//! | `POST /syncs/{id}/heartbeat` | sets `status.heartbeat_at` ([`crate::heartbeat`]) |
+//! | `GET /metrics` | Prometheus text: records per state, stale running jobs, oldest age, counters of writes, conflicts, expiries, recoveries, cleanups (admin key) |
 //! | `GET /syncs/{id}/events` | SSE of one record, resumable with `Last-Event-ID` |
 //! | `GET /events?prefix=sync-` | SSE of every record; starts (and restarts) with a snapshot |
 //! | `GET /admin/stats` | counts per state, stale running jobs, health ([`crate::stats`]) |
@@ -64,6 +69,16 @@
 //! A `problem` event says only `the store reported a problem (error id <error_id>)`; the
 //! detail is logged under that id.
 //!
+//! # Write routes
+//!
+//! Off by default (403). [`RouterConfig::with_write_key`] opens them to requests with
+//! `Authorization: Bearer <key>`; [`RouterConfig::with_local_writes`] to loopback clients
+//! without a key. A body must be declared JSON (`application/json`, or
+//! `application/merge-patch+json` for `PATCH`; the heartbeat too), so a page on another site
+//! cannot write with a simple request: the browser asks first, and only origins given to
+//! [`RouterConfig::with_cors_origin`] pass. The `ETag` is `"<created_at millis>.<version>"`,
+//! naming one write of one incarnation of the record.
+//!
 //! # Admin routes
 //!
 //! They answer only with `Authorization: Bearer <key>` for the key given to
@@ -71,11 +86,15 @@
 //! 401. Without a key configured they are disabled and answer 503 `{"error": "admin disabled"}`.
 
 mod admin;
+mod cors;
 mod error;
+mod etag;
 mod events;
+mod metrics;
 mod page;
 mod params;
 mod reads;
+mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +127,9 @@ pub struct RouterConfig {
     recovery: RecoveryPolicy,
     keep_alive: Duration,
     shutdown: Option<Shared<BoxFuture<'static, ()>>>,
+    writes: writes::WriteAccess,
+    cors_origins: Vec<axum::http::HeaderValue>,
+    metrics: Arc<metrics::Counters>,
 }
 
 impl std::fmt::Debug for RouterConfig {
@@ -119,6 +141,8 @@ impl std::fmt::Debug for RouterConfig {
             .field("recovery", &self.recovery)
             .field("keep_alive", &self.keep_alive)
             .field("has_shutdown", &self.shutdown.is_some())
+            .field("writes", &self.writes)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -135,6 +159,9 @@ impl RouterConfig {
             recovery: RecoveryPolicy::default(),
             keep_alive: DEFAULT_KEEP_ALIVE,
             shutdown: None,
+            writes: writes::WriteAccess::default(),
+            cors_origins: Vec::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -178,11 +205,20 @@ impl RouterConfig {
 
     /// Builds the router. See the [module docs](self) for the routes.
     pub fn router(self) -> Router {
+        let cors = cors::layer(&self.cors_origins);
         let state = Arc::new(self);
-        Router::new()
+        let router = Router::new()
             .route("/", get(page::status_page))
             .route("/syncs", get(reads::list))
-            .route("/syncs/{id}", get(reads::get_one))
+            .route(
+                "/syncs/{id}",
+                get(reads::get_one)
+                    .put(writes::put)
+                    .patch(writes::patch)
+                    .delete(writes::delete),
+            )
+            .route("/syncs/{id}/heartbeat", post(writes::heartbeat))
+            .route("/metrics", get(metrics::metrics))
             .route("/syncs/{id}/events", get(events::one))
             .route("/events", get(events::all))
             .route("/admin/stats", get(admin::stats))
@@ -190,7 +226,11 @@ impl RouterConfig {
             .route("/admin/cleanup", post(admin::cleanup))
             .route("/admin/recover", post(admin::recover_stale))
             .route("/admin/recover/{id}", post(admin::recover_one))
-            .with_state(state)
+            .with_state(state);
+        match cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
     }
 }
 

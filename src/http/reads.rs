@@ -12,7 +12,6 @@ use super::error::ApiError;
 use super::params::{NoParams, Params};
 use crate::error::Error;
 use crate::id::validate_id;
-use crate::record::Record;
 use crate::storage::ListFilter;
 
 /// The header telling how many records a listing could not read (they are logged).
@@ -60,10 +59,11 @@ pub(super) async fn get_one(
     State(config): State<AppState>,
     Params(NoParams {}): Params<NoParams>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Record>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let id = checked_id(path)?;
     match config.store.get(&id).await {
-        Ok(Some(record)) => Ok(Json(record)),
+        Ok(Some(record)) => super::etag::conditional_read(&headers, record),
         Ok(None) | Err(Error::NotFound { .. }) => Err(ApiError::not_found(&id)),
         Err(error) => Err(error.into()),
     }

@@ -175,7 +175,16 @@ pub async fn check_recover_job(f: Fixture) {
     let not_running = recover_job(&*f.store, "done", &RecoveryPolicy::default())
         .await
         .unwrap_err();
-    assert!(matches!(not_running, Error::Config(_)), "{not_running:?}");
+    assert!(
+        matches!(
+            not_running,
+            Error::InvalidTransition {
+                action: "recover",
+                ..
+            }
+        ),
+        "{not_running:?}"
+    );
     f.store
         .put("job", running_job(f.clock.now_ts()), PutMode::Overwrite)
         .await

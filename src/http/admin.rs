@@ -12,7 +12,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use super::reads::{checked_id, query};
+use crate::jobs;
 use crate::lifecycle::{self, RecoveredJob, RecoveryReport, Stats};
+use crate::record::Record;
 use crate::storage::{CleanupOptions, CleanupReport};
 
 /// Equality whose time depends only on the length of `given`, not on where it differs from
@@ -127,6 +129,26 @@ pub(super) async fn recover_stale(
     let report =
         lifecycle::recover_stale(&*config.store, config.stale_after, &config.recovery).await?;
     Ok(Json(report))
+}
+
+pub(super) async fn cancel_one(
+    State(config): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Record>, ApiError> {
+    authorize(&config, &headers)?;
+    let id = checked_id(path)?;
+    Ok(Json(jobs::cancel(&*config.store, &id).await?))
+}
+
+pub(super) async fn retry_one(
+    State(config): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Record>, ApiError> {
+    authorize(&config, &headers)?;
+    let id = checked_id(path)?;
+    Ok(Json(jobs::retry(&*config.store, &id).await?))
 }
 
 #[cfg(test)]

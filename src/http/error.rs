@@ -53,7 +53,10 @@ fn status_of(error: &Error) -> StatusCode {
     match error {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::InvalidId { .. } | Error::Config(_) => StatusCode::BAD_REQUEST,
-        Error::VersionConflict { .. } | Error::AlreadyExists { .. } => StatusCode::CONFLICT,
+        Error::VersionConflict { .. }
+        | Error::AlreadyExists { .. }
+        | Error::InvalidTransition { .. } => StatusCode::CONFLICT,
+        Error::InvalidStatus { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -66,7 +69,9 @@ fn id_of(error: &Error) -> Option<&str> {
         | Error::AlreadyExists { id, .. }
         | Error::InvalidId { id, .. }
         | Error::Corrupt { id, .. }
-        | Error::Serde { id, .. } => Some(id),
+        | Error::Serde { id, .. }
+        | Error::InvalidTransition { id, .. }
+        | Error::InvalidStatus { id, .. } => Some(id),
         _ => None,
     }
 }

@@ -59,9 +59,13 @@ impl From<Error> for Failure {
             Error::NotFound { .. } => code::NOT_FOUND,
             Error::VersionConflict { .. }
             | Error::AlreadyExists { .. }
-            | Error::InProgress { .. } => code::CONFLICT,
+            | Error::InProgress { .. }
+            | Error::InvalidTransition { .. } => code::CONFLICT,
             Error::InvalidId { .. } | Error::Config(_) | Error::Serde { .. } => code::USAGE,
-            Error::Corrupt { .. } | Error::Io { .. } | Error::Backend { .. } => code::STORE,
+            Error::Corrupt { .. }
+            | Error::Io { .. }
+            | Error::Backend { .. }
+            | Error::InvalidStatus { .. } => code::STORE,
             _ => code::OTHER,
         };
         Failure {

@@ -2,6 +2,7 @@
 
 mod failure;
 mod fields;
+mod jobs;
 mod render;
 mod watch;
 
@@ -34,7 +35,8 @@ Exit codes:
   1  any other error
   2  usage or invalid input (unknown flag, invalid id, bad --data/--progress, bad store URL)
   3  not found (get, rm of a missing id)
-  4  conflict (update --if-version lost, or the record already exists)
+  4  conflict (update --if-version lost, the record already exists, or cancel/retry of a
+     job in a state that does not allow it)
   5  store error (I/O, corrupt record, server unreachable)
   6  stats --check found the store unhealthy (stale running jobs)
 
@@ -155,6 +157,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Job(jobs::JobCommand),
     /// Follow changes live until Ctrl-C (or until stdout closes).
     Watch {
         /// The ids to follow (default: every id).
@@ -284,6 +288,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         | Command::Update { id, .. }
         | Command::Get { id, .. }
         | Command::Rm { id } => validate_id(id)?,
+        Command::Job(command) => validate_id(command.id())?,
         Command::Watch { ids, .. } => ids.iter().try_for_each(|id| validate_id(id))?,
         Command::Ls { .. }
         | Command::Cleanup { .. }
@@ -313,6 +318,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             let record = update(&store, &id, if_version, &fields).await?;
             written(&record, json)?
         }
+        Command::Job(command) => jobs::run(&store, command).await?,
         Command::Get { id, json } => {
             let record = store.get_required(&id).await?;
             if json {
@@ -513,6 +519,10 @@ fn recover_text(report: &syncstatus::RecoveryReport) -> String {
             RecoveryAction::Failed => format!(
                 "failed {} after {} attempt(s) (version {})\n",
                 job.id, job.attempt, job.version
+            ),
+            RecoveryAction::Cancelled => format!(
+                "cancelled {} as requested (version {})\n",
+                job.id, job.version
             ),
         };
         out.push_str(&line);

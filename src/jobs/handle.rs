@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::jobs::history::{AttemptEnd, close_last};
+use crate::jobs::history::{Attempt, AttemptEnd, close_last};
 use crate::jobs::{status_of, value_of};
 use crate::record::{Record, Timestamp};
 use crate::status::{Progress, State, SyncStatus};
@@ -233,6 +233,13 @@ impl JobHandle {
     /// The checkpoint the last attempt saved: where to resume.
     pub fn checkpoint(&self) -> Option<&Value> {
         self.inner.claimed.checkpoint.as_ref()
+    }
+
+    /// The attempt before this one, if the history holds it: how it ended tells a job whether
+    /// it resumes after a crash, a graceful restart or a retry.
+    pub fn previous_attempt(&self) -> Option<&Attempt> {
+        let history = &self.inner.claimed.history;
+        history.len().checked_sub(2).and_then(|i| history.get(i))
     }
 
     /// The progress when this attempt started.

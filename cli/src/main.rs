@@ -142,14 +142,16 @@ enum Command {
     },
     /// Requeue running jobs whose worker stopped heartbeating.
     ///
-    /// A job whose attempt number reached --max-attempts goes to failed instead. Each move is
-    /// a compare-and-set, so a worker that writes first keeps its job.
+    /// A job goes to failed instead after --max-attempts crashes in a row without progress,
+    /// and to cancelled if a cancel was asked. Each move is a compare-and-set, so a worker
+    /// that writes first keeps its job.
     Recover {
         /// A running job without a heartbeat for this long is stale.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
               default_value = DEFAULT_STALE_AFTER)]
         stale_after: Duration,
-        /// A job whose attempt number reached this goes to failed instead of pending.
+        /// A job goes to failed instead of pending once this many of its attempts in a row
+        /// crashed without advancing its progress or checkpoint.
         #[arg(long, value_name = "N", default_value_t = RecoveryPolicy::default().max_attempts,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_attempts: u32,

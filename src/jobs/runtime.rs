@@ -17,8 +17,8 @@ use crate::jobs::claim::claim;
 use crate::jobs::control;
 use crate::jobs::handle::{JobHandle, StopReason};
 use crate::jobs::history::DEFAULT_HISTORY_LIMIT;
-use crate::lifecycle::{RecoveryPolicy, recover_stale_matching};
-use crate::record::Record;
+use crate::lifecycle::{RecoveryPolicy, last_heartbeat, recover_if_stale, recover_stale_matching};
+use crate::record::{Record, Timestamp};
 use crate::status::{State, SyncStatus};
 use crate::storage::{DynSyncStorage, ListFilter, WatchEvent, WatchOptions, WatchSelector};
 
@@ -57,8 +57,9 @@ impl Default for RuntimeConfig {
 
 impl RuntimeConfig {
     /// A running job whose heartbeat is older than this is presumed dead and requeued (as a
-    /// crash). The supervisor looks for such jobs every half of it, listing running jobs
-    /// only. Judged by the store's clock.
+    /// crash). Judged by the store's clock. The supervisor follows running jobs through the
+    /// store's watch and checks them every half of it; only if the store cannot watch does it
+    /// list the running jobs instead.
     pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
         self.stale_after = stale_after;
         self
@@ -126,9 +127,10 @@ impl RuntimeConfig {
 
 /// Runs one job function on every pending job of a store, until [`Runtime::shutdown`].
 ///
-/// The supervisor (a task the runtime owns) claims pending jobs as the store's watch reports
-/// them, and every `stale_after / 2` lists the *running* jobs to recover those whose worker
-/// stopped heartbeating (in this or any other process). Dropping the runtime without
+/// The supervisor (a task the runtime owns) starts with a snapshot of the store through its
+/// watch, then claims pending jobs as the watch reports them and, every `stale_after / 2`,
+/// recovers the running jobs (of this or any other process) whose last heartbeat it saw is
+/// older than `stale_after`. An idle runtime reads nothing from the store but the watch. Dropping the runtime without
 /// `shutdown` stops everything at once, like a crash: the jobs stay running in the store and
 /// are recovered as interrupted once stale.
 pub struct Runtime {
@@ -172,6 +174,7 @@ impl Runtime {
             running: HashMap::new(),
             tasks: JoinSet::new(),
             missed: false,
+            heartbeats: HashMap::new(),
         };
         Runtime {
             store,
@@ -211,6 +214,8 @@ struct Supervisor {
     tasks: JoinSet<()>,
     /// A pending job was seen while every slot was taken: look again when one frees.
     missed: bool,
+    /// The running jobs of the store (any worker's) and their last heartbeat, as watched.
+    heartbeats: HashMap<String, Timestamp>,
 }
 
 impl Supervisor {
@@ -220,15 +225,20 @@ impl Supervisor {
             Some(prefix) => WatchSelector::Prefix(prefix.clone()),
             None => WatchSelector::All,
         };
-        let mut events = match self.store.watch(selector, WatchOptions::default()).await {
+        let snapshot = WatchOptions {
+            snapshot: true,
+            resume: None,
+        };
+        // The snapshot (a resync) brings every pending and running job to start from.
+        let mut events = match self.store.watch(selector, snapshot).await {
             Ok(events) => Some(events),
             Err(error) => {
-                tracing::warn!(%error, "cannot watch the store; looking for pending jobs every recovery round instead");
+                tracing::warn!(%error, "cannot watch the store; listing jobs every recovery round instead");
+                self.recover_listed().await;
+                self.scan_pending().await;
                 None
             }
         };
-        self.recover().await;
-        self.scan_pending().await;
         let mut rounds = tokio::time::interval(self.config.recovery_every());
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rounds.tick().await;
@@ -243,27 +253,43 @@ impl Supervisor {
                             error.id()
                         }
                     };
-                    self.running.remove(&task);
+                    if let Some(handle) = self.running.remove(&task) {
+                        // A write that made the job pending again (a retry) may have been
+                        // seen while its last attempt was still winding down here.
+                        self.reconsider(handle.id()).await;
+                    }
                     if std::mem::take(&mut self.missed) {
                         self.scan_pending().await;
                     }
                 }
                 event = next_event(&mut events) => match event {
-                    Some(Ok(WatchEvent::Upsert(record))) => self.consider(&record).await,
+                    Some(Ok(WatchEvent::Upsert(record))) => {
+                        self.follow(&record);
+                        self.consider(&record).await;
+                    }
                     Some(Ok(WatchEvent::Resync(records))) => {
+                        self.heartbeats.clear();
                         for record in &records {
+                            self.follow(record);
                             self.consider(record).await;
                         }
+                        self.recover_watched().await;
                     }
-                    Some(Ok(WatchEvent::Removed { .. })) => {}
+                    Some(Ok(WatchEvent::Removed { id })) => {
+                        self.heartbeats.remove(&id);
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "job watch error; it resyncs"),
                     None => {
-                        tracing::warn!("the store's watch ended; looking for pending jobs every recovery round instead");
+                        tracing::warn!("the store's watch ended; listing jobs every recovery round instead");
                         events = None;
                     }
                 },
                 _ = rounds.tick() => {
-                    self.recover().await;
+                    if events.is_some() {
+                        self.recover_watched().await;
+                    } else {
+                        self.recover_listed().await;
+                    }
                     if events.is_none() || std::mem::take(&mut self.missed) {
                         self.scan_pending().await;
                     }
@@ -281,15 +307,51 @@ impl Supervisor {
         }
     }
 
-    async fn recover(&self) {
-        let policy = RecoveryPolicy {
+    /// Keeps the last heartbeat of every running job the watch shows.
+    fn follow(&mut self, record: &Record) {
+        if record.state() == Some(State::Running.as_str()) && self.config.selects(&record.id) {
+            self.heartbeats
+                .insert(record.id.clone(), last_heartbeat(record));
+        } else {
+            self.heartbeats.remove(&record.id);
+        }
+    }
+
+    fn policy(&self) -> RecoveryPolicy {
+        RecoveryPolicy {
             max_attempts: self.config.max_crashes,
-        };
+        }
+    }
+
+    /// Recovers the watched running jobs whose last heartbeat is stale (each re-read and
+    /// recovered by compare-and-set, so a heartbeat not yet seen still wins).
+    async fn recover_watched(&mut self) {
+        let now = self.store.clock().now();
+        let stale: Vec<String> = self
+            .heartbeats
+            .iter()
+            .filter(|(_, beat)| beat.age_at(now) >= self.config.stale_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let policy = self.policy();
+        for id in stale {
+            match recover_if_stale(&*self.store, &id, self.config.stale_after, &policy).await {
+                Ok(Some(job)) => {
+                    tracing::info!(id = %job.id, action = ?job.action, attempt = job.attempt, "recovered a stale job");
+                    self.heartbeats.remove(&id);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%id, %error, "could not recover a job"),
+            }
+        }
+    }
+
+    async fn recover_listed(&self) {
         match recover_stale_matching(
             &*self.store,
             self.config.prefix.as_deref(),
             self.config.stale_after,
-            &policy,
+            &self.policy(),
         )
         .await
         {
@@ -312,6 +374,14 @@ impl Supervisor {
                 }
             }
             Err(error) => tracing::warn!(%error, "listing pending jobs failed"),
+        }
+    }
+
+    async fn reconsider(&mut self, id: &str) {
+        match self.store.get(id).await {
+            Ok(Some(record)) => self.consider(&record).await,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%id, %error, "could not read a job that just ended"),
         }
     }
 
@@ -352,8 +422,11 @@ impl Supervisor {
 }
 
 async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
-    // A dropped sender means the runtime is gone: stop too.
-    let _ = stopped.wait_for(|stop| *stop).await;
+    // A dropped sender means the runtime was dropped, not shut down: that aborts this task,
+    // and must not look like a graceful stop (which would requeue the jobs).
+    if stopped.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn next_event(

@@ -13,9 +13,9 @@ mod recovery;
 mod sweeper;
 
 pub use idempotency::{Idempotency, InProgressPolicy, RunError};
-pub(crate) use recovery::recover_stale_matching;
 pub use recovery::{
     DEFAULT_STALE_AFTER, RecoveredJob, RecoveryAction, RecoveryPolicy, RecoveryReport, Stats,
     heartbeat, last_heartbeat, recover_job, recover_stale, stats,
 };
+pub(crate) use recovery::{recover_if_stale, recover_stale_matching};
 pub use sweeper::{Sweeper, SweeperConfig};

@@ -254,12 +254,7 @@ pub(crate) async fn recover_stale_matching(
         ..RecoveryReport::default()
     };
     let now = store.clock().now();
-    // The limit, not the silence measured: it is what the operator configured, and a
-    // silence rounded to seconds would print "1s" for a limit of 500ms.
-    let why = format!(
-        "no heartbeat for {}",
-        humantime::format_duration(stale_after)
-    );
+    let why = stale_why(stale_after);
     for record in &listing.records {
         if last_heartbeat(record).age_at(now) < stale_after {
             report.alive += 1;
@@ -278,6 +273,35 @@ pub(crate) async fn recover_stale_matching(
         }
     }
     Ok(report)
+}
+
+/// Why a stale job is recovered. The limit, not the silence measured: it is what the operator
+/// configured, and a silence rounded to seconds would print "1s" for a limit of 500ms.
+fn stale_why(stale_after: Duration) -> String {
+    format!(
+        "no heartbeat for {}",
+        humantime::format_duration(stale_after)
+    )
+}
+
+/// Recovers `id` if it is running and silent for `stale_after`, as [`recover_stale`] does;
+/// `Ok(None)` when it is not (or its worker wrote first).
+pub(crate) async fn recover_if_stale(
+    store: &dyn SyncStorage,
+    id: &str,
+    stale_after: Duration,
+    policy: &RecoveryPolicy,
+) -> Result<Option<RecoveredJob>> {
+    let Some(record) = store.get(id).await? else {
+        return Ok(None);
+    };
+    let now = store.clock().now();
+    if record.state() != Some(State::Running.as_str())
+        || last_heartbeat(&record).age_at(now) < stale_after
+    {
+        return Ok(None);
+    }
+    recover_record(store, &record, now, policy, &stale_why(stale_after)).await
 }
 
 /// Recovers one running job now, whatever its heartbeat says (an operator's decision).

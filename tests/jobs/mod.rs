@@ -58,7 +58,10 @@ pub async fn wait_for_status(
             Ok(Some(Ok(event))) => event,
             Ok(Some(Err(error))) => panic!("watch error while waiting for {what}: {error}"),
             Ok(None) => panic!("watch ended while waiting for {what}"),
-            Err(_) => panic!("gave up waiting for {what}; last seen {last:?}"),
+            Err(_) => {
+                let stored = store.get(id).await;
+                panic!("gave up waiting for {what}; last seen {last:?}; stored {stored:?}")
+            }
         };
         let records = match event {
             WatchEvent::Upsert(record) => vec![record],

@@ -399,6 +399,41 @@ pub async fn check_a_worker_presumed_dead_cannot_write_over_the_new_owner(f: Fix
     successor.shutdown().await;
 }
 
+pub async fn check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled(f: Fixture) {
+    let job = |job: JobHandle| async move {
+        job.set_progress(Progress::new(4, 10)).await?;
+        std::future::pending::<()>().await;
+        Ok::<Value, jobs::BoxError>(Value::Null)
+    };
+    // A worker that does not heartbeat in time, then crashes with the cancel unseen.
+    let runtime = Runtime::start(
+        f.store.clone(),
+        config().with_heartbeat_every(Duration::from_secs(3600)),
+        job,
+    );
+    runtime
+        .submit("orphan", SyncStatus::pending())
+        .await
+        .unwrap();
+    wait_for_status(&f.store, "orphan", "progress", |s| s.progress.is_some()).await;
+    drop(runtime);
+    assert!(parse(&jobs::cancel(&*f.other, "orphan").await.unwrap()).cancel_requested);
+    f.clock.advance(STALE_AFTER + Duration::from_secs(1));
+    let report = recover_stale(&*f.other, STALE_AFTER, &RecoveryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(report.recovered.len(), 1, "{report:?}");
+    assert_eq!(
+        report.recovered[0].action,
+        syncstatus::RecoveryAction::Cancelled
+    );
+    let ended = parse(&f.store.get("orphan").await.unwrap().unwrap());
+    assert_eq!(ended.state, State::Cancelled, "{ended:?}");
+    assert_eq!(ended.progress, Some(Progress::new(4, 10)));
+    assert_eq!(ended.lease, None);
+    assert_eq!(ended.history[0].outcome, Some(AttemptEnd::Cancelled));
+}
+
 pub async fn check_recovery_names_the_real_stale_limit(f: Fixture) {
     let now = f.clock.now_ts_();
     jobs::submit(&*f.store, "quiet", SyncStatus::pending())
@@ -459,6 +494,7 @@ macro_rules! all_jobs_tests {
             one!(check_cancel_pending_and_running);
             one!(check_retry_keeps_history);
             one!(check_a_worker_presumed_dead_cannot_write_over_the_new_owner);
+            one!(check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled);
             one!(check_recovery_names_the_real_stale_limit);
         }
     };

@@ -46,6 +46,7 @@
 mod error;
 pub mod file;
 mod id;
+pub mod jobs;
 pub mod lifecycle;
 mod memory;
 mod record;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::jobs::Attempt;
 use crate::record::Timestamp;
 
 /// Where a job is in its life.
@@ -189,6 +190,27 @@ pub struct SyncStatus {
     /// the job after its worker died.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// The resume point the job last saved (its own value: a page, a cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
+    /// The fencing token of the worker that owns the running job: every write of a worker is
+    /// checked against it, so a worker presumed dead cannot write over its successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Someone asked the running job to stop; its worker ends it as cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+    /// Attempts in a row that ended in a crash without advancing progress or the checkpoint.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+    /// The last attempts, oldest first (bounded; see
+    /// [`RuntimeConfig::with_history_limit`](crate::jobs::RuntimeConfig::with_history_limit)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A status written without an attempt number (by hand, by another tool) is on its first.
@@ -216,6 +238,11 @@ impl SyncStatus {
             finished_at: None,
             heartbeat_at: None,
             attempt: 1,
+            checkpoint: None,
+            lease: None,
+            cancel_requested: false,
+            crashes: 0,
+            history: Vec::new(),
         }
     }
 
@@ -234,6 +261,12 @@ impl SyncStatus {
     /// Sets the progress.
     pub fn with_progress(mut self, progress: Progress) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Sets the data the job works from (its arguments).
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
         self
     }
 

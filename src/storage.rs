@@ -236,6 +236,18 @@ pub trait SyncStorage: Send + Sync + Debug + 'static {
     /// The clock this store judges expiry by. Lifecycle helpers use it for heartbeats.
     fn clock(&self) -> SharedClock;
 
+    /// How long a record with `status` lives after its last write by this store's TTL
+    /// policy (`Ok(None)`: it never expires). Helpers use it to refuse promises the store
+    /// would not keep, such as an idempotency result kept longer than the store keeps it.
+    /// The default answers [`Error::NotSupported`].
+    fn ttl_for(&self, status: &Value) -> Result<Option<Duration>> {
+        let _ = status;
+        Err(Error::NotSupported {
+            store: self.backend_name(),
+            operation: "telling its TTL policy",
+        })
+    }
+
     /// The live record of `id`, or `None` if there is none or it expired.
     async fn get(&self, id: &str) -> Result<Option<Record>>;
 
@@ -287,6 +299,9 @@ macro_rules! forward_storage {
             }
             fn clock(&self) -> SharedClock {
                 (**self).clock()
+            }
+            fn ttl_for(&self, status: &Value) -> Result<Option<Duration>> {
+                (**self).ttl_for(status)
             }
             async fn get(&self, id: &str) -> Result<Option<Record>> {
                 (**self).get(id).await

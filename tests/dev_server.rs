@@ -172,3 +172,108 @@ fn the_dev_server_serves_the_router_and_its_own_routes() {
     let listed = server.get_json("/syncs?state=completed");
     assert_eq!(listed[0]["id"], json!(id));
 }
+
+/// What the polling client saw.
+#[derive(Default)]
+struct Seen {
+    answers: usize,
+    bad: Vec<String>,
+    highest: u64,
+}
+
+#[test]
+fn a_sync_survives_eight_restarts_alternating_sigterm_and_sigkill_while_a_client_polls() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let workdir = tempfile::tempdir().unwrap();
+    let env = [("SYNCSTATUS_STALE_AFTER", "1s")];
+    let pages = 80;
+    let mut server = Server::start(workdir.path(), &env);
+    let id = start_sync(&server, pages, 100);
+
+    // The client polls whichever server is up, every 100 ms, for the whole test.
+    let current = Arc::new(Mutex::new(Some(server.addr)));
+    let finished = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let poller = std::thread::spawn({
+        let (current, finished, seen, id) =
+            (current.clone(), finished.clone(), seen.clone(), id.clone());
+        move || {
+            while !finished.load(Ordering::SeqCst) {
+                let addr = *current.lock().unwrap();
+                let answer = addr.and_then(|addr| {
+                    dev_server_support::request(addr, "GET", &format!("/syncs/{id}"), None)
+                });
+                // No answer while no server is up (from a stop to the next start) is expected;
+                // every answer must be the record, with progress never going back.
+                if let Some(answer) = answer {
+                    let mut seen = seen.lock().unwrap();
+                    seen.answers += 1;
+                    if answer.status != 200 {
+                        seen.bad.push(format!("{}: {}", answer.status, answer.body));
+                    } else {
+                        let done = done_of(&answer.json());
+                        if done < seen.highest {
+                            seen.bad.push(format!("progress went back to {done}"));
+                        }
+                        seen.highest = seen.highest.max(done);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+
+    let mut at_last_stop = 0;
+    for restart in 1..=8 {
+        wait_for(DEADLINE, "progress in this server's life", || {
+            let record = record(&server, &id);
+            (record["status"]["state"] == "running" && done_of(&record) >= at_last_stop + 2)
+                .then_some(())
+        });
+        let at_stop = record(&server, &id);
+        assert_ne!(
+            at_stop["status"]["state"], "completed",
+            "the sync finished before restart {restart}; make it longer"
+        );
+        if restart % 2 == 1 {
+            let exit = server.terminate(Duration::from_secs(20));
+            assert!(exit.success(), "{exit:?}");
+        } else {
+            server.kill();
+        }
+        at_last_stop = done_of(&at_stop);
+        server = Server::start(workdir.path(), &env);
+        *current.lock().unwrap() = Some(server.addr);
+    }
+    let done = wait_for(DEADLINE, "the sync to complete", || {
+        let record = record(&server, &id);
+        (record["status"]["state"] == "completed").then_some(record)
+    });
+    finished.store(true, Ordering::SeqCst);
+    poller.join().unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert!(seen.bad.is_empty(), "the client saw {:?}", seen.bad);
+    assert!(
+        seen.answers > 20,
+        "the client got only {} answers",
+        seen.answers
+    );
+    let status = &done["status"];
+    assert_eq!(status["progress"], json!({"done": pages, "total": pages}));
+    let outcomes: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["outcome"].as_str().unwrap())
+        .collect();
+    let mut expected = Vec::new();
+    for _ in 0..4 {
+        expected.extend(["requeued_on_shutdown", "interrupted"]);
+    }
+    expected.push("completed");
+    assert_eq!(outcomes, expected, "{done}");
+    assert_eq!(status["attempt"], json!(9));
+}

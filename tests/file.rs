@@ -1,6 +1,7 @@
 //! The conformance suite on `FileStorage`, and the file store's own behaviour.
 
 mod conformance;
+mod jobs;
 mod lifecycle;
 
 use std::sync::Arc;
@@ -30,3 +31,4 @@ async fn make(_name: &str) -> Option<Fixture> {
 all_conformance_tests!(make);
 
 all_lifecycle_tests!(make);
+all_jobs_tests!(make);

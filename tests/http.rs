@@ -478,7 +478,7 @@ async fn admin_recover_one_job() {
         Some(KEY),
     )
     .await;
-    assert_error(&not_running, StatusCode::BAD_REQUEST, None);
+    assert_error(&not_running, StatusCode::CONFLICT, Some("waiting"));
     assert!(
         not_running.body["error"]
             .as_str()

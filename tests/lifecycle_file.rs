@@ -74,7 +74,7 @@ fn child() {
                 let runs = Path::new(&dir).join("..").join("runs.log");
                 let idempotency = Idempotency::new(Arc::new(store));
                 let result: Value = idempotency
-                    .run("shared-key", Duration::from_secs(600), async move {
+                    .run("shared-key", Duration::from_secs(300), async move {
                         let mut log = std::fs::OpenOptions::new()
                             .create(true)
                             .append(true)
@@ -93,7 +93,7 @@ fn child() {
                 let idempotency =
                     Idempotency::new(Arc::new(store)).with_lease(Duration::from_secs(30));
                 let _: Result<Value, RunError<std::io::Error>> = idempotency
-                    .run("crashy", Duration::from_secs(600), async {
+                    .run("crashy", Duration::from_secs(300), async {
                         println!("@working");
                         std::future::pending().await
                     })
@@ -361,4 +361,55 @@ async fn dropping_the_sweeper_stops_its_task() {
         tokio::task::yield_now().await;
     }
     assert_eq!(store.cleanups.load(Ordering::SeqCst), 0);
+}
+
+/// The README's idempotency example, on its store settings, with time moved on: within the
+/// hour it was given the work runs once, also past the store's default 5-minute TTL.
+#[tokio::test]
+async fn the_readme_idempotency_example_runs_its_work_once_within_the_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let ttl = TtlPolicy::default().with_state("idempotency-done", Some(Duration::from_secs(3600)));
+    let store: DynSyncStorage = Arc::new(
+        FileStorage::builder(dir.path())
+            .with_ttl(ttl)
+            .with_clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap(),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let charge = || {
+        let runs = runs.clone();
+        async move {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<_, std::io::Error>(format!("charged (run {n})"))
+        }
+    };
+    let idempotency = Idempotency::new(store.clone());
+    let hour = Duration::from_secs(3600);
+    let receipt: String = idempotency
+        .run("charge-order-42", hour, charge())
+        .await
+        .unwrap();
+    assert_eq!(receipt, "charged (run 1)");
+    clock.advance(Duration::from_secs(6 * 60));
+    let again: String = idempotency
+        .run("charge-order-42", hour, charge())
+        .await
+        .unwrap();
+    assert_eq!(again, "charged (run 1)");
+    clock.advance(Duration::from_secs(50 * 60));
+    let still: String = idempotency
+        .run("charge-order-42", hour, charge())
+        .await
+        .unwrap();
+    assert_eq!(still, "charged (run 1)");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Past the hour the promise is over: it runs again.
+    clock.advance(Duration::from_secs(5 * 60));
+    let later: String = idempotency
+        .run("charge-order-42", hour, charge())
+        .await
+        .unwrap();
+    assert_eq!(later, "charged (run 2)");
 }

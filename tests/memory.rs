@@ -1,6 +1,7 @@
 //! The conformance suite on `MemoryStorage`.
 
 mod conformance;
+mod jobs;
 mod lifecycle;
 
 use std::sync::Arc;
@@ -29,3 +30,4 @@ fn object_safe() {
 }
 
 all_lifecycle_tests!(make);
+all_jobs_tests!(make);

@@ -7,6 +7,7 @@
 #![cfg(feature = "postgres")]
 
 mod conformance;
+mod jobs;
 mod lifecycle;
 
 use std::collections::{BTreeSet, HashMap};
@@ -136,6 +137,7 @@ async fn make(name: &str) -> Option<Fixture> {
 
 all_conformance_tests!(make);
 all_lifecycle_tests!(make);
+all_jobs_tests!(make);
 
 /// A schema of its own, an admin connection and a clock, for the tests below.
 async fn setup(name: &str) -> Option<(tokio_postgres::Client, DropSchema, ManualClock)> {

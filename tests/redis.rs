@@ -6,6 +6,7 @@
 #![cfg(feature = "redis")]
 
 mod conformance;
+mod jobs;
 mod lifecycle;
 
 use std::collections::HashMap;
@@ -150,6 +151,7 @@ async fn make(name: &str) -> Option<Fixture> {
 
 all_conformance_tests!(make);
 all_lifecycle_tests!(make);
+all_jobs_tests!(make);
 
 async fn raw() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url().as_str())

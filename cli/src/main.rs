@@ -2,6 +2,7 @@
 
 mod failure;
 mod fields;
+mod jobs;
 mod render;
 mod serve;
 mod watch;
@@ -149,14 +150,16 @@ enum Command {
     },
     /// Requeue running jobs whose worker stopped heartbeating.
     ///
-    /// A job whose attempt number reached --max-attempts goes to failed instead. Each move is
-    /// a compare-and-set, so a worker that writes first keeps its job.
+    /// A job goes to failed instead after --max-attempts crashes in a row without progress,
+    /// and to cancelled if a cancel was asked. Each move is a compare-and-set, so a worker
+    /// that writes first keeps its job.
     Recover {
         /// A running job without a heartbeat for this long is stale.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
               default_value = DEFAULT_STALE_AFTER)]
         stale_after: Duration,
-        /// A job whose attempt number reached this goes to failed instead of pending.
+        /// A job goes to failed instead of pending once this many of its attempts in a row
+        /// crashed without advancing its progress or checkpoint.
         #[arg(long, value_name = "N", default_value_t = RecoveryPolicy::default().max_attempts,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_attempts: u32,
@@ -164,6 +167,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Job(jobs::JobCommand),
     /// Follow changes live until Ctrl-C (or until stdout closes).
     Watch {
         /// The ids to follow (default: every id).
@@ -331,6 +336,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
         | Command::Update { id, .. }
         | Command::Get { id, .. }
         | Command::Rm { id } => validate_id(id)?,
+        Command::Job(command) => validate_id(command.id())?,
         Command::Watch { ids, .. } => ids.iter().try_for_each(|id| validate_id(id))?,
         Command::Ls { .. }
         | Command::Cleanup { .. }
@@ -354,6 +360,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             let record = update(&store, &id, if_version, &fields).await?;
             written(&record, json)?
         }
+        Command::Job(command) => jobs::run(&store, command).await?,
         Command::Get { id, json } => {
             let record = store.get_required(&id).await?;
             if json {
@@ -591,6 +598,10 @@ fn recover_text(report: &syncstatus::RecoveryReport) -> String {
             RecoveryAction::Failed => format!(
                 "failed {} after {} attempt(s) (version {})\n",
                 job.id, job.attempt, job.version
+            ),
+            RecoveryAction::Cancelled => format!(
+                "cancelled {} as requested (version {})\n",
+                job.id, job.version
             ),
         };
         out.push_str(&line);

@@ -118,7 +118,7 @@ pub fn record_view(record: &Record, now: Timestamp) -> String {
     match status {
         Value::Object(map) => {
             for (key, value) in map {
-                if matches!(key.as_str(), "state" | "progress" | "message") {
+                if matches!(key.as_str(), "state" | "progress" | "message" | "history") {
                     continue;
                 }
                 let text = match value {
@@ -134,6 +134,9 @@ pub fn record_view(record: &Record, now: Timestamp) -> String {
     let mut out = String::new();
     for (name, value) in lines {
         let _ = writeln!(out, "{:<width$}{value}", format!("{name}:"));
+    }
+    if let Some(history) = crate::jobs::history_view(status) {
+        out.push_str(&history);
     }
     out
 }

@@ -546,6 +546,10 @@ impl SyncStorage for FileStorage {
         self.inner.clock.clone()
     }
 
+    fn ttl_for(&self, status: &serde_json::Value) -> Result<Option<std::time::Duration>> {
+        Ok(self.inner.ttl.ttl_for(status))
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Record>> {
         validate_id(id)?;
         let id = id.to_string();

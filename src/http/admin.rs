@@ -14,7 +14,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::params::{NoParams, Params};
 use super::reads::checked_id;
+use crate::jobs;
 use crate::lifecycle::{self, RecoveredJob, RecoveryReport, Stats};
+use crate::record::Record;
 use crate::storage::{CleanupOptions, CleanupReport};
 
 /// Equality whose time depends only on the length of `given`, not on where it differs from
@@ -151,6 +153,30 @@ pub(super) async fn recover_stale(
         .recoveries
         .fetch_add(recovered, Ordering::Relaxed);
     Ok(Json(report))
+}
+
+pub(super) async fn cancel_one(
+    State(config): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Record>, ApiError> {
+    authorize(&config, &headers)?;
+    params?;
+    let id = checked_id(path)?;
+    Ok(Json(jobs::cancel(&*config.store, &id).await?))
+}
+
+pub(super) async fn retry_one(
+    State(config): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Params<NoParams>, ApiError>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Record>, ApiError> {
+    authorize(&config, &headers)?;
+    params?;
+    let id = checked_id(path)?;
+    Ok(Json(jobs::retry(&*config.store, &id).await?))
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@
 //! | `POST /admin/cleanup?dry_run=true&ttl=5m` | runs [`SyncStorage::cleanup`](crate::SyncStorage::cleanup), returns its report |
 //! | `POST /admin/recover/{id}` | recovers one running job ([`crate::recover_job`]) |
 //! | `POST /admin/recover` | recovers every stale running job ([`crate::recover_stale`]) |
+//! | `POST /admin/cancel/{id}` | cancels a job ([`crate::jobs::cancel`]); 409 if it already ended |
+//! | `POST /admin/retry/{id}` | puts a failed or cancelled job back to pending ([`crate::jobs::retry`]); 409 otherwise |
 //!
 //! Errors are JSON: `{"error": "<message>", "id": "<id>"}` (the id when there is one).
 //! Not found is 404; a refused id or argument 400, and so is any query parameter a route
@@ -226,6 +228,8 @@ impl RouterConfig {
             .route("/admin/cleanup", post(admin::cleanup))
             .route("/admin/recover", post(admin::recover_stale))
             .route("/admin/recover/{id}", post(admin::recover_one))
+            .route("/admin/cancel/{id}", post(admin::cancel_one))
+            .route("/admin/retry/{id}", post(admin::retry_one))
             .with_state(state);
         match cors {
             Some(cors) => router.layer(cors),

@@ -72,8 +72,10 @@ impl<E> From<Error> for RunError<E> {
 /// retried. A claim whose holder died (its lease ran out) is taken over by the next caller.
 ///
 /// The stored result also obeys the store's own TTL policy for the states
-/// `idempotency-claimed` and `idempotency-done`: give `idempotency-done` a TTL at least as long
-/// as the longest you pass to `run`.
+/// `idempotency-claimed` and `idempotency-done`, so `run` refuses (with [`Error::Config`],
+/// before running anything) a `ttl` longer than the store keeps `idempotency-done` records, or
+/// a lease longer than it keeps `idempotency-claimed` ones: give those states TTLs at least as
+/// long as the longest `ttl` you pass and the lease.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -161,6 +163,37 @@ impl Idempotency {
         Ok(id)
     }
 
+    /// Refuses a `ttl` the store would not keep: a result that expired early would run the
+    /// work again, and a claim that expired mid-work would let a second caller run it too.
+    fn check_store_keeps(&self, key: &str, ttl: Duration) -> Result<()> {
+        let needs = [(DONE, ttl, "the result"), (CLAIMED, self.lease, "a claim")];
+        for (state, wanted, what) in needs {
+            let kept = self
+                .store
+                .ttl_for(&json!({ "state": state }))
+                .map_err(|error| {
+                    Error::Config(format!(
+                        "idempotency key `{key}`: cannot tell how long the store keeps {what} \
+                         ({error}), so running the work once cannot be promised"
+                    ))
+                })?;
+            if let Some(kept) = kept
+                && kept < wanted
+            {
+                return Err(Error::Config(format!(
+                    "idempotency key `{key}`: {what} must be kept {}, but the {} store keeps \
+                     `{state}` records only {}; give that state a TTL of at least {} \
+                     (TtlPolicy::with_state) or ask for less",
+                    humantime::format_duration(wanted),
+                    self.store.backend_name(),
+                    humantime::format_duration(kept),
+                    humantime::format_duration(wanted),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn classify<T: DeserializeOwned>(
         &self,
         record: Option<&Record>,
@@ -197,6 +230,7 @@ impl Idempotency {
         F: Future<Output = Result<T, E>>,
     {
         let id = self.id(key)?;
+        self.check_store_keeps(key, ttl)?;
         let token = claim_token();
         let clock = self.store.clock();
         let claimed = loop {

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::jobs::{Attempt, AttemptEnd, close_last};
 use crate::record::{Record, Timestamp};
-use crate::status::State;
+use crate::status::{Progress, State};
 use crate::storage::{CleanupProblem, ListFilter, PutMode, SyncStorage};
 
 /// A running job whose last heartbeat is older than this is stale, unless told otherwise.
@@ -17,21 +18,25 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 /// Records that the worker of `id` is alive: sets `status.heartbeat_at` to the store's
 /// current time, which is a write (the version grows and the TTL starts again).
 ///
-/// [`Error::NotFound`] if there is no live record; [`Error::Config`] if its status is not a
-/// JSON object.
+/// [`Error::NotFound`] if there is no live record; [`Error::InvalidStatus`] if its status is
+/// not a JSON object.
 pub async fn heartbeat(store: &dyn SyncStorage, id: &str) -> Result<Record> {
     let now = store.clock().now();
     store
         .update(id, &mut |current: Option<&Record>| {
             let record = current.ok_or_else(|| Error::NotFound { id: id.to_string() })?;
             let mut status = record.status.clone();
-            let object = status.as_object_mut().ok_or_else(|| {
-                Error::Config(format!("the status of `{id}` is not a JSON object"))
-            })?;
-            object.insert("heartbeat_at".into(), json!(now));
+            object_of(id, &mut status)?.insert("heartbeat_at".into(), json!(now));
             Ok(status)
         })
         .await
+}
+
+fn object_of<'a>(id: &str, status: &'a mut Value) -> Result<&'a mut Map<String, Value>> {
+    status.as_object_mut().ok_or_else(|| Error::InvalidStatus {
+        id: id.to_string(),
+        reason: "it is not a JSON object".into(),
+    })
 }
 
 /// When the worker of `record` last said it was alive: its `heartbeat_at`, else its
@@ -52,7 +57,10 @@ pub fn last_heartbeat(record: &Record) -> Timestamp {
 /// What recovery does with a job whose worker died.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryPolicy {
-    /// A job whose attempt number reached this goes to failed instead of back to pending.
+    /// A job goes to failed instead of back to pending once this many of its attempts in a
+    /// row crashed (stopped heartbeating) without advancing its progress or checkpoint. An
+    /// attempt that advanced resets the count, so a job that keeps making progress survives
+    /// any number of crashes; graceful requeues never count.
     pub max_attempts: u32,
 }
 
@@ -68,8 +76,10 @@ impl Default for RecoveryPolicy {
 pub enum RecoveryAction {
     /// Back to pending with its attempt number raised by one.
     Requeued,
-    /// To failed: it used up its attempts.
+    /// To failed: too many crashes in a row without progress.
     Failed,
+    /// To cancelled: a cancel was requested and its worker is gone.
+    Cancelled,
 }
 
 /// One job recovered.
@@ -77,7 +87,7 @@ pub enum RecoveryAction {
 pub struct RecoveredJob {
     /// Its id.
     pub id: String,
-    /// Requeued or failed.
+    /// Requeued, failed or cancelled.
     pub action: RecoveryAction,
     /// Its attempt number after recovery.
     pub attempt: u32,
@@ -88,7 +98,7 @@ pub struct RecoveredJob {
 /// What [`recover_stale`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryReport {
-    /// The jobs moved to pending or failed.
+    /// The jobs moved to pending, failed or cancelled.
     pub recovered: Vec<RecoveredJob>,
     /// Running jobs left alone: they heartbeat, or won the race against recovery.
     pub alive: usize,
@@ -96,13 +106,11 @@ pub struct RecoveryReport {
     pub errors: Vec<CleanupProblem>,
 }
 
-fn attempt_of(status: &Value) -> u32 {
+fn u32_field(status: &Value, key: &str) -> Option<u32> {
     status
-        .get("attempt")
+        .get(key)
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(1)
-        .max(1)
 }
 
 /// The status a dead job moves to, and what that is.
@@ -112,19 +120,56 @@ fn recovered_status(
     policy: &RecoveryPolicy,
     why: &str,
 ) -> Result<(Value, RecoveryAction, u32)> {
+    let id = record.id.as_str();
     let mut status = record.status.clone();
-    let object = status.as_object_mut().ok_or_else(|| {
-        Error::Config(format!(
-            "the status of `{}` is not a JSON object",
-            record.id
-        ))
-    })?;
-    let attempt = attempt_of(&record.status);
-    if attempt >= policy.max_attempts {
+    let attempt = u32_field(&status, "attempt").unwrap_or(1).max(1);
+    let crashes = u32_field(&status, "crashes").unwrap_or(0);
+    let cancel_requested = status
+        .get("cancel_requested")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let progress: Option<Progress> = status
+        .get("progress")
+        .and_then(|progress| serde_json::from_value(progress.clone()).ok());
+    let mut history: Vec<Attempt> = match status.get("history") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(history) => {
+            serde_json::from_value(history.clone()).map_err(|error| Error::InvalidStatus {
+                id: id.to_string(),
+                reason: format!("its `history` is not a list of attempts: {error}"),
+            })?
+        }
+    };
+    let object = object_of(id, &mut status)?;
+    object.remove("lease");
+    let outcome = if cancel_requested {
+        AttemptEnd::Cancelled
+    } else {
+        AttemptEnd::Interrupted
+    };
+    let advanced = close_last(&mut history, outcome, now, progress);
+    if !history.is_empty() {
+        object.insert("history".into(), json!(history));
+    }
+    if cancel_requested {
+        object.insert("state".into(), json!(State::Cancelled));
+        object.remove("cancel_requested");
+        object.insert("finished_at".into(), json!(now));
+        object.insert(
+            "message".into(),
+            json!(format!("{why}; cancelled as requested")),
+        );
+        return Ok((status, RecoveryAction::Cancelled, attempt));
+    }
+    let crashes = if advanced { 0 } else { crashes + 1 };
+    object.insert("crashes".into(), json!(crashes));
+    if crashes >= policy.max_attempts {
         object.insert("state".into(), json!(State::Failed));
         object.insert(
             "error".into(),
-            json!(format!("{why}; gave up after {attempt} attempts")),
+            json!(format!(
+                "{why}; gave up after {crashes} attempts in a row ended without progress"
+            )),
         );
         object.insert("finished_at".into(), json!(now));
         Ok((status, RecoveryAction::Failed, attempt))
@@ -132,12 +177,17 @@ fn recovered_status(
         let next = attempt + 1;
         object.insert("state".into(), json!(State::Pending));
         object.insert("attempt".into(), json!(next));
+        let counted = if advanced {
+            "it had made progress".to_string()
+        } else {
+            format!(
+                "{crashes} of {} crashes without progress",
+                policy.max_attempts
+            )
+        };
         object.insert(
             "message".into(),
-            json!(format!(
-                "{why}; requeued for attempt {next} of {}",
-                policy.max_attempts
-            )),
+            json!(format!("{why}; requeued for attempt {next} ({counted})")),
         );
         Ok((status, RecoveryAction::Requeued, next))
     }
@@ -169,17 +219,29 @@ async fn recover_record(
 }
 
 /// Finds running jobs whose last heartbeat is older than `stale_after` and moves each back
-/// to pending with its attempt raised by one, or to failed once it reached
-/// `policy.max_attempts`, with a message saying why. Each move is a compare-and-set, so a
-/// worker that is still alive and writes first keeps its job.
+/// to pending with its attempt raised by one, or to failed once `policy.max_attempts`
+/// attempts in a row crashed without progress, or to cancelled when a cancel was requested,
+/// with a message saying why. The open attempt of the job's history is closed as
+/// interrupted. Each move is a compare-and-set, so a worker that is still alive and writes
+/// first keeps its job.
 pub async fn recover_stale(
     store: &dyn SyncStorage,
     stale_after: Duration,
     policy: &RecoveryPolicy,
 ) -> Result<RecoveryReport> {
-    let listing = store
-        .list(&ListFilter::state(State::Running.as_str()))
-        .await?;
+    recover_stale_matching(store, None, stale_after, policy).await
+}
+
+/// [`recover_stale`] of the ids starting with `prefix` only.
+pub(crate) async fn recover_stale_matching(
+    store: &dyn SyncStorage,
+    prefix: Option<&str>,
+    stale_after: Duration,
+    policy: &RecoveryPolicy,
+) -> Result<RecoveryReport> {
+    let mut filter = ListFilter::state(State::Running.as_str());
+    filter.prefix = prefix.map(str::to_string);
+    let listing = store.list(&filter).await?;
     let mut report = RecoveryReport {
         errors: listing
             .errors
@@ -192,16 +254,12 @@ pub async fn recover_stale(
         ..RecoveryReport::default()
     };
     let now = store.clock().now();
+    let why = stale_why(stale_after);
     for record in &listing.records {
-        let silent_for = last_heartbeat(record).age_at(now);
-        if silent_for < stale_after {
+        if last_heartbeat(record).age_at(now) < stale_after {
             report.alive += 1;
             continue;
         }
-        let why = format!(
-            "no heartbeat for {}",
-            humantime::format_duration(Duration::from_secs(silent_for.as_secs()))
-        );
         match recover_record(store, record, now, policy, &why).await {
             Ok(Some(job)) => {
                 tracing::info!(id = %job.id, action = ?job.action, attempt = job.attempt, "recovered a stale job");
@@ -217,10 +275,39 @@ pub async fn recover_stale(
     Ok(report)
 }
 
+/// Why a stale job is recovered. The limit, not the silence measured: it is what the operator
+/// configured, and a silence rounded to seconds would print "1s" for a limit of 500ms.
+fn stale_why(stale_after: Duration) -> String {
+    format!(
+        "no heartbeat for {}",
+        humantime::format_duration(stale_after)
+    )
+}
+
+/// Recovers `id` if it is running and silent for `stale_after`, as [`recover_stale`] does;
+/// `Ok(None)` when it is not (or its worker wrote first).
+pub(crate) async fn recover_if_stale(
+    store: &dyn SyncStorage,
+    id: &str,
+    stale_after: Duration,
+    policy: &RecoveryPolicy,
+) -> Result<Option<RecoveredJob>> {
+    let Some(record) = store.get(id).await? else {
+        return Ok(None);
+    };
+    let now = store.clock().now();
+    if record.state() != Some(State::Running.as_str())
+        || last_heartbeat(&record).age_at(now) < stale_after
+    {
+        return Ok(None);
+    }
+    recover_record(store, &record, now, policy, &stale_why(stale_after)).await
+}
+
 /// Recovers one running job now, whatever its heartbeat says (an operator's decision).
 ///
-/// [`Error::NotFound`] if there is no live record, [`Error::Config`] if it is not running,
-/// [`Error::VersionConflict`] if its worker wrote meanwhile.
+/// [`Error::NotFound`] if there is no live record, [`Error::InvalidTransition`] if it is not
+/// running, [`Error::VersionConflict`] if its worker wrote meanwhile.
 pub async fn recover_job(
     store: &dyn SyncStorage,
     id: &str,
@@ -231,10 +318,14 @@ pub async fn recover_job(
         .await?
         .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
     if record.state() != Some(State::Running.as_str()) {
-        return Err(Error::Config(format!(
-            "job `{id}` is {}, not running",
-            record.state().unwrap_or("without a state")
-        )));
+        return Err(Error::InvalidTransition {
+            id: id.to_string(),
+            action: "recover",
+            state: format!(
+                "{}, not running",
+                record.state().unwrap_or("not a job status")
+            ),
+        });
     }
     let now = store.clock().now();
     recover_record(store, &record, now, policy, "recovered by an operator")

@@ -146,11 +146,21 @@ impl Server {
     }
 
     /// Sends it SIGINT (Ctrl-C) and waits, with a deadline, for it to exit on its own.
-    pub fn interrupt(mut self, deadline: Duration) -> std::process::ExitStatus {
+    pub fn interrupt(self, deadline: Duration) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGINT, deadline)
+    }
+
+    /// Sends it SIGTERM (as `cargo watch` or a service manager does) and waits, with a
+    /// deadline, for it to exit on its own.
+    pub fn terminate(self, deadline: Duration) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM, deadline)
+    }
+
+    fn stop_with(mut self, signal: i32, deadline: Duration) -> std::process::ExitStatus {
         let pid = i32::try_from(self.child.id()).expect("a pid fits in i32");
         // SAFETY: kill(2) has no memory effects; the pid is our own child, not yet reaped.
-        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
-        assert_eq!(sent, 0, "SIGINT could not be sent");
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "signal {signal} could not be sent");
         let until = Instant::now() + deadline;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -158,7 +168,7 @@ impl Server {
             }
             if Instant::now() > until {
                 panic!(
-                    "the dev server did not stop within {deadline:?} of SIGINT; its log:\n{}",
+                    "the dev server did not stop within {deadline:?} of signal {signal}; its log:\n{}",
                     self.log_text()
                 );
             }

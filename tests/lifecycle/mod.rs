@@ -175,7 +175,16 @@ pub async fn check_recover_job(f: Fixture) {
     let not_running = recover_job(&*f.store, "done", &RecoveryPolicy::default())
         .await
         .unwrap_err();
-    assert!(matches!(not_running, Error::Config(_)), "{not_running:?}");
+    assert!(
+        matches!(
+            not_running,
+            Error::InvalidTransition {
+                action: "recover",
+                ..
+            }
+        ),
+        "{not_running:?}"
+    );
     f.store
         .put("job", running_job(f.clock.now_ts()), PutMode::Overwrite)
         .await
@@ -242,7 +251,7 @@ pub async fn check_idempotency_runs_once(f: Fixture) {
         let runs = runs.clone();
         callers.push(tokio::spawn(async move {
             idempotency
-                .run("order-1", Duration::from_secs(600), async move {
+                .run("order-1", Duration::from_secs(300), async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::task::yield_now().await;
                     Ok::<_, Boom>(json!({"charged": 42}))
@@ -257,16 +266,16 @@ pub async fn check_idempotency_runs_once(f: Fixture) {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // Later, within the TTL: the stored result, nothing run.
     let again: Value = idempotency
-        .run("order-1", Duration::from_secs(600), async {
+        .run("order-1", Duration::from_secs(300), async {
             Ok::<_, Boom>(json!("ran again"))
         })
         .await
         .unwrap();
     assert_eq!(again, json!({"charged": 42}));
     // After the result's TTL: runs again.
-    f.clock.advance(Duration::from_secs(601));
+    f.clock.advance(Duration::from_secs(301));
     let fresh: Value = idempotency
-        .run("order-1", Duration::from_secs(600), async {
+        .run("order-1", Duration::from_secs(300), async {
             Ok::<_, Boom>(json!("ran again"))
         })
         .await
@@ -317,6 +326,37 @@ pub async fn check_idempotency_in_progress_and_lease(f: Fixture) {
     assert_eq!(taken_over, 9);
 }
 
+pub async fn check_idempotency_refuses_a_ttl_the_store_would_not_keep(f: Fixture) {
+    // The fixture's store keeps every record 5 minutes after its last write.
+    let idempotency = Idempotency::new(f.store.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let refused = idempotency
+        .run("charge-order-42", Duration::from_secs(3600), async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Boom>(1)
+        })
+        .await;
+    let Err(RunError::Store(Error::Config(message))) = refused else {
+        panic!("an hour was promised on a store that keeps 5 minutes: {refused:?}");
+    };
+    assert!(message.contains("charge-order-42"), "{message}");
+    assert!(
+        message.contains("1h") && message.contains("5m"),
+        "{message}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the work ran");
+    // A lease longer than the store keeps a claim would let a second caller in mid-work.
+    let long_lease = Idempotency::new(f.store.clone()).with_lease(Duration::from_secs(600));
+    let refused = long_lease
+        .run("k", Duration::from_secs(60), async { Ok::<_, Boom>(1) })
+        .await;
+    assert!(
+        matches!(refused, Err(RunError::Store(Error::Config(_)))),
+        "{refused:?}"
+    );
+}
+
 pub async fn check_idempotency_bad_key(f: Fixture) {
     let idempotency = Idempotency::new(f.store.clone());
     let refused = idempotency
@@ -354,6 +394,7 @@ macro_rules! all_lifecycle_tests {
             one!(check_idempotency_runs_once);
             one!(check_idempotency_failure_can_retry);
             one!(check_idempotency_in_progress_and_lease);
+            one!(check_idempotency_refuses_a_ttl_the_store_would_not_keep);
             one!(check_idempotency_bad_key);
         }
     };

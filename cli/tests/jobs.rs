@@ -1,0 +1,147 @@
+//! `syncstatus cancel`, `syncstatus retry` and the history in `get`, against a file store that
+//! a worker runtime in this test process works on: cancel comes from another process.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use syncstatus::jobs::{self, JobHandle, Runtime, RuntimeConfig};
+use syncstatus::{
+    DynSyncStorage, Error, FileStorage, Progress, State, SyncStatus, WatchEvent, WatchOptions,
+    WatchSelector,
+};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_syncstatus"))
+        .env_remove("SYNCSTATUS_STORE")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run syncstatus")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let output = run(dir, args);
+    assert!(
+        output.status.success(),
+        "{args:?} failed with {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn fails(dir: &Path, args: &[&str], code: i32) -> String {
+    let output = run(dir, args);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn cancel_and_retry_follow_the_job_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["set", "job", "--state", "pending"]);
+    assert_eq!(ok(d, &["cancel", "job"]), "job: cancelled (version 2)\n");
+    let again = fails(d, &["cancel", "job"], 4);
+    assert!(
+        again.contains("cannot cancel `job`: it is cancelled"),
+        "{again}"
+    );
+    let retried: Value = serde_json::from_str(&ok(d, &["retry", "job", "--json"])).unwrap();
+    assert_eq!(retried["status"]["state"], "pending");
+    assert_eq!(retried["status"]["attempt"], json!(2));
+    let not_failed = fails(d, &["retry", "job"], 4);
+    assert!(
+        not_failed.contains("cannot retry `job`: it is pending"),
+        "{not_failed}"
+    );
+    fails(d, &["cancel", "nobody"], 3);
+    fails(d, &["retry", "../x"], 2);
+}
+
+async fn wait_for(store: &DynSyncStorage, id: &str, done: impl Fn(&SyncStatus) -> bool) {
+    let mut events = store
+        .watch(
+            WatchSelector::ids([id]),
+            WatchOptions {
+                snapshot: true,
+                resume: None,
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("`{id}` did not get there in time"))
+            .expect("the watch goes on")
+            .expect("no watch error");
+        let records = match event {
+            WatchEvent::Upsert(record) => vec![record],
+            WatchEvent::Resync(records) => records,
+            WatchEvent::Removed { .. } => Vec::new(),
+        };
+        for record in records {
+            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
+            if done(&status) {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_another_process_stops_a_running_job_and_get_shows_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynSyncStorage = Arc::new(FileStorage::open(dir.path()).unwrap());
+    let job = |job: JobHandle| async move {
+        let mut done = 0;
+        loop {
+            done += 1;
+            match job.set_progress(Progress::new(done, 1_000_000)).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(Error::Cancelled { .. }) => {
+                    return Err::<Value, jobs::BoxError>("cancelled".into());
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    };
+    let config = RuntimeConfig::default()
+        .with_stale_after(Duration::from_secs(30))
+        .with_heartbeat_every(Duration::from_millis(100));
+    let runtime = Runtime::start(store.clone(), config, job);
+    runtime.submit("busy", SyncStatus::pending()).await.unwrap();
+    wait_for(&store, "busy", |s| s.progress.is_some_and(|p| p.done >= 3)).await;
+
+    let dir_path = dir.path().to_path_buf();
+    let said = tokio::task::spawn_blocking(move || ok(&dir_path, &["cancel", "busy"]))
+        .await
+        .unwrap();
+    assert!(said.contains("cancel requested"), "{said}");
+    wait_for(&store, "busy", |s| s.state == State::Cancelled).await;
+    runtime.shutdown().await;
+
+    let dir_path = dir.path().to_path_buf();
+    let view = tokio::task::spawn_blocking(move || ok(&dir_path, &["get", "busy"]))
+        .await
+        .unwrap();
+    assert!(view.contains("state:"), "{view}");
+    let history = view
+        .lines()
+        .skip_while(|line| *line != "history:")
+        .collect::<Vec<_>>();
+    assert_eq!(history.len(), 2, "{view}");
+    assert!(
+        history[1].contains("#1") && history[1].contains("cancelled"),
+        "{view}"
+    );
+}

@@ -23,6 +23,7 @@ async fn make(_name: &str) -> Option<Fixture> {
         store: Arc::new(store),
         other: Arc::new(other),
         clock,
+        seed_max_version: None,
         _guard: Box::new(dir),
     })
 }

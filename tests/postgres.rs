@@ -130,6 +130,7 @@ async fn make(name: &str) -> Option<Fixture> {
         store: Arc::new(store),
         other: Arc::new(other),
         clock,
+        seed_max_version: None,
         _guard: Box::new(guard),
     })
 }

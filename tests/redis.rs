@@ -144,6 +144,7 @@ async fn make(name: &str) -> Option<Fixture> {
         other: Arc::new(other),
         store: Arc::new(setup.store),
         clock: setup.clock,
+        seed_max_version: None,
         _guard: Box::new(setup.guard),
     })
 }

@@ -22,7 +22,7 @@ use disk::Layout;
 pub use watch::WatchMode;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -595,7 +595,7 @@ impl SyncStorage for FileStorage {
     }
 
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
-        validate_id(name)?;
+        validate_lock_name(name)?;
         let name = format!("@{name}");
         let lock = self
             .blocking(move |inner| inner.layout.try_lock(&name))

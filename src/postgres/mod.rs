@@ -47,7 +47,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -856,7 +856,7 @@ impl SyncStorage for PostgresStorage {
     /// guard keeps; dropping the guard unlocks and returns the connection. If the process
     /// dies, the server ends the session and releases the lock, so `lease` is not used.
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
-        validate_id(name)?;
+        validate_lock_name(name)?;
         Ok(self.acquire(name).await?.map(LockGuard::new))
     }
 }

@@ -35,7 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -603,6 +603,7 @@ impl SyncStorage for RedisStorage {
     }
 
     async fn try_lock(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>> {
+        validate_lock_name(name)?;
         let key = self.inner.keys.lock(name);
         lock::try_lock_guard(self.conn(), key, lease).await
     }

@@ -1439,6 +1439,47 @@ async fn without_lazy_sweep_nothing_is_removed_on_the_side() {
     assert!(!dir.join("old.json").exists());
 }
 
+/// A record file over the store's size limit is refused by its metadata, before any of it
+/// is read (a sparse file of 1 GiB would take that much memory otherwise), with a typed
+/// error naming the id; listings report it beside the good records. Writes over the limit
+/// are refused too, and the limit is the builder's.
+#[tokio::test]
+async fn oversize_records_are_refused_on_read_and_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = FileStorage::builder(dir)
+        .with_lazy_sweep(None)
+        .with_max_record_size(4096)
+        .build()
+        .unwrap();
+    // Sparse: its length says 1 GiB, though nothing is on the disk.
+    let huge = fs::File::create(dir.join("huge.json")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    drop(huge);
+    let too_large = |error: &Error, want: &str| matches!(error, Error::TooLarge { id, size, limit: 4096 } if id == want && *size > 4096);
+    let error = store.get("huge").await.unwrap_err();
+    assert!(too_large(&error, "huge"), "{error:?}");
+    store
+        .put("small", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let listing = store.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(listing.records.len(), 1);
+    assert_eq!(listing.errors.len(), 1);
+    assert!(
+        too_large(&listing.errors[0], "huge"),
+        "{:?}",
+        listing.errors
+    );
+    let error = store
+        .put("big", json!({"pad": "x".repeat(4096)}), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(too_large(&error, "big"), "{error:?}");
+    assert!(!dir.join("big.json").exists());
+    assert_eq!(fs::read_dir(dir.join(".tmp")).unwrap().count(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Durability and format
 

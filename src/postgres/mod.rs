@@ -139,6 +139,7 @@ pub struct PostgresStorageBuilder {
     ttl: TtlPolicy,
     clock: SharedClock,
     pool_size: usize,
+    max_record_size: u64,
 }
 
 impl PostgresStorageBuilder {
@@ -176,6 +177,14 @@ impl PostgresStorageBuilder {
     /// [`LockGuard`] keeps one of them, and each watch opens one more of its own.
     pub fn with_pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
+        self
+    }
+
+    /// The largest status, as JSON, a write sends (default:
+    /// [`DEFAULT_MAX_RECORD_SIZE`](crate::DEFAULT_MAX_RECORD_SIZE)); larger writes fail with
+    /// [`Error::TooLarge`] before reaching the server.
+    pub fn with_max_record_size(mut self, bytes: u64) -> Self {
+        self.max_record_size = bytes;
         self
     }
 
@@ -248,6 +257,7 @@ impl PostgresStorageBuilder {
                 table,
                 ttl: self.ttl,
                 clock: self.clock,
+                max_record_size: self.max_record_size,
                 hub: SharedHub::default(),
             }),
         };
@@ -302,6 +312,7 @@ struct Inner {
     migration: String,
     ttl: TtlPolicy,
     clock: SharedClock,
+    max_record_size: u64,
     hub: SharedHub,
 }
 
@@ -321,6 +332,7 @@ impl PostgresStorage {
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),
             pool_size: DEFAULT_POOL_SIZE,
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -727,6 +739,11 @@ impl SyncStorage for PostgresStorage {
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
         validate_id(id)?;
+        crate::storage::check_record_size(
+            id,
+            crate::storage::json_len(&status),
+            self.inner.max_record_size,
+        )?;
         let client = self.client().await?;
         let mut attempts = 0;
         loop {
@@ -745,6 +762,15 @@ impl SyncStorage for PostgresStorage {
             // The condition did not hold; look at what is there to say why. If what is there
             // now would have passed, the row changed in between: try again.
             let found = self.live_version(&client, id).await?;
+            // The writing statements do not go past the column's range (see `MAX_VERSION`).
+            let exhausted = found == Some(sql::MAX_VERSION)
+                && matches!(mode, PutMode::Overwrite | PutMode::Update(sql::MAX_VERSION));
+            if exhausted {
+                return Err(Error::VersionExhausted {
+                    id: id.to_string(),
+                    version: sql::MAX_VERSION,
+                });
+            }
             let error = match mode {
                 PutMode::Create => found.map(|version| Error::AlreadyExists {
                     id: id.to_string(),

@@ -593,10 +593,11 @@ impl Inner {
             );
         }
         // A sweep stopped half-way did not sweep the store: the next one must not wait.
-        if report.ran && !stop.load(Ordering::SeqCst) {
-            if let Err(error) = std::fs::write(&marker, now.as_millis().to_string()) {
-                tracing::debug!(%error, path = %marker.display(), "could not record the lazy sweep");
-            }
+        if report.ran
+            && !stop.load(Ordering::SeqCst)
+            && let Err(error) = std::fs::write(&marker, now.as_millis().to_string())
+        {
+            tracing::debug!(%error, path = %marker.display(), "could not record the lazy sweep");
         }
         Some(report)
     }

@@ -62,6 +62,15 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the name of a store-wide lock ([`SyncStorage::try_lock`](crate::SyncStorage::try_lock)).
+///
+/// One rule for every backend: a lock name is held to the id allowlist of [`validate_id`]. The
+/// file store makes a file of it, and the others keys or advisory-lock hashes, so a name one
+/// backend accepts must be one every backend can hold without escaping its namespace.
+pub(crate) fn validate_lock_name(name: &str) -> Result<()> {
+    validate_id(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

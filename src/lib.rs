@@ -81,9 +81,9 @@ pub use memory::MemoryStorage;
 pub use record::{Clock, ManualClock, Record, SharedClock, SystemClock, Timestamp, state_of};
 pub use status::{MAX_STATE_LEN, Progress, State, SyncStatus, validate_state};
 pub use storage::{
-    CleanupOptions, CleanupProblem, CleanupReport, DynSyncStorage, ListFilter, Listing, LockGuard,
-    PutMode, SyncStorage, SyncStorageExt, UpdateFn, WatchEvent, WatchOptions, WatchSelector,
-    WatchStream, update_optimistically,
+    CleanupOptions, CleanupProblem, CleanupReport, DEFAULT_MAX_RECORD_SIZE, DynSyncStorage,
+    ListFilter, Listing, LockGuard, PutMode, SyncStorage, SyncStorageExt, UpdateFn, WatchEvent,
+    WatchOptions, WatchSelector, WatchStream, update_optimistically,
 };
 pub use store_url::StoreUrl;
 pub use ttl::{DEFAULT_TTL, TtlPolicy};

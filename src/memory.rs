@@ -1,6 +1,7 @@
 //! An in-process store: for tests and for embedding where nothing must outlive the process.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -8,11 +9,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock};
 use crate::storage::{
-    CleanupOptions, CleanupReport, ListFilter, Listing, LockGuard, PutMode, SyncStorage, UpdateFn,
-    WatchOptions, WatchSelector, WatchStream,
+    CleanupOptions, CleanupReport, DEFAULT_MAX_RECORD_SIZE, ListFilter, Listing, LockGuard,
+    PutMode, SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, check_record_size,
+    json_len,
 };
 use crate::ttl::TtlPolicy;
 use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, SharedHub, WatchHub};
@@ -29,6 +31,7 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     ttl: TtlPolicy,
     clock: SharedClock,
+    max_record_size: AtomicU64,
     hub: SharedHub,
 }
 
@@ -52,9 +55,17 @@ impl MemoryStorage {
                 locks: Mutex::new(HashMap::new()),
                 ttl,
                 clock,
+                max_record_size: AtomicU64::new(DEFAULT_MAX_RECORD_SIZE),
                 hub: SharedHub::default(),
             }),
         }
+    }
+
+    /// The largest status, as compact JSON, this store accepts (default:
+    /// [`DEFAULT_MAX_RECORD_SIZE`]); larger writes fail with [`Error::TooLarge`].
+    pub fn with_max_record_size(self, bytes: u64) -> Self {
+        self.inner.max_record_size.store(bytes, Ordering::Relaxed);
+        self
     }
 
     fn records(&self) -> MutexGuard<'_, HashMap<String, Record>> {
@@ -106,10 +117,27 @@ impl MemoryStorage {
             }
             _ => {}
         }
+        let version = match &current {
+            None => 1,
+            Some(record) => {
+                record
+                    .version
+                    .checked_add(1)
+                    .ok_or_else(|| Error::VersionExhausted {
+                        id: id.to_string(),
+                        version: record.version,
+                    })?
+            }
+        };
+        check_record_size(
+            id,
+            json_len(&status),
+            self.inner.max_record_size.load(Ordering::Relaxed),
+        )?;
         let now = self.inner.clock.now();
         let record = Record {
             id: id.to_string(),
-            version: current.as_ref().map_or(1, |r| r.version + 1),
+            version,
             created_at: current.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
             status,
@@ -161,14 +189,23 @@ impl SyncStorage for MemoryStorage {
 
     async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> Result<Record> {
         validate_id(id)?;
-        // The closure runs outside the records lock (it may be slow); the per-id lock keeps
-        // read-modify-writes of one id in order.
+        // The closure runs outside the records lock (it may be slow), so `put` and `delete`
+        // can land while it runs. The write goes through only if the record is still what the
+        // closure saw; otherwise the closure runs again on what is there now. The per-id lock
+        // keeps updates of one id from making each other retry.
         let lock = self.id_lock(id);
         let _held = lock.lock().await;
-        let current = self.get(id).await?;
-        let status = f(current.as_ref())?;
-        let mut records = self.records();
-        self.write_locked(&mut records, id, status, PutMode::Overwrite)
+        loop {
+            let current = self.get(id).await?;
+            let status = f(current.as_ref())?;
+            {
+                let mut records = self.records();
+                if self.live(&records, id) == current.as_ref() {
+                    return self.write_locked(&mut records, id, status, PutMode::Overwrite);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     async fn delete(&self, id: &str) -> Result<bool> {
@@ -263,6 +300,7 @@ impl SyncStorage for MemoryStorage {
     }
 
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
+        validate_lock_name(name)?;
         let lock = self.id_lock(&format!("\0lock:{name}"));
         Ok(lock.try_lock_owned().ok().map(LockGuard::new))
     }
@@ -290,5 +328,50 @@ async fn report_expiry(inner: Weak<Inner>, hub: Weak<WatchHub>) {
                 .cloned();
             hub.apply(&id, live);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SyncStorageExt;
+    use serde_json::json;
+
+    /// No store API makes a record at `u64::MAX`; placed by hand, it cannot be written again.
+    #[tokio::test]
+    async fn a_record_at_the_highest_version_is_not_written_again() {
+        let store = MemoryStorage::new();
+        let mut record = store
+            .put("top", json!({"n": 0}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        record.version = u64::MAX;
+        store.records().insert("top".into(), record.clone());
+        let exhausted = |result: Result<Record>| matches!(result, Err(Error::VersionExhausted { ref id, version: u64::MAX }) if id == "top");
+        assert!(exhausted(
+            store.put("top", json!({}), PutMode::Overwrite).await
+        ));
+        assert!(exhausted(
+            store.put("top", json!({}), PutMode::Update(u64::MAX)).await
+        ));
+        assert!(exhausted(store.update_with("top", |_| Ok(json!({}))).await));
+        assert_eq!(store.get("top").await.unwrap(), Some(record));
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_is_configurable() {
+        let store = MemoryStorage::new().with_max_record_size(16);
+        let error = store
+            .put("s", json!({"pad": "0123456789"}), PutMode::Overwrite)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::TooLarge { ref id, size: 20, limit: 16 } if id == "s"),
+            "{error:?}"
+        );
+        store
+            .put("s", json!({"n": 1}), PutMode::Overwrite)
+            .await
+            .unwrap();
     }
 }

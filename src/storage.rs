@@ -14,6 +14,45 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::record::{Record, SharedClock, Timestamp};
 
+/// The default largest record a store writes or reads, in bytes: 1 MiB.
+///
+/// A status is a small document (a state, progress, a message, a result summary); a record of
+/// tens of megabytes is a mistake that costs memory in every reader and watcher it reaches
+/// (each SSE client holds a copy). 1 MiB is the item limit memcached uses by default, of the
+/// order of etcd's 1.5 MiB request limit, and far above any status this crate's helpers write.
+/// Stores take another limit through their builders.
+pub const DEFAULT_MAX_RECORD_SIZE: u64 = 1024 * 1024;
+
+/// Refuses a record of `size` bytes when it is over `limit`.
+pub(crate) fn check_record_size(id: &str, size: u64, limit: u64) -> Result<()> {
+    if size > limit {
+        return Err(Error::TooLarge {
+            id: id.to_string(),
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The length of `value` as compact JSON, counted without building the text.
+pub(crate) fn json_len(value: &Value) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
 /// How a [`SyncStorage::put`] is conditioned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutMode {

@@ -46,8 +46,15 @@ pub(crate) struct WatchHub {
     state: Mutex<HubState>,
 }
 
+/// Whether `a` and `b` are the same write. Version 0 is a file written by another tool as
+/// plain status JSON: it has no version of its own and its times are the file's, which stay
+/// the same across writes within one timestamp tick or by a tool that keeps them, so only
+/// its content tells one write from the next.
 fn same_revision(a: &Record, b: &Record) -> bool {
-    a.version == b.version && a.created_at == b.created_at && a.updated_at == b.updated_at
+    a.version == b.version
+        && a.created_at == b.created_at
+        && a.updated_at == b.updated_at
+        && (a.version > 0 || a.status == b.status)
 }
 
 /// Whether `new` is a record made again after `known` was removed, the removal itself having

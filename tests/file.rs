@@ -6,7 +6,7 @@ mod lifecycle;
 
 use std::sync::Arc;
 
-use conformance::{Fixture, standard_ttl};
+use conformance::{Fixture, NowTs, standard_ttl};
 use syncstatus::{FileStorage, ManualClock};
 
 async fn make(_name: &str) -> Option<Fixture> {
@@ -20,10 +20,28 @@ async fn make(_name: &str) -> Option<Fixture> {
             .unwrap()
     };
     let (store, other) = (open(), open());
+    let path = dir.path().to_path_buf();
+    let now = clock.now_ts();
     Some(Fixture {
         store: Arc::new(store),
         other: Arc::new(other),
         clock,
+        seed_max_version: Some(Box::new(move |id| {
+            // By hand: no store API writes a record at u64::MAX.
+            let record = serde_json::json!({
+                "id": id,
+                "version": u64::MAX,
+                "created_at": now.to_string(),
+                "updated_at": now.to_string(),
+                "status": {"state": "running"},
+            });
+            std::fs::write(
+                path.join(format!("{id}.json")),
+                serde_json::to_vec_pretty(&record).unwrap(),
+            )
+            .unwrap();
+            Box::pin(async { u64::MAX })
+        })),
         _guard: Box::new(dir),
     })
 }

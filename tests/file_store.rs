@@ -244,6 +244,8 @@ fn child_process() {
         "cas" => rt.block_on(child_cas(store, arg)),
         "rewriter" => rt.block_on(child_rewriter(store)),
         "cleaner" => rt.block_on(child_cleaner(store)),
+        "holder" => child_holder(&dir),
+        "lock-updater" => rt.block_on(child_lock_updater(store)),
         other => panic!("unknown child role {other}"),
     }
 }
@@ -289,6 +291,43 @@ async fn child_writer(store: FileStorage, seed: u64) {
         }
         seq += 1;
     }
+}
+
+/// Takes the file lock of each id named on stdin, as another process writing it (or frozen
+/// while writing) would, and holds them all until stdin closes.
+fn child_holder(dir: &Path) {
+    let mut held = Vec::new();
+    while let Some(id) = read_command() {
+        let file = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(".locks").join(format!("{id}.lock")))
+            .unwrap();
+        file.lock().unwrap();
+        held.push(file);
+        say("locked");
+    }
+}
+
+/// Updates the counter `UPDATES_EACH` times and reports how many updates succeeded.
+async fn child_lock_updater(store: FileStorage) {
+    say("ready");
+    assert_eq!(read_command().as_deref(), Some("go"));
+    let mut succeeded = 0u64;
+    for _ in 0..UPDATES_EACH {
+        let result = store
+            .update_with("counter", |current| {
+                let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+                Ok(json!({"n": n + 1}))
+            })
+            .await;
+        if result.is_ok() {
+            succeeded += 1;
+        }
+    }
+    say(format!("done {succeeded}"));
 }
 
 async fn child_updater(store: FileStorage) {
@@ -540,6 +579,59 @@ fn updates_from_several_processes_lose_nothing() {
     assert_eq!(record.version, UPDATERS * UPDATES_EACH);
 }
 
+/// Lock files (and the whole `.locks` directory) removed again and again while several
+/// processes update one counter, as an operator clearing "stale locks" or a tmp cleaner would:
+/// no update that reported success is lost. Before, two writers could each hold "the" lock
+/// (one on the removed file, one on its replacement) and one update overwrote the other.
+#[test]
+fn removing_lock_files_while_held_loses_no_update() {
+    const PROCESSES: u64 = 6;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    FileStorage::open(&dir).unwrap();
+    let mut children: Vec<Child> = (0..PROCESSES)
+        .map(|i| Child::spawn("lock-updater", &dir, i))
+        .collect();
+    for child in &children {
+        child.expect("ready");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let remover = {
+        let (stop, locks) = (stop.clone(), dir.join(".locks"));
+        std::thread::spawn(move || {
+            let mut removals = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let removed = if removals % 16 == 15 {
+                    fs::remove_dir_all(&locks).is_ok()
+                } else {
+                    fs::remove_file(locks.join("counter.lock")).is_ok()
+                };
+                removals += u64::from(removed);
+                std::thread::yield_now();
+            }
+            removals
+        })
+    };
+    for child in &mut children {
+        child.send("go");
+    }
+    let mut succeeded = 0;
+    for child in children {
+        let line = child.recv();
+        let count: u64 = line.strip_prefix("done ").unwrap().parse().unwrap();
+        succeeded += count;
+        child.finish();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let removals = remover.join().unwrap();
+    eprintln!("{removals} lock files or directories removed during {succeeded} updates");
+    assert!(removals > 0);
+    let store = FileStorage::open(&dir).unwrap();
+    let record = runtime().block_on(store.get("counter")).unwrap().unwrap();
+    assert_eq!(record.status["n"], succeeded, "updates were lost");
+    assert_eq!(record.version, succeeded);
+}
+
 #[test]
 fn conditional_puts_from_several_processes_one_wins_per_version() {
     const PROCESSES: u64 = 4;
@@ -702,28 +794,11 @@ fn cleanups_racing_writers_remove_only_expired_records_once() {
     }
 }
 
-/// Whether some process waits for a `flock` on the file with inode `ino` (Linux `/proc/locks`
-/// lists waiters with `->`).
-#[cfg(target_os = "linux")]
-fn flock_waiter_on(ino: u64) -> bool {
-    let locks = fs::read_to_string("/proc/locks").unwrap();
-    locks.lines().any(|line| {
-        line.contains("->")
-            && line.contains("FLOCK")
-            && line
-                .split_whitespace()
-                .filter_map(|field| field.rsplit_once(':'))
-                .any(|(_, inode)| inode == ino.to_string())
-    })
-}
-
-/// A cleanup that found a record expired must look again once it holds the record's lock:
-/// here a writer (this test, holding the lock as another process would) makes the record
-/// fresh while the cleanup waits for the lock, and the cleanup must keep it.
-#[cfg(target_os = "linux")]
+/// A record whose lock another process holds (a writer right now, or a frozen one) is left
+/// alone by a cleanup, which neither waits for the lock nor removes the record, and goes on
+/// with the others. Before, the cleanup waited for the lock without bound.
 #[test]
-fn cleanup_checks_expiry_again_under_the_lock() {
-    use std::os::unix::fs::MetadataExt;
+fn a_cleanup_skips_a_record_whose_lock_another_process_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let store = FileStorage::builder(&dir)
@@ -731,42 +806,108 @@ fn cleanup_checks_expiry_again_under_the_lock() {
         .build()
         .unwrap();
     let hour = Duration::from_secs(3600);
-    write_envelope(&dir, "job", 4, hour, json!({"state": "running"}));
-    let held = fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(".locks").join("job.lock"))
-        .unwrap();
-    held.lock().unwrap();
-    let ino = held.metadata().unwrap().ino();
+    write_envelope(&dir, "held", 4, hour, json!({"state": "running"}));
+    write_envelope(&dir, "free", 4, hour, json!({"state": "running"}));
+    let mut holder = Child::spawn("holder", &dir, 0);
+    holder.send("held");
+    holder.expect("locked");
+    let report =
+        run_within_deadline(async move { store.cleanup(&CleanupOptions::default()).await })
+            .unwrap();
+    assert_eq!(report.removed, ["free"]);
+    assert_eq!(report.kept, 1);
+    assert!(dir.join("held.json").exists());
+    holder.finish();
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
+/// A write waits for the lock of its id for the store's lock timeout, then fails with a
+/// typed error naming the id: a frozen holder does not block writers forever.
+#[test]
+fn a_write_waits_for_a_held_lock_only_as_long_as_the_lock_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let timeout = Duration::from_millis(200);
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(None)
+        .with_lock_timeout(timeout)
         .build()
         .unwrap();
-    let cleanup = {
-        let store = store.clone();
-        rt.spawn(async move { store.cleanup(&CleanupOptions::default()).await })
-    };
-    let deadline = std::time::Instant::now() + CHILD_DEADLINE;
-    while !flock_waiter_on(ino) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cleanup never waited for the lock of the expired record"
-        );
-        assert!(!cleanup.is_finished(), "the cleanup ended without the lock");
-        std::thread::sleep(Duration::from_millis(1));
+    write_envelope(&dir, "frozen", 1, Duration::ZERO, json!({"n": 1}));
+    let mut holder = Child::spawn("holder", &dir, 0);
+    holder.send("frozen");
+    holder.expect("locked");
+    let results = run_within_deadline(async move {
+        let update = store.update_with("frozen", |_| Ok(json!({"n": 2}))).await;
+        let put = store
+            .put("frozen", json!({"n": 3}), PutMode::Overwrite)
+            .await;
+        let delete = store.delete("frozen").await.map(|_| ());
+        // Other ids are not held up.
+        store
+            .put("other", json!({}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        [update.map(|_| ()), put.map(|_| ()), delete]
+    });
+    for result in results {
+        match result {
+            Err(Error::LockTimeout { id, waited }) => {
+                assert_eq!(id, "frozen");
+                assert!(waited >= timeout, "{waited:?}");
+            }
+            other => panic!("expected a lock timeout, got {other:?}"),
+        }
     }
-    write_envelope(&dir, "job", 5, Duration::ZERO, json!({"state": "running"}));
-    held.unlock().unwrap();
-    let report = rt.block_on(cleanup).unwrap().unwrap();
-    assert!(report.removed.is_empty(), "{report:?}");
-    assert_eq!(report.kept, 1);
-    let record = rt.block_on(store.get("job")).unwrap().unwrap();
-    assert_eq!(record.version, 5);
+    let record: Value =
+        serde_json::from_slice(&fs::read(dir.join("frozen.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], json!({"n": 1}));
+    holder.finish();
+}
+
+/// A write of one id is not held up by the lock of another, expired id that another process
+/// holds, even when the lazy sweep is due: the sweep runs in the background, skips the held
+/// record and removes the rest. Before, the write swept inline and waited for the lock.
+#[test]
+fn a_due_lazy_sweep_does_not_hold_up_writes_behind_a_held_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let hour = Duration::from_secs(3600);
+    write_envelope(&dir, "stuck", 1, hour, json!({"state": "running"}));
+    write_envelope(&dir, "stale", 1, hour, json!({"state": "running"}));
+    let store = FileStorage::builder(&dir)
+        .with_lazy_sweep(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let mut holder = Child::spawn("holder", &dir, 0);
+    holder.send("stuck");
+    holder.expect("locked");
+    let listed = run_within_deadline(async move {
+        store.put("a", json!({}), PutMode::Overwrite).await.unwrap();
+        let listed = store.list(&ListFilter::all()).await.unwrap().records.len();
+        store.wait_for_lazy_sweep().await;
+        listed
+    });
+    assert_eq!(listed, 1);
+    assert!(
+        !dir.join("stale.json").exists(),
+        "the lazy sweep did not run"
+    );
+    assert!(dir.join("stuck.json").exists());
+    holder.finish();
+}
+
+/// Runs `work` on a runtime of its own, failing the test if it is not done within
+/// [`CHILD_DEADLINE`] (before the fixes, these waited without bound).
+fn run_within_deadline<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(runtime().block_on(work));
+    });
+    finished
+        .recv_timeout(CHILD_DEADLINE)
+        .expect("the work waited without bound")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1174,11 +1315,12 @@ async fn lazy_sweep_runs_on_writes_after_its_interval_only() {
         .build()
         .unwrap();
     let old = dir.join("old.json");
-    // The first write of a store handle sweeps and starts the interval.
+    // The first write of a store handle sweeps (in the background) and starts the interval.
     store
         .put("old", json!({}), PutMode::Overwrite)
         .await
         .unwrap();
+    store.wait_for_lazy_sweep().await;
     clock.advance(Duration::from_secs(120));
     // Expired: reads as absent, but the file stays until a sweep.
     assert!(store.get("old").await.unwrap().is_none());
@@ -1187,12 +1329,14 @@ async fn lazy_sweep_runs_on_writes_after_its_interval_only() {
         .await
         .unwrap();
     store.list(&ListFilter::all()).await.unwrap();
+    store.wait_for_lazy_sweep().await;
     assert!(old.exists(), "swept before the interval");
     clock.advance(Duration::from_secs(481));
     store
         .put("other", json!({}), PutMode::Overwrite)
         .await
         .unwrap();
+    store.wait_for_lazy_sweep().await;
     assert!(!old.exists(), "not swept after the interval");
     assert!(dir.join("other.json").exists());
     assert_eq!(names(dir), [".locks", ".tmp", "other.json"]);
@@ -1212,24 +1356,31 @@ async fn a_new_handle_does_not_sweep_again_within_the_interval_of_another() {
             .unwrap()
     };
     // One process sweeps on its first write and leaves the time behind.
-    handle()
+    let first = handle();
+    first
         .put("first", json!({}), PutMode::Overwrite)
         .await
         .unwrap();
+    first.wait_for_lazy_sweep().await;
+    drop(first);
     let old = dir.join("first.json");
     clock.advance(Duration::from_secs(120));
     // A short-lived process (a CLI call) writes within the interval: no second sweep, so
     // the expired record's file is still there.
-    handle()
+    let second = handle();
+    second
         .put("second", json!({}), PutMode::Overwrite)
         .await
         .unwrap();
+    second.wait_for_lazy_sweep().await;
     assert!(old.exists(), "a new handle swept again within the interval");
     clock.advance(Duration::from_secs(481));
-    handle()
+    let third = handle();
+    third
         .put("third", json!({}), PutMode::Overwrite)
         .await
         .unwrap();
+    third.wait_for_lazy_sweep().await;
     assert!(!old.exists(), "no sweep once the interval had passed");
 }
 
@@ -1252,6 +1403,7 @@ async fn lazy_sweep_on_list_after_its_interval() {
     assert!(dir.join("old.json").exists());
     let listing = store.list(&ListFilter::all()).await.unwrap();
     assert!(listing.records.is_empty());
+    store.wait_for_lazy_sweep().await;
     assert!(!dir.join("old.json").exists());
 }
 
@@ -1285,6 +1437,47 @@ async fn without_lazy_sweep_nothing_is_removed_on_the_side() {
     let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
     assert_eq!(report.removed, ["old"]);
     assert!(!dir.join("old.json").exists());
+}
+
+/// A record file over the store's size limit is refused by its metadata, before any of it
+/// is read (a sparse file of 1 GiB would take that much memory otherwise), with a typed
+/// error naming the id; listings report it beside the good records. Writes over the limit
+/// are refused too, and the limit is the builder's.
+#[tokio::test]
+async fn oversize_records_are_refused_on_read_and_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = FileStorage::builder(dir)
+        .with_lazy_sweep(None)
+        .with_max_record_size(4096)
+        .build()
+        .unwrap();
+    // Sparse: its length says 1 GiB, though nothing is on the disk.
+    let huge = fs::File::create(dir.join("huge.json")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    drop(huge);
+    let too_large = |error: &Error, want: &str| matches!(error, Error::TooLarge { id, size, limit: 4096 } if id == want && *size > 4096);
+    let error = store.get("huge").await.unwrap_err();
+    assert!(too_large(&error, "huge"), "{error:?}");
+    store
+        .put("small", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let listing = store.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(listing.records.len(), 1);
+    assert_eq!(listing.errors.len(), 1);
+    assert!(
+        too_large(&listing.errors[0], "huge"),
+        "{:?}",
+        listing.errors
+    );
+    let error = store
+        .put("big", json!({"pad": "x".repeat(4096)}), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(too_large(&error, "big"), "{error:?}");
+    assert!(!dir.join("big.json").exists());
+    assert_eq!(fs::read_dir(dir.join(".tmp")).unwrap().count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ async fn make(_name: &str) -> Option<Fixture> {
         other: Arc::new(store.clone()),
         store: Arc::new(store),
         clock,
+        seed_max_version: None,
         _guard: Box::new(()),
     })
 }

@@ -141,10 +141,38 @@ async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
 async fn make(name: &str) -> Option<Fixture> {
     let setup = setup(name).await?;
     let other = store_on(name, &setup.prefix, &setup.clock, standard_ttl()).await?;
+    let seeding = setup.store.clone();
     Some(Fixture {
         other: Arc::new(other),
         store: Arc::new(setup.store),
         clock: setup.clock,
+        seed_max_version: Some(Box::new(move |id| {
+            let store = seeding.clone();
+            Box::pin(async move {
+                // Written, then its version changed by hand: no store API gets there.
+                store
+                    .put(id, json!({"state": "running"}), PutMode::Overwrite)
+                    .await
+                    .unwrap();
+                let key = store.key_of(id).unwrap();
+                let mut conn = raw().await;
+                let value: String = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                let value =
+                    value.replacen("\"version\":1,", &format!("\"version\":{},", u64::MAX), 1);
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("KEEPTTL")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                u64::MAX
+            })
+        })),
         _guard: Box::new(setup.guard),
     })
 }

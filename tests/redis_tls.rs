@@ -114,6 +114,8 @@ async fn make(name: &str) -> Option<Fixture> {
         store: Arc::new(store),
         other: Arc::new(other),
         clock,
+        // Version exhaustion is checked on the plain servers: TLS changes the transport only.
+        seed_max_version: None,
         _guard: Box::new(KeyCleanup {
             url: server.url,
             ca: server.ca,

@@ -358,6 +358,57 @@ async fn burst_from_this_process_and_another_ends_in_every_final_state() {
     assert_eq!(mirror.versions().len(), 600);
 }
 
+/// Files written by another tool as plain status JSON (no envelope) read as version 0 with
+/// the file's time, every time: a watch must still deliver each change, also when two writes
+/// fall within the file system's timestamp granularity or the tool keeps the time (`cp -p`,
+/// `rsync -t`). Before, the second write was taken for a repeat of the first and dropped, and
+/// watchers stayed at "running" while the file said "completed".
+#[tokio::test]
+async fn plain_json_files_changed_within_one_timestamp_are_all_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let store = open(dir, WatchMode::Events);
+    let mut stream = watch(&store).await;
+    let mut mirror = Mirror::default();
+    let path = dir.join("foreign.json");
+    let stamp = std::time::SystemTime::now();
+    let write_plain = |status: serde_json::Value| {
+        std::fs::write(&path, serde_json::to_vec(&status).unwrap()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+    };
+    let state_is = |mirror: &Mirror, state: &str| {
+        mirror
+            .records
+            .get("foreign")
+            .is_some_and(|record| record.status["state"] == state)
+    };
+    write_plain(json!({"state": "running", "progress": {"done": 0, "total": 100}}));
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| state_is(
+            m, "running"
+        ))
+        .await,
+        "the first write was not seen"
+    );
+    write_plain(json!({"state": "completed", "progress": {"done": 100, "total": 100}}));
+    assert!(
+        wait_for(&mut stream, &mut mirror, DEADLINE, |m| state_is(
+            m,
+            "completed"
+        ))
+        .await,
+        "the change was dropped as a repeat: {:?}",
+        mirror.records.get("foreign")
+    );
+    assert_eq!(mirror.records["foreign"].version, 0);
+    assert!(mirror.errors.is_empty(), "{:?}", mirror.errors);
+}
+
 #[tokio::test]
 async fn record_removed_and_made_again_is_a_removal_then_version_1() {
     let dir = tempfile::tempdir().unwrap();

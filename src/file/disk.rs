@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -37,15 +37,148 @@ pub(crate) struct Layout {
     pub(crate) dir: PathBuf,
     pub(crate) staging: PathBuf,
     pub(crate) locks: PathBuf,
+    /// The largest record file written or read, in bytes.
+    pub(crate) max_record_size: u64,
+    /// How long a write waits for a lock another process holds.
+    pub(crate) lock_timeout: Duration,
+}
+
+/// The first pause between two attempts at a lock another process holds; it doubles up to
+/// [`LOCK_POLL_MAX`]. A blocking `flock` cannot be given up on, so a bounded wait polls.
+const LOCK_POLL_MIN: Duration = Duration::from_millis(1);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(20);
+
+/// Which file a name pointed at when it was read, to tell later whether it was replaced.
+///
+/// It keeps the file open: an inode number is unique only while its file exists, and a file
+/// replaced and closed frees its number for the next file made (a staging file of another
+/// writer, renamed over the record in turn), which would look unchanged.
+#[derive(Debug)]
+pub(crate) struct ReadFile {
+    key: FileId,
+    _open: Option<File>,
+}
+
+impl ReadFile {
+    /// The file at `path` now, kept open, or `None` when there is none.
+    pub(crate) fn at(path: &Path) -> io::Result<Option<Self>> {
+        let file = match open_no_follow(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // A link or something else not openable as a file: known by its metadata alone.
+            Err(_) => {
+                return Ok(FileId::at(path)?.map(|key| ReadFile { key, _open: None }));
+            }
+        };
+        let key = FileId::of(&file.metadata()?);
+        Ok(Some(ReadFile {
+            key,
+            _open: Some(file),
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    #[cfg(unix)]
+    dev: u64,
+    #[cfg(unix)]
+    ino: u64,
+    #[cfg(not(unix))]
+    len: u64,
+    #[cfg(not(unix))]
+    modified: Option<SystemTime>,
+}
+
+impl FileId {
+    fn of(metadata: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            FileId {
+                dev: metadata.dev(),
+                ino: metadata.ino(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            FileId {
+                len: metadata.len(),
+                modified: metadata.modified().ok(),
+            }
+        }
+    }
+
+    /// What `path` names now (`None`: nothing).
+    fn at(path: &Path) -> io::Result<Option<Self>> {
+        match fs::symlink_metadata(path) {
+            Ok(metadata) => Ok(Some(FileId::of(&metadata))),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// What a write under a lock found when it came to replace the record file.
+#[derive(Debug)]
+#[must_use]
+pub(crate) enum Commit {
+    Done,
+    /// The lock file was removed or replaced while held (an operator clearing "stale locks",
+    /// a tmp cleaner), or the record file changed under the lock, so another writer may have
+    /// come in: nothing was written, and the whole read-modify-write must start over.
+    LockLost,
 }
 
 impl Layout {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf, max_record_size: u64, lock_timeout: Duration) -> Self {
         Layout {
             staging: dir.join(STAGING_DIR),
             locks: dir.join(LOCKS_DIR),
             dir,
+            max_record_size,
+            lock_timeout,
         }
+    }
+
+    /// Makes "check that the record file is still the one read, then replace it" one step
+    /// for every writer of the directory: an exclusive `flock` on the store directory itself,
+    /// held for two `stat`s and a rename. The per-id lock files keep writers of an id from
+    /// working at once, but anyone can delete a lock file while it is held; the record check
+    /// under this lock is what makes a second writer let in that way start over instead of
+    /// writing over the first.
+    #[cfg(unix)]
+    fn commit_lock(&self) -> Result<File> {
+        let dir = File::open(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let started = Instant::now();
+        let mut pause = LOCK_POLL_MIN;
+        loop {
+            match dir.try_lock() {
+                Ok(()) => return Ok(dir),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&self.dir, e)),
+            }
+            let waited = started.elapsed();
+            if waited >= self.lock_timeout {
+                return Err(Error::LockTimeout {
+                    id: self.dir.display().to_string(),
+                    waited,
+                });
+            }
+            // Holders keep it for microseconds: yield a little before sleeping.
+            if waited < LOCK_POLL_MIN {
+                std::thread::yield_now();
+                continue;
+            }
+            std::thread::sleep(pause.min(self.lock_timeout - waited));
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    /// Without `flock` on directories, only the record check guards the commit there.
+    #[cfg(not(unix))]
+    fn commit_lock(&self) -> Result<()> {
+        Ok(())
     }
 
     pub(crate) fn create_dirs(&self) -> Result<()> {
@@ -92,44 +225,45 @@ impl Layout {
         validate_id(id).ok().map(|()| id)
     }
 
-    /// Locks `name` exclusively, waiting for other processes. Names are ids, or `@name` for
-    /// store-wide locks (`@` is not allowed in ids, so the two never meet).
-    pub(crate) fn lock(&self, name: &str) -> Result<FileLock> {
-        // A waiting lock returns only once taken; `None` would be a would-block, which a
-        // blocking `flock` does not report, but it is answered as an error all the same.
-        self.lock_with(name, true)?.ok_or_else(|| {
-            Error::io(
-                self.lock_path(name),
-                io::Error::new(io::ErrorKind::WouldBlock, "the lock was not taken"),
-            )
-        })
+    /// Locks `name` exclusively, waiting for other processes until `timeout` has passed since
+    /// `started` ([`Error::LockTimeout`] then). Names are ids, or `@name` for store-wide locks
+    /// (`@` is not allowed in ids, so the two never meet).
+    pub(crate) fn lock(&self, name: &str, started: Instant, timeout: Duration) -> Result<FileLock> {
+        let mut pause = LOCK_POLL_MIN;
+        loop {
+            if let Some(lock) = self.try_lock(name)? {
+                return Ok(lock);
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(Error::LockTimeout {
+                    id: name.trim_start_matches('@').to_string(),
+                    waited,
+                });
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
     }
 
     /// Locks `name` if no other process holds it.
     pub(crate) fn try_lock(&self, name: &str) -> Result<Option<FileLock>> {
-        self.lock_with(name, false)
-    }
-
-    fn lock_with(&self, name: &str, wait: bool) -> Result<Option<FileLock>> {
         let path = self.lock_path(name);
         loop {
             let file = match open_lock_file(&path) {
                 Ok(file) => file,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    // The locks directory itself was removed; make it again.
+                    // The locks directory itself was removed; make it again (and should it be
+                    // removed once more before the open, go round again).
                     fs::create_dir_all(&self.locks).map_err(|e| Error::io(&self.locks, e))?;
-                    open_lock_file(&path).map_err(|e| Error::io(&path, e))?
+                    continue;
                 }
                 Err(error) => return Err(Error::io(&path, error)),
             };
-            if wait {
-                file.lock().map_err(|e| Error::io(&path, e))?;
-            } else {
-                match file.try_lock() {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                    Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-                }
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
             // A holder may have removed the lock file between our open and our lock; a lock
             // on that unlinked file protects nothing, so start over on the file now there.
@@ -139,12 +273,13 @@ impl Layout {
         }
     }
 
-    /// Reads the record of `id`. `Ok(None)` when there is no file.
-    pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
+    /// Reads the record of `id`, and which file it was read from. `Ok((None, None))` when
+    /// there is no file.
+    pub(crate) fn read_with_id(&self, id: &str) -> Result<(Option<Record>, Option<ReadFile>)> {
         let path = self.record_path(id);
         let mut file = match open_no_follow(&path) {
             Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((None, None)),
             Err(error) => return Err(Error::io(&path, symlink_aware(error))),
         };
         // A FIFO or device in place of a record would block or never end; only regular
@@ -156,31 +291,57 @@ impl Layout {
                 io::Error::new(io::ErrorKind::InvalidInput, "is not a regular file"),
             ));
         }
+        // Refused before a byte is read: an oversize file must not cost its size in memory.
+        crate::storage::check_record_size(id, metadata.len(), self.max_record_size)?;
         // Sized from the metadata already at hand (`read_to_end` on a `File` would ask the
-        // kernel for it again); one byte more so the end is seen in the same pass.
+        // kernel for it again); one byte more so the end is seen in the same pass. The read
+        // stops one byte past the limit should the file grow meanwhile.
         let expected = usize::try_from(metadata.len()).unwrap_or(0);
         let mut bytes = Vec::with_capacity(expected.saturating_add(1).max(512));
         (&mut file)
-            .take(u64::MAX)
+            .take(self.max_record_size.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&path, e))?;
-        parse_record(id, &path, &bytes, || {
+        crate::storage::check_record_size(id, bytes.len() as u64, self.max_record_size)?;
+        let record = parse_record(id, &path, &bytes, || {
             metadata
                 .modified()
                 .map(Timestamp::from_system_time)
                 .unwrap_or_default()
-        })
-        .map(Some)
+        })?;
+        Ok((
+            Some(record),
+            Some(ReadFile {
+                key: FileId::of(&metadata),
+                _open: Some(file),
+            }),
+        ))
+    }
+
+    /// Reads the record of `id`. `Ok(None)` when there is no file.
+    pub(crate) fn read(&self, id: &str) -> Result<Option<Record>> {
+        Ok(self.read_with_id(id)?.0)
     }
 
     /// Writes `record` atomically: a unique staging file, then a rename over the record file.
-    pub(crate) fn write(&self, record: &Record, durability: Durability) -> Result<()> {
+    ///
+    /// `lock` is the record's lock and `read` the file the caller read the old record from:
+    /// the rename happens only if the lock file is still the one locked and the record file is
+    /// still the one read ([`Commit::LockLost`] otherwise, with nothing written).
+    pub(crate) fn write(
+        &self,
+        record: &Record,
+        durability: Durability,
+        lock: &FileLock,
+        read: Option<ReadFile>,
+    ) -> Result<Commit> {
         let path = self.record_path(&record.id);
         let mut bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Serde {
             id: record.id.clone(),
             source: e,
         })?;
         bytes.push(b'\n');
+        crate::storage::check_record_size(&record.id, bytes.len() as u64, self.max_record_size)?;
         let mut staged = match staging_file(&self.staging, &record.id) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -199,29 +360,55 @@ impl Layout {
                 .sync_all()
                 .map_err(|e| Error::io(&staged_path, e))?;
         }
+        // Checked as late as possible, right before the rename, so that the window in which
+        // a removed lock file can let a second writer in is as short as a rename.
+        let commit = self.commit_lock()?;
+        if !self.still_current(lock, &path, &read)? {
+            return Ok(Commit::LockLost);
+        }
         // `persist` renames; on failure the staging file is removed when `staged` drops.
         staged
             .persist(&path)
             .map_err(|e| Error::io(&path, e.error))?;
+        drop(commit);
         if durability == Durability::Fsync {
             sync_dir(&self.dir)?;
         }
-        Ok(())
+        Ok(Commit::Done)
     }
 
-    /// Removes the record file of `id`. Returns whether there was one.
-    pub(crate) fn remove(&self, id: &str, durability: Durability) -> Result<bool> {
-        let path = self.record_path(id);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                if durability == Durability::Fsync {
-                    sync_dir(&self.dir)?;
-                }
-                Ok(true)
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(Error::io(&path, error)),
+    /// Whether `lock` still guards `path` and `path` still names the file read (`read`).
+    fn still_current(&self, lock: &FileLock, path: &Path, read: &Option<ReadFile>) -> Result<bool> {
+        if !lock.still_held() {
+            return Ok(false);
         }
+        Ok(FileId::at(path).map_err(|e| Error::io(path, e))? == read.as_ref().map(|r| r.key))
+    }
+
+    /// Removes the record file of `id` under `lock`, if it is still the file read (`read`).
+    /// Returns whether there was one, or [`Commit::LockLost`] as for [`Layout::write`].
+    pub(crate) fn remove_locked(
+        &self,
+        id: &str,
+        durability: Durability,
+        lock: &FileLock,
+        read: Option<ReadFile>,
+    ) -> Result<std::result::Result<bool, Commit>> {
+        let path = self.record_path(id);
+        let commit = self.commit_lock()?;
+        if !self.still_current(lock, &path, &read)? {
+            return Ok(Err(Commit::LockLost));
+        }
+        let removed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+            Err(error) => return Err(Error::io(&path, error)),
+        };
+        drop(commit);
+        if removed && durability == Durability::Fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(Ok(removed))
     }
 
     /// The ids of every record file, sorted; entries that are not record files are skipped.
@@ -314,6 +501,11 @@ pub(crate) struct FileLock {
 }
 
 impl FileLock {
+    /// Whether the lock file is still the one locked: not removed, nor replaced by another.
+    pub(crate) fn still_held(&self) -> bool {
+        is_same_file(&self.file, &self.path)
+    }
+
     /// Removes the lock file while still holding it; whoever opened it meanwhile sees the
     /// file gone after locking and opens the new one.
     pub(crate) fn remove(self) -> io::Result<()> {

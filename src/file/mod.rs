@@ -11,8 +11,10 @@ mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -22,7 +24,7 @@ use disk::Layout;
 pub use watch::WatchMode;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -60,7 +62,12 @@ pub struct FileStorageBuilder {
     sweep_interval: Option<Duration>,
     watch_mode: WatchMode,
     create_dir: bool,
+    lock_timeout: Duration,
+    max_record_size: u64,
 }
+
+/// How long a write waits by default for the lock of its id held by another task or process.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl FileStorageBuilder {
     /// The TTL policy (default: 5 minutes after the last write, every state).
@@ -89,6 +96,22 @@ impl FileStorageBuilder {
         self
     }
 
+    /// How long a write (`put`, `update`, `delete`) waits for the lock of its id while another
+    /// task or process holds it, before failing with [`Error::LockTimeout`] (default:
+    /// [`DEFAULT_LOCK_TIMEOUT`]). A holder that froze would otherwise block its id forever.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The largest record file written or read, in bytes (default:
+    /// [`DEFAULT_MAX_RECORD_SIZE`](crate::DEFAULT_MAX_RECORD_SIZE)). Larger writes fail with
+    /// [`Error::TooLarge`], and larger files are refused without being read.
+    pub fn with_max_record_size(mut self, bytes: u64) -> Self {
+        self.max_record_size = bytes;
+        self
+    }
+
     /// How watches learn about changes (default: file system events).
     pub fn with_watch_mode(mut self, mode: WatchMode) -> Self {
         self.watch_mode = mode;
@@ -113,13 +136,14 @@ impl FileStorageBuilder {
             ));
         }
         check_store_dir(&self.dir, self.create_dir)?;
-        let layout = Layout::new(self.dir);
+        let layout = Layout::new(self.dir, self.max_record_size, self.lock_timeout);
         if self.create_dir {
             layout.create_dirs()?;
         } else {
             layout.check_private_dirs()?;
         }
         Ok(FileStorage {
+            lazy_sweep: Arc::new(LazySweep::default()),
             inner: Arc::new(Inner {
                 layout,
                 ttl: self.ttl,
@@ -165,6 +189,75 @@ fn check_store_dir(dir: &Path, create: bool) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct FileStorage {
     inner: Arc<Inner>,
+    /// Shared by the clones of this handle, and stopped when the last is dropped.
+    lazy_sweep: Arc<LazySweep>,
+}
+
+/// The lazy sweep running in the background, if any. Sweeps run off the request path (a
+/// request never pays for the whole directory); dropping the last handle of the store stops
+/// the running one within a file.
+#[derive(Debug, Default)]
+struct LazySweep {
+    signal: Arc<SweepSignal>,
+    running: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How long a due lazy sweep waits before it starts. A sweep is garbage collection (expired
+/// records already read as absent), so a process that lives less than this (a CLI call)
+/// leaves it to longer-lived ones or to an explicit cleanup instead of starting one it would
+/// stop at once on exit.
+const LAZY_SWEEP_DELAY: Duration = Duration::from_secs(1);
+
+/// Tells a waiting or running lazy sweep to stop (the store is gone) or to start now.
+#[derive(Debug, Default)]
+struct SweepSignal {
+    stop: AtomicBool,
+    hurry: Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl SweepSignal {
+    /// Waits out [`LAZY_SWEEP_DELAY`] unless hurried; false if stopped meanwhile.
+    fn wait_to_start(&self) -> bool {
+        let hurry = self
+            .hurry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _hurry = self
+            .wake
+            .wait_timeout_while(hurry, LAZY_SWEEP_DELAY, |hurry| {
+                !*hurry && !self.stop.load(Ordering::SeqCst)
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !self.stop.load(Ordering::SeqCst)
+    }
+
+    fn wake(&self, stop: bool) {
+        let mut hurry = self
+            .hurry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if stop {
+            self.stop.store(true, Ordering::SeqCst);
+        } else {
+            *hurry = true;
+        }
+        self.wake.notify_all();
+    }
+}
+
+impl Drop for LazySweep {
+    fn drop(&mut self) {
+        self.signal.wake(true);
+        if let Some(task) = self
+            .running
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 type IdLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
@@ -193,6 +286,8 @@ impl FileStorage {
             sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
             watch_mode: WatchMode::default(),
             create_dir: true,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -262,62 +357,90 @@ impl FileStorage {
 
     /// Read-modify-write under the id's in-process and file locks; `decide` sees the live
     /// record and returns the new status. The closure may borrow from the caller, so it runs
-    /// here, between two blocking steps that both hold the file lock.
+    /// here, between two blocking steps that both hold the file lock. Should the lock file be
+    /// removed meanwhile (see [`disk::Commit::LockLost`]), it all starts over.
     async fn write_locked(&self, id: &str, decide: &mut UpdateFn<'_>) -> Result<Record> {
         validate_id(id)?;
+        let started = Instant::now();
         let lock = self.id_lock(id);
         let held = lock.lock().await;
-        let id_owned = id.to_string();
-        let (file_lock, current) = self
-            .blocking(move |inner| {
-                let file_lock = inner.layout.lock(&id_owned)?;
-                let current = inner.read_live(&id_owned)?;
-                Ok((file_lock, current))
-            })
-            .await?;
-        let status = decide(current.as_ref())?;
-        let record = next_record(id, current.as_ref(), status, self.inner.clock.now());
-        let written = record.clone();
-        self.blocking(move |inner| {
-            inner.layout.write(&written, inner.durability)?;
-            drop(file_lock);
-            Ok(())
-        })
-        .await?;
-        self.after_write(record, held).await
+        loop {
+            let id_owned = id.to_string();
+            let (file_lock, current, read) = self
+                .blocking(move |inner| {
+                    let file_lock = inner.lock(&id_owned, started)?;
+                    let (current, read) = inner.read_live_with_id(&id_owned)?;
+                    Ok((file_lock, current, read))
+                })
+                .await?;
+            let status = decide(current.as_ref())?;
+            let record = next_record(id, current.as_ref(), status, self.inner.clock.now())?;
+            let written = record.clone();
+            let commit = self
+                .blocking(move |inner| {
+                    let commit =
+                        inner
+                            .layout
+                            .write(&written, inner.durability, &file_lock, read)?;
+                    drop(file_lock);
+                    Ok(commit)
+                })
+                .await?;
+            if let disk::Commit::Done = commit {
+                return self.after_write(record, held).await;
+            }
+        }
     }
 
     /// A conditional or unconditional put: lock, read, check, write and unlock in one
     /// blocking step, as nothing of the caller's runs in between.
     async fn put_locked(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
         validate_id(id)?;
+        let started = Instant::now();
         let lock = self.id_lock(id);
         let held = lock.lock().await;
         let id_owned = id.to_string();
         let record = self
             .blocking(move |inner| {
-                let file_lock = inner.layout.lock(&id_owned)?;
-                let current = match inner.read_live(&id_owned) {
-                    // An unconditional write needs nothing of the old file, so it replaces
-                    // one that holds no record of this id (corrupt, a link, a special file).
-                    Err(error)
-                        if mode == PutMode::Overwrite && disk::is_unusable_record_file(&error) =>
-                    {
-                        None
+                loop {
+                    let file_lock = inner.lock(&id_owned, started)?;
+                    let (current, read) = match inner.read_live_with_id(&id_owned) {
+                        // An unconditional write needs nothing of the old file, so it replaces
+                        // one that holds no record of this id (corrupt, a link, a special file).
+                        Err(error)
+                            if mode == PutMode::Overwrite
+                                && disk::is_unusable_record_file(&error) =>
+                        {
+                            let path = inner.layout.record_path(&id_owned);
+                            (
+                                None,
+                                disk::ReadFile::at(&path).map_err(|e| Error::io(path, e))?,
+                            )
+                        }
+                        other => other?,
+                    };
+                    check_mode(&id_owned, mode, current.as_ref())?;
+                    let record = next_record(
+                        &id_owned,
+                        current.as_ref(),
+                        status.clone(),
+                        inner.clock.now(),
+                    )?;
+                    let commit = inner
+                        .layout
+                        .write(&record, inner.durability, &file_lock, read)?;
+                    drop(file_lock);
+                    if let disk::Commit::Done = commit {
+                        return Ok(record);
                     }
-                    other => other?,
-                };
-                check_mode(&id_owned, mode, current.as_ref())?;
-                let record = next_record(&id_owned, current.as_ref(), status, inner.clock.now());
-                inner.layout.write(&record, inner.durability)?;
-                drop(file_lock);
-                Ok(record)
+                }
             })
             .await?;
         self.after_write(record, held).await
     }
 
-    /// Publishes a written record, releases the in-process lock and sweeps if it is time.
+    /// Publishes a written record, releases the in-process lock and starts a lazy sweep if
+    /// it is time.
     async fn after_write(
         &self,
         record: Record,
@@ -327,16 +450,28 @@ impl FileStorage {
             handle.hub.apply_local(&record.id, Some(record.clone()));
         }
         drop(held);
-        self.maybe_lazy_sweep().await;
+        self.maybe_lazy_sweep();
         Ok(record)
     }
 
-    /// Runs a cleanup if the lazy-sweep interval has passed since the last one.
-    async fn maybe_lazy_sweep(&self) {
+    /// Starts a cleanup in the background if the lazy-sweep interval has passed since the
+    /// last one (of this or, through the marker, another process) and none is running.
+    fn maybe_lazy_sweep(&self) {
         let Some(interval) = self.inner.sweep_interval else {
             return;
         };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let now = self.inner.clock.now();
+        let mut running = self
+            .lazy_sweep
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if running.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
         {
             let mut last = self
                 .inner
@@ -348,50 +483,40 @@ impl FileStorage {
                 _ => *last = Some(now),
             }
         }
-        // Other processes on the directory (a CLI call, a cron job, the previous run of a
-        // server) leave the time of their last sweep behind; short-lived processes would
-        // otherwise each scan the whole directory on their first write.
-        let marker = self.inner.layout.locks.join(SWEEP_MARKER);
-        let shared = self
-            .blocking(move |_| Ok(read_sweep_marker(&marker)))
-            .await
-            .ok()
-            .flatten();
-        if let Some(at) = shared
-            && at <= now
-            && at.saturating_add(interval) > now
-        {
-            *self
-                .inner
-                .last_sweep
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(at);
-            return;
-        }
-        match self.cleanup(&CleanupOptions::default()).await {
-            Ok(report) => {
-                if !report.removed.is_empty() || !report.errors.is_empty() {
-                    tracing::debug!(
-                        dir = %self.dir().display(),
-                        removed = report.removed.len(),
-                        problems = report.errors.len(),
-                        "lazy sweep"
-                    );
-                }
-                if report.ran {
-                    let marker = self.inner.layout.locks.join(SWEEP_MARKER);
-                    let written = self
-                        .blocking(move |_| {
-                            std::fs::write(&marker, now.as_millis().to_string())
-                                .map_err(|e| Error::io(marker, e))
-                        })
-                        .await;
-                    if let Err(error) = written {
-                        tracing::debug!(%error, "could not record the lazy sweep");
-                    }
+        let inner = self.inner.clone();
+        let signal = self.lazy_sweep.signal.clone();
+        let sweep = runtime.spawn_blocking(move || {
+            if !signal.wait_to_start() {
+                return;
+            }
+            let Some(report) = inner.lazy_sweep(now, interval, &signal.stop) else {
+                return;
+            };
+            if let Some(handle) = inner.hub.running() {
+                for id in &report.removed {
+                    handle.hub.apply_local(id, None);
                 }
             }
-            Err(error) => tracing::warn!(dir = %self.dir().display(), %error, "lazy sweep failed"),
+        });
+        // The blocking sweep itself cannot be aborted; the task only carries its end.
+        *running = Some(runtime.spawn(async move {
+            let _ = sweep.await;
+        }));
+    }
+
+    /// Starts the lazy sweep due in the background at once, if any, and waits for it. For
+    /// tests, which must see what it removed.
+    #[doc(hidden)]
+    pub async fn wait_for_lazy_sweep(&self) {
+        self.lazy_sweep.signal.wake(false);
+        let running = self
+            .lazy_sweep
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(task) = running {
+            let _ = task.await;
         }
     }
 }
@@ -408,14 +533,29 @@ fn read_sweep_marker(path: &Path) -> Option<Timestamp> {
 }
 
 /// The record that follows `current` with `status`, written at `now`.
-fn next_record(id: &str, current: Option<&Record>, status: Value, now: Timestamp) -> Record {
-    Record {
+fn next_record(
+    id: &str,
+    current: Option<&Record>,
+    status: Value,
+    now: Timestamp,
+) -> Result<Record> {
+    let version = match current {
+        None => 1,
+        Some(record) => record
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::VersionExhausted {
+                id: id.to_string(),
+                version: record.version,
+            })?,
+    };
+    Ok(Record {
         id: id.to_string(),
-        version: current.map_or(1, |r| r.version + 1),
+        version,
         created_at: current.map_or(now, |r| r.created_at),
         updated_at: now,
         status,
-    }
+    })
 }
 
 /// Whether a put in `mode` may replace `current`.
@@ -439,18 +579,73 @@ fn check_mode(id: &str, mode: PutMode, current: Option<&Record>) -> Result<()> {
 impl Inner {
     /// The record of `id` unless it is missing or expired.
     fn read_live(&self, id: &str) -> Result<Option<Record>> {
-        let now = self.clock.now();
-        Ok(self
-            .layout
-            .read(id)?
-            .filter(|record| !self.ttl.is_expired(record, now)))
+        Ok(self.read_live_with_id(id)?.0)
     }
 
-    fn cleanup(
+    /// [`Inner::read_live`], and which file was read (also for an expired record).
+    fn read_live_with_id(&self, id: &str) -> Result<(Option<Record>, Option<disk::ReadFile>)> {
+        let now = self.clock.now();
+        let (record, file) = self.layout.read_with_id(id)?;
+        Ok((
+            record.filter(|record| !self.ttl.is_expired(record, now)),
+            file,
+        ))
+    }
+
+    /// The file lock of `id` for a write that started at `started`, waited for at most the
+    /// store's lock timeout.
+    fn lock(&self, id: &str, started: Instant) -> Result<disk::FileLock> {
+        self.layout.lock(id, started, self.layout.lock_timeout)
+    }
+
+    /// A lazy sweep, unless another process swept within `interval` (its marker says so) or
+    /// holds the sweep lock. Stops early once `stop` is set.
+    fn lazy_sweep(
         &self,
-        options: &CleanupOptions,
-        id_locks: &Mutex<IdLocks>,
-    ) -> Result<CleanupReport> {
+        now: Timestamp,
+        interval: Duration,
+        stop: &AtomicBool,
+    ) -> Option<CleanupReport> {
+        // Other processes on the directory (a CLI call, a cron job, the previous run of a
+        // server) leave the time of their last sweep behind; short-lived processes would
+        // otherwise each scan the whole directory.
+        let marker = self.layout.locks.join(SWEEP_MARKER);
+        if let Some(at) = read_sweep_marker(&marker)
+            && at <= now
+            && at.saturating_add(interval) > now
+        {
+            return None;
+        }
+        let report = match self.cleanup(&CleanupOptions::default(), stop) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(dir = %self.layout.dir.display(), %error, "lazy sweep failed");
+                return None;
+            }
+        };
+        if !report.removed.is_empty() || !report.errors.is_empty() {
+            tracing::debug!(
+                dir = %self.layout.dir.display(),
+                removed = report.removed.len(),
+                problems = report.errors.len(),
+                "lazy sweep"
+            );
+        }
+        // A sweep stopped half-way did not sweep the store: the next one must not wait.
+        if report.ran
+            && !stop.load(Ordering::SeqCst)
+            && let Err(error) = std::fs::write(&marker, now.as_millis().to_string())
+        {
+            tracing::debug!(%error, path = %marker.display(), "could not record the lazy sweep");
+        }
+        Some(report)
+    }
+
+    /// Removes what is expired. Never waits for a lock: a record whose lock is held is being
+    /// written (fresh by definition) or held by a frozen process, and either way is left for a
+    /// later sweep, so one held lock cannot stall a sweep nor what waits on it. Stops early
+    /// once `stop` is set.
+    fn cleanup(&self, options: &CleanupOptions, stop: &AtomicBool) -> Result<CleanupReport> {
         self.layout.check_private_dirs()?;
         let Some(_sweep) = self.layout.try_lock(&format!("@{SWEEP_LOCK}"))? else {
             return Ok(CleanupReport::default());
@@ -460,7 +655,28 @@ impl Inner {
             ..CleanupReport::default()
         };
         let mut io_problems = Vec::new();
-        for id in self.layout.ids()? {
+        // Read entry by entry, not listed first, so that a stop is noticed at once even in a
+        // large directory.
+        let entries = match std::fs::read_dir(&self.layout.dir) {
+            Ok(entries) => Some(entries),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(Error::io(&self.layout.dir, error)),
+        };
+        for entry in entries.into_iter().flatten() {
+            if stop.load(Ordering::Relaxed) {
+                report.removed.sort();
+                return Ok(report);
+            }
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    io_problems.push((self.layout.dir.clone(), error));
+                    continue;
+                }
+            };
+            let Some(id) = Layout::id_of(&entry.file_name()).map(str::to_string) else {
+                continue;
+            };
             let now = self.clock.now();
             let expired = match self.layout.read(&id) {
                 Ok(Some(record)) => self.ttl.is_expired_with(&record, now, options.ttl),
@@ -481,7 +697,7 @@ impl Inner {
                 report.removed.push(id);
                 continue;
             }
-            match self.remove_if_expired(&id, options, id_locks) {
+            match self.remove_if_expired(&id, options) {
                 Ok(true) => report.removed.push(id),
                 Ok(false) => report.kept += 1,
                 Err(error) => report.errors.push(CleanupProblem {
@@ -490,6 +706,7 @@ impl Inner {
                 }),
             }
         }
+        report.removed.sort();
         if !options.dry_run {
             report.leftovers_removed += self.layout.remove_orphan_staging(&mut io_problems);
             report.leftovers_removed += self.layout.remove_unused_locks(&mut io_problems);
@@ -503,15 +720,11 @@ impl Inner {
         Ok(report)
     }
 
-    /// Removes `id` if it is still expired once its locks are held. A record that is being
-    /// written right now is fresh by definition, so a busy in-process lock means keep it.
-    fn remove_if_expired(
-        &self,
-        id: &str,
-        options: &CleanupOptions,
-        id_locks: &Mutex<IdLocks>,
-    ) -> Result<bool> {
-        let lock = id_locks
+    /// Removes `id` if it is still expired once its locks are held; a lock someone holds
+    /// means keep it (see [`Inner::cleanup`]).
+    fn remove_if_expired(&self, id: &str, options: &CleanupOptions) -> Result<bool> {
+        let lock = self
+            .id_locks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .entry(id.to_string())
@@ -520,15 +733,25 @@ impl Inner {
         let Ok(_in_process) = lock.try_lock() else {
             return Ok(false);
         };
-        let file_lock = self.layout.lock(id)?;
-        let still_expired = self.layout.read(id)?.is_some_and(|record| {
+        let Some(file_lock) = self.layout.try_lock(id)? else {
+            return Ok(false);
+        };
+        let (record, read) = self.layout.read_with_id(id)?;
+        let still_expired = record.is_some_and(|record| {
             self.ttl
                 .is_expired_with(&record, self.clock.now(), options.ttl)
         });
         if !still_expired {
             return Ok(false);
         }
-        self.layout.remove(id, self.durability)?;
+        match self
+            .layout
+            .remove_locked(id, self.durability, &file_lock, read)?
+        {
+            Ok(_) => {}
+            // Someone took the id meanwhile; leave it to them.
+            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(false),
+        }
         file_lock
             .remove()
             .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
@@ -566,18 +789,39 @@ impl SyncStorage for FileStorage {
 
     async fn delete(&self, id: &str) -> Result<bool> {
         validate_id(id)?;
+        let started = Instant::now();
         let lock = self.id_lock(id);
         let _held = lock.lock().await;
         let id_owned = id.to_string();
         let removed = self
             .blocking(move |inner| {
-                let file_lock = inner.layout.lock(&id_owned)?;
-                let was_live = inner.read_live(&id_owned).ok().flatten().is_some();
-                inner.layout.remove(&id_owned, inner.durability)?;
-                file_lock.remove().map_err(|e| {
-                    Error::io(inner.layout.locks.join(format!("{id_owned}.lock")), e)
-                })?;
-                Ok(was_live)
+                loop {
+                    let file_lock = inner.lock(&id_owned, started)?;
+                    let (was_live, read) = match inner.read_live_with_id(&id_owned) {
+                        Ok((record, read)) => (record.is_some(), read),
+                        // A file that holds no record is removed all the same.
+                        Err(_) => {
+                            let path = inner.layout.record_path(&id_owned);
+                            (
+                                false,
+                                disk::ReadFile::at(&path).map_err(|e| Error::io(path, e))?,
+                            )
+                        }
+                    };
+                    match inner.layout.remove_locked(
+                        &id_owned,
+                        inner.durability,
+                        &file_lock,
+                        read,
+                    )? {
+                        Ok(_) => {}
+                        Err(_) => continue,
+                    }
+                    file_lock.remove().map_err(|e| {
+                        Error::io(inner.layout.locks.join(format!("{id_owned}.lock")), e)
+                    })?;
+                    return Ok(was_live);
+                }
             })
             .await?;
         if let Some(handle) = self.inner.hub.running() {
@@ -609,16 +853,15 @@ impl SyncStorage for FileStorage {
                 Ok(listing)
             })
             .await?;
-        self.maybe_lazy_sweep().await;
+        self.maybe_lazy_sweep();
         Ok(listing)
     }
 
     async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
         let dry_run = options.dry_run;
         let options = options.clone();
-        let this = self.clone();
         let report = self
-            .blocking(move |inner| inner.cleanup(&options, &this.inner.id_locks))
+            .blocking(move |inner| inner.cleanup(&options, &AtomicBool::new(false)))
             .await?;
         if report.ran
             && !dry_run
@@ -638,7 +881,7 @@ impl SyncStorage for FileStorage {
     }
 
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
-        validate_id(name)?;
+        validate_lock_name(name)?;
         let name = format!("@{name}");
         let lock = self
             .blocking(move |inner| inner.layout.try_lock(&name))

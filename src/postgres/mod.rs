@@ -47,7 +47,7 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -167,6 +167,7 @@ pub struct PostgresStorageBuilder {
     clock: SharedClock,
     pool_size: usize,
     watch_lease: Duration,
+    max_record_size: u64,
 }
 
 impl std::fmt::Debug for PostgresStorageBuilder {
@@ -178,6 +179,8 @@ impl std::fmt::Debug for PostgresStorageBuilder {
             .field("ttl", &self.ttl)
             .field("clock", &self.clock)
             .field("pool_size", &self.pool_size)
+            .field("watch_lease", &self.watch_lease)
+            .field("max_record_size", &self.max_record_size)
             .finish()
     }
 }
@@ -227,6 +230,14 @@ impl PostgresStorageBuilder {
     /// process) resyncs when it can.
     pub fn with_watch_lease(mut self, lease: Duration) -> Self {
         self.watch_lease = lease;
+        self
+    }
+
+    /// The largest status, as JSON, a write sends (default:
+    /// [`DEFAULT_MAX_RECORD_SIZE`](crate::DEFAULT_MAX_RECORD_SIZE)); larger writes fail with
+    /// [`Error::TooLarge`] before reaching the server.
+    pub fn with_max_record_size(mut self, bytes: u64) -> Self {
+        self.max_record_size = bytes;
         self
     }
 
@@ -295,6 +306,7 @@ impl PostgresStorageBuilder {
                 ttl: self.ttl,
                 watch_lease: self.watch_lease,
                 clock: self.clock,
+                max_record_size: self.max_record_size,
                 hub: SharedHub::default(),
             }),
         };
@@ -436,6 +448,7 @@ struct Inner {
     migration: String,
     ttl: TtlPolicy,
     clock: SharedClock,
+    max_record_size: u64,
     hub: SharedHub,
     watch_lease: Duration,
 }
@@ -457,6 +470,7 @@ impl PostgresStorage {
             clock: Arc::new(SystemClock),
             pool_size: DEFAULT_POOL_SIZE,
             watch_lease: DEFAULT_WATCH_LEASE,
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -481,6 +495,7 @@ impl PostgresStorage {
             clock: Arc::new(SystemClock),
             pool_size: DEFAULT_POOL_SIZE,
             watch_lease: DEFAULT_WATCH_LEASE,
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -895,6 +910,11 @@ impl SyncStorage for PostgresStorage {
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
         validate_id(id)?;
+        crate::storage::check_record_size(
+            id,
+            crate::storage::json_len(&status),
+            self.inner.max_record_size,
+        )?;
         let client = self.client().await?;
         let mut attempts = 0;
         loop {
@@ -913,6 +933,15 @@ impl SyncStorage for PostgresStorage {
             // The condition did not hold; look at what is there to say why. If what is there
             // now would have passed, the row changed in between: try again.
             let found = self.live_version(&client, id).await?;
+            // The writing statements do not go past the column's range (see `MAX_VERSION`).
+            let exhausted = found == Some(sql::MAX_VERSION)
+                && matches!(mode, PutMode::Overwrite | PutMode::Update(sql::MAX_VERSION));
+            if exhausted {
+                return Err(Error::VersionExhausted {
+                    id: id.to_string(),
+                    version: sql::MAX_VERSION,
+                });
+            }
             let error = match mode {
                 PutMode::Create => found.map(|version| Error::AlreadyExists {
                     id: id.to_string(),
@@ -1024,7 +1053,7 @@ impl SyncStorage for PostgresStorage {
     /// guard keeps; dropping the guard unlocks and returns the connection. If the process
     /// dies, the server ends the session and releases the lock, so `lease` is not used.
     async fn try_lock(&self, name: &str, _lease: Duration) -> Result<Option<LockGuard>> {
-        validate_id(name)?;
+        validate_lock_name(name)?;
         Ok(self.acquire(name).await?.map(LockGuard::new))
     }
 }

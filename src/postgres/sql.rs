@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 /// The longest table name accepted: leaves room for index-name suffixes within PostgreSQL's
 /// 63-byte identifier limit (longer names would be cut silently and could collide).
 pub(super) const MAX_TABLE_LEN: usize = 48;
+/// The highest version a row reaches: the top of the `bigint` column. The writing statements
+/// leave a row at it alone (an overflow would be a server error), and the store then answers
+/// [`Error::VersionExhausted`].
+pub(super) const MAX_VERSION: u64 = i64::MAX as u64;
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 pub(super) const MAX_IDENTIFIER_LEN: usize = 63;
 
@@ -169,12 +173,14 @@ impl Statements {
                 "SELECT version, created_at, updated_at, status FROM {t}
                 WHERE id = $1 AND {LIVE_AT_2}"
             ),
-            put_overwrite: upsert(""),
+            put_overwrite: upsert(&format!(
+                "WHERE r.expires_at <= $2 OR r.version < {MAX_VERSION}"
+            )),
             put_create: upsert("WHERE r.expires_at <= $2"),
             put_update: format!(
                 "UPDATE {t} SET version = version + 1, updated_at = $2, expires_at = $3,
                     status = $4
-                WHERE id = $1 AND version = $6 AND {LIVE_AT_2}
+                WHERE id = $1 AND version = $6 AND version < {MAX_VERSION} AND {LIVE_AT_2}
                 RETURNING version, created_at, {notify_write}"
             ),
             live_version: format!("SELECT version FROM {t} WHERE id = $1 AND {LIVE_AT_2}"),

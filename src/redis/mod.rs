@@ -36,7 +36,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::id::validate_id;
+use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
     CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
@@ -106,6 +106,7 @@ pub struct RedisStorageBuilder {
     prefix: Option<String>,
     ttl: TtlPolicy,
     clock: SharedClock,
+    max_record_size: u64,
 }
 
 impl fmt::Debug for RedisStorageBuilder {
@@ -120,11 +121,20 @@ impl fmt::Debug for RedisStorageBuilder {
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .field("clock", &self.clock)
+            .field("max_record_size", &self.max_record_size)
             .finish()
     }
 }
 
 impl RedisStorageBuilder {
+    /// The largest status, as JSON, a write sends (default:
+    /// [`DEFAULT_MAX_RECORD_SIZE`](crate::DEFAULT_MAX_RECORD_SIZE)); larger writes fail with
+    /// [`Error::TooLarge`] before reaching the server.
+    pub fn with_max_record_size(mut self, bytes: u64) -> Self {
+        self.max_record_size = bytes;
+        self
+    }
+
     /// The prefix of every key of the store (default: the URL's `?prefix=`, else
     /// [`DEFAULT_PREFIX`]). Stores with the same prefix on the same database share records.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -229,6 +239,7 @@ impl RedisStorageBuilder {
                 keys,
                 ttl: self.ttl,
                 clock: self.clock,
+                max_record_size: self.max_record_size,
                 hub: SharedHub::default(),
             }),
         })
@@ -290,6 +301,7 @@ struct Inner {
     keys: Keys,
     ttl: TtlPolicy,
     clock: SharedClock,
+    max_record_size: u64,
     hub: SharedHub,
 }
 
@@ -317,6 +329,7 @@ impl RedisStorage {
             prefix: None,
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -330,6 +343,7 @@ impl RedisStorage {
             prefix: None,
             ttl: TtlPolicy::default(),
             clock: Arc::new(SystemClock),
+            max_record_size: crate::storage::DEFAULT_MAX_RECORD_SIZE,
         }
     }
 
@@ -482,6 +496,11 @@ impl SyncStorage for RedisStorage {
             id: id.to_string(),
             source,
         })?;
+        crate::storage::check_record_size(
+            id,
+            status_json.len() as u64,
+            self.inner.max_record_size,
+        )?;
         let now = self.inner.clock.now();
         let now_text = now.to_string();
         let ttl = self.inner.ttl.ttl_for(&status);
@@ -537,6 +556,10 @@ impl SyncStorage for RedisStorage {
                 id: id.to_string(),
                 expected,
                 found,
+            }),
+            "exhausted" => Err(Error::VersionExhausted {
+                id: id.to_string(),
+                version: text.parse().unwrap_or(scripts::MAX_VERSION),
             }),
             "corrupt" => Err(corrupt(text.into())),
             other => Err(Error::backend(
@@ -603,6 +626,7 @@ impl SyncStorage for RedisStorage {
     }
 
     async fn try_lock(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>> {
+        validate_lock_name(name)?;
         let key = self.inner.keys.lock(name);
         lock::try_lock_guard(self.conn(), key, lease).await
     }

@@ -12,6 +12,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// The highest version a Redis record reaches: 2^53 - 1, the largest integer a Lua number
+/// (a double) holds exactly. The write script refuses to go past it.
+pub(super) const MAX_VERSION: u64 = (1 << 53) - 1;
+
 /// A versioned write.
 ///
 /// KEYS: record key, index key.
@@ -20,7 +24,12 @@ use redis::Script;
 /// `+inf`), channel.
 ///
 /// Returns `{kind, number, text}`: `{"ok", new version, created_at as JSON}`,
-/// `{"exists", version, ""}`, `{"conflict", version or -1, ""}` or `{"corrupt", 0, reason}`.
+/// `{"exists", version, ""}`, `{"conflict", version or -1, ""}`, `{"exhausted", 0, version as
+/// text}` (the record is at [`MAX_VERSION`] or beyond) or `{"corrupt", 0, reason}`.
+///
+/// Lua numbers are doubles: versions are exact up to 2^53 - 1, so that is the last one
+/// written, and a record found at it or beyond (written by hand) is refused rather than
+/// given a version that is not one more than the last.
 pub(super) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -32,11 +41,13 @@ if current then
   end
 end
 local version = 0
+local version_text = '0'
 local created = nil
 if current then
   local v, c = string.match(current, '^{"id":"[^"]*","version":(%d+),"created_at":"([^"\\]*)"')
   if v then
     version = tonumber(v)
+    version_text = v
     created = '"' .. c .. '"'
   else
     local ok, record = pcall(cjson.decode, current)
@@ -44,6 +55,7 @@ if current then
       return {'corrupt', 0, 'the stored value is not a record envelope'}
     end
     version = record.version
+    version_text = string.format('%.0f', version)
     if type(record.created_at) == 'string' then
       created = cjson.encode(record.created_at)
     elseif record.created_at == nil then
@@ -64,6 +76,9 @@ if mode == 'u' then
   if version ~= tonumber(ARGV[6]) then
     return {'conflict', version, ''}
   end
+end
+if current and version >= 9007199254740991 then
+  return {'exhausted', 0, version_text}
 end
 version = version + 1
 if not created then

@@ -23,8 +23,18 @@ pub struct Fixture {
     /// it (another `FileStorage` on the directory, another client on the prefix or table).
     pub other: DynSyncStorage,
     pub clock: ManualClock,
+    /// Writes a record of the given id at the highest version the backend can hold, by hand
+    /// (no store API makes one), and returns that version. `None` when the backend test cannot.
+    pub seed_max_version: Option<Seeder>,
     pub _guard: Box<dyn Send>,
 }
+
+/// See [`Fixture::seed_max_version`].
+pub type Seeder = Box<
+    dyn Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Longest wait for a watch event before a check fails.
 pub const EVENT_DEADLINE: Duration = Duration::from_secs(10);
@@ -794,6 +804,200 @@ pub async fn check_watch_reports_expiry(f: Fixture) {
     );
 }
 
+pub async fn check_invalid_lock_names_refused(f: Fixture) {
+    for name in [
+        "",
+        "../x",
+        "a/b",
+        "a\\b",
+        "/abs",
+        ".hidden",
+        "a\0b",
+        "a b",
+        "CON",
+        &"x".repeat(200),
+    ] {
+        let result = f.store.try_lock(name, Duration::from_secs(30)).await;
+        assert!(
+            matches!(result, Err(Error::InvalidId { .. })),
+            "try_lock({name:?}) was not refused: {result:?}"
+        );
+    }
+    assert!(
+        f.store
+            .try_lock("good-name_1.x", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// How long an update's closure waits for a racing write to finish. On backends that hold a
+/// lock across the closure the racing write cannot finish, so the wait runs out and the
+/// closure goes on; either way the outcome checked is the same.
+const RACE_WAIT: Duration = Duration::from_millis(200);
+
+/// A `put` through the other handle lands while an `update`'s closure runs (on backends whose
+/// update does not exclude it): the update must not write over it with what it read before.
+pub async fn check_update_racing_put_loses_nothing(f: Fixture) {
+    f.store
+        .put("raced", json!({"n": 0}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let other = f.other.clone();
+    let racer = tokio::spawn(async move {
+        started_rx.await.unwrap();
+        loop {
+            let current = other.get("raced").await.unwrap().unwrap();
+            let n = current.status["n"].as_u64().unwrap();
+            match other
+                .put(
+                    "raced",
+                    json!({"n": n + 1}),
+                    PutMode::Update(current.version),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if error.is_conflict() => tokio::task::yield_now().await,
+                Err(error) => panic!("put: {error}"),
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let mut started = Some(started_tx);
+    f.store
+        .update_with("raced", move |current| {
+            if let Some(started) = started.take() {
+                started.send(()).unwrap();
+                let _ = done_rx.recv_timeout(RACE_WAIT);
+            }
+            let n = current.map_or(0, |r| r.status["n"].as_u64().unwrap());
+            Ok(json!({"n": n + 1}))
+        })
+        .await
+        .unwrap();
+    racer.await.unwrap();
+    let record = f.store.get("raced").await.unwrap().unwrap();
+    assert_eq!(record.status, json!({"n": 2}), "a write was lost");
+    assert_eq!(record.version, 3);
+}
+
+/// A delete through the other handle lands while an `update`'s closure runs: once the delete
+/// reports it removed the record, the update (which here refuses to create one) must not
+/// write it back.
+pub async fn check_update_racing_delete_stays_deleted(f: Fixture) {
+    f.store
+        .put("doomed", json!({"n": 0}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let other = f.other.clone();
+    let deleter = tokio::spawn(async move {
+        started_rx.await.unwrap();
+        let removed = other.delete("doomed").await.unwrap();
+        let _ = done_tx.send(());
+        removed
+    });
+    let mut started = Some(started_tx);
+    let result = f
+        .store
+        .update_with("doomed", move |current| {
+            if let Some(started) = started.take() {
+                started.send(()).unwrap();
+                let _ = done_rx.recv_timeout(RACE_WAIT);
+            }
+            let Some(current) = current else {
+                return Err(Error::aborted("doomed", "the record is gone"));
+            };
+            let n = current.status["n"].as_u64().unwrap();
+            Ok(json!({"n": n + 1}))
+        })
+        .await;
+    assert!(deleter.await.unwrap(), "the delete found no record");
+    match result {
+        // The update came first (a lock held it off the delete) or saw the record gone.
+        Ok(_) | Err(Error::Aborted { .. }) => {}
+        Err(error) => panic!("update: {error}"),
+    }
+    let back = f.store.get("doomed").await.unwrap();
+    assert!(back.is_none(), "a deleted record came back: {back:?}");
+}
+
+/// A record at the highest version the backend holds cannot be written again: a typed error,
+/// not a wrap to 0 nor a server error, and the record is left as it was.
+pub async fn check_version_exhausted(f: Fixture) {
+    let Some(seed) = &f.seed_max_version else {
+        return;
+    };
+    let max = seed("at-max").await;
+    let before = f.store.get("at-max").await.unwrap().unwrap();
+    assert_eq!(before.version, max);
+    let exhausted = |result: &Result<syncstatus::Record, Error>| matches!(result, Err(Error::VersionExhausted { id, version }) if id == "at-max" && *version == max);
+    let put = f
+        .store
+        .put("at-max", json!({"n": 1}), PutMode::Overwrite)
+        .await;
+    assert!(exhausted(&put), "put: {put:?}");
+    let cas = f
+        .store
+        .put("at-max", json!({"n": 1}), PutMode::Update(max))
+        .await;
+    assert!(exhausted(&cas), "put(Update): {cas:?}");
+    let update = f.store.update_with("at-max", |_| Ok(json!({"n": 1}))).await;
+    assert!(exhausted(&update), "update: {update:?}");
+    assert_eq!(f.store.get("at-max").await.unwrap().unwrap(), before);
+    // Deleted, the id starts a new incarnation at version 1.
+    assert!(f.store.delete("at-max").await.unwrap());
+    let again = f
+        .store
+        .put("at-max", json!({}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+}
+
+/// A record over the size limit is refused with a typed error naming the id, and nothing is
+/// written; a record well under it is fine.
+pub async fn check_too_large_refused(f: Fixture) {
+    let limit = syncstatus::DEFAULT_MAX_RECORD_SIZE;
+    let big = json!({"pad": "x".repeat(usize::try_from(limit).unwrap())});
+    for mode in [PutMode::Overwrite, PutMode::Create] {
+        let error = f.store.put("big", big.clone(), mode).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::TooLarge { id, size, limit: l } if id == "big" && *size > limit && *l == limit),
+            "{error:?}"
+        );
+    }
+    assert!(f.store.get("big").await.unwrap().is_none());
+    f.store
+        .put("big", json!({"n": 1}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let error = f
+        .store
+        .update_with("big", |_| Ok(big.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::TooLarge { id, .. } if id == "big"),
+        "{error:?}"
+    );
+    let error = f
+        .store
+        .put("big", big.clone(), PutMode::Update(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(&error, Error::TooLarge { .. }), "{error:?}");
+    assert_eq!(f.store.get("big").await.unwrap().unwrap().version, 1);
+    let half = json!({"pad": "x".repeat(usize::try_from(limit / 2).unwrap())});
+    let record = f.store.put("big", half, PutMode::Overwrite).await.unwrap();
+    assert_eq!(record.version, 2);
+}
+
 /// Checks that a store is usable as `&dyn SyncStorage` and `Arc<dyn SyncStorage>`.
 pub fn assert_object_safe(store: &dyn SyncStorage) -> Arc<dyn SyncStorage> {
     let _ = store.backend_name();
@@ -906,6 +1110,11 @@ macro_rules! all_conformance_tests {
             check_second_handle_shares_records,
             check_watch_sees_writes_of_another_handle,
             check_watch_reports_expiry,
+            check_invalid_lock_names_refused,
+            check_update_racing_put_loses_nothing,
+            check_update_racing_delete_stays_deleted,
+            check_version_exhausted,
+            check_too_large_refused,
         );
     };
 }

@@ -141,15 +141,14 @@ async fn run() -> Result<(), BoxError> {
             .map_err(|error| format!("SYNCSTATUS_STALE_AFTER `{text}`: {error}"))?,
         None => DEFAULT_STALE_AFTER,
     };
+    // A directory or a store URL; `open` takes both.
     let location = env_var("SYNCSTATUS_STORE").unwrap_or_else(|| "./data/sync-status".into());
-    let url = match location.contains(':') {
-        true => location.clone(),
-        false => format!("file:{location}"),
-    };
-    let store = syncstatus::open(&url).await?;
+    let store = syncstatus::open(&location).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    eprintln!("dev_server: store {location}, stale after {stale_after:?}");
+    // The URL may hold a password.
+    let shown = syncstatus::store_url::redact(&location);
+    eprintln!("dev_server: store {shown}, stale after {stale_after:?}");
 
     let jobs = RuntimeConfig::default()
         .with_stale_after(stale_after)

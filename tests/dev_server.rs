@@ -277,3 +277,26 @@ fn a_sync_survives_eight_restarts_alternating_sigterm_and_sigkill_while_a_client
     assert_eq!(outcomes, expected, "{done}");
     assert_eq!(status["attempt"], json!(9));
 }
+
+/// A store URL's password never reaches the dev server's log.
+#[cfg(feature = "redis")]
+#[test]
+fn the_store_url_is_logged_without_its_password() {
+    let redis = std::env::var("SYNCSTATUS_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string());
+    let Some(authority) = redis.strip_prefix("redis://") else {
+        return;
+    };
+    // Redis's default user takes any password unless one is configured, so the store opens.
+    let url = format!("redis://default:SECRET-PASSWORD@{authority}");
+    let workdir = tempfile::tempdir().unwrap();
+    let server = Server::start(workdir.path(), &[("SYNCSTATUS_STORE", url.as_str())]);
+    // Answered after the start-up lines were written.
+    let listing = server
+        .request("GET", "/syncs?prefix=none-such", None)
+        .unwrap();
+    assert_eq!(listing.status, 200, "{}", listing.body);
+    let log = server.log_text();
+    assert!(!log.contains("SECRET-PASSWORD"), "{log}");
+    assert!(log.contains("default:***@"), "{log}");
+}

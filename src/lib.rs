@@ -53,6 +53,7 @@ mod record;
 mod status;
 mod storage;
 pub mod store_url;
+mod task;
 #[cfg(any(feature = "redis-tls", feature = "postgres-tls"))]
 mod tls;
 mod ttl;

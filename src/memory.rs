@@ -16,8 +16,9 @@ use crate::storage::{
     PutMode, SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, check_record_size,
     json_len,
 };
+use crate::task::AbortOnDrop;
 use crate::ttl::TtlPolicy;
-use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, SharedHub, WatchHub};
+use crate::watch::{EXPIRY_LOOK, HubHandle, SharedHub, WatchHub};
 
 /// Keeps records in memory. Cloning gives another handle on the same records.
 #[derive(Clone, Debug)]
@@ -247,7 +248,10 @@ impl SyncStorage for MemoryStorage {
     }
 
     async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {
-        let Some(_sweep) = self.try_lock("sweep", Duration::from_secs(60)).await? else {
+        let Some(_sweep) = self
+            .try_lock(crate::storage::SWEEP_LOCK, Duration::from_secs(60))
+            .await?
+        else {
             return Ok(CleanupReport::default());
         };
         let mut records = self.records();

@@ -326,11 +326,18 @@ pub trait SyncStorage: Send + Sync + Debug + 'static {
     async fn try_lock(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>>;
 }
 
+/// The store-wide lock every backend's cleanup takes, so one sweep of a store runs at a time
+/// across tasks, processes and machines.
+pub(crate) const SWEEP_LOCK: &str = "sweep";
+
 /// A shared, dynamically typed store.
 pub type DynSyncStorage = Arc<dyn SyncStorage>;
 
 macro_rules! forward_storage {
     ($ty:ty) => {
+        // Every method forwarded, provided ones too: a wrapper that fell back to a default
+        // would silently lose the inner store's own behaviour.
+        #[deny(clippy::missing_trait_methods)]
         #[async_trait]
         impl<S: SyncStorage + ?Sized> SyncStorage for $ty {
             fn backend_name(&self) -> &'static str {

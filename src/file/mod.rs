@@ -36,8 +36,7 @@ use crate::watch::SharedHub;
 /// The default pause between two lazy sweeps.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The name of the store-wide lock cleanups take.
-const SWEEP_LOCK: &str = "sweep";
+use crate::storage::SWEEP_LOCK;
 
 /// Builds a [`FileStorage`].
 ///

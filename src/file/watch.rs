@@ -17,7 +17,8 @@ use super::FileStorage;
 use super::disk::Layout;
 use crate::error::{Error, Result};
 use crate::record::{Record, Timestamp};
-use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, WatchHub};
+use crate::task::AbortOnDrop;
+use crate::watch::{EXPIRY_LOOK, HubHandle, WatchHub};
 
 /// How a file store's watches learn about changes.
 ///

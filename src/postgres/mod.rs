@@ -71,8 +71,7 @@ pub const DEFAULT_WATCH_LEASE: Duration = Duration::from_secs(30);
 /// The default number of pooled connections.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
-/// The name of the store-wide lock cleanups take.
-const SWEEP_LOCK: &str = "sweep";
+use crate::storage::SWEEP_LOCK;
 /// How long an operation waits for a pooled connection before failing.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 /// How long opening a connection may take, unless the URL says otherwise.

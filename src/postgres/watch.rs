@@ -17,7 +17,8 @@ use tokio_postgres::AsyncMessage;
 use super::{PostgresStorage, backend_error};
 use crate::error::{Error, Result};
 use crate::id::validate_id;
-use crate::watch::{AbortOnDrop, EXPIRY_LOOK, HubHandle, WatchHub};
+use crate::task::AbortOnDrop;
+use crate::watch::{EXPIRY_LOOK, HubHandle, WatchHub};
 
 /// The first pause before reconnecting; doubled after every failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);

@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use super::{command_error, scripts};
 use crate::error::Result;
 use crate::storage::LockGuard;
-use crate::watch::AbortOnDrop;
+use crate::task::AbortOnDrop;
 
 /// The shortest renewal period, so that tiny leases do not spin.
 const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);

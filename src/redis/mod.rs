@@ -50,8 +50,7 @@ use crate::watch::SharedHub;
 pub const DEFAULT_PREFIX: &str = "syncstatus:";
 
 const STORE: &str = "redis";
-/// The name of the store-wide lock cleanups take.
-const SWEEP_LOCK: &str = "sweep";
+use crate::storage::SWEEP_LOCK;
 /// How long a cleanup's sweep lock outlives a process that died while sweeping.
 const SWEEP_LEASE: Duration = Duration::from_secs(60);
 /// Keys per `MGET` and ids per `ZSCAN` step: large enough to save round trips, small enough

@@ -20,7 +20,8 @@ use super::{CONNECTION_TIMEOUT, RESPONSE_TIMEOUT, RedisStorage, STORE, command_e
 use crate::error::{Error, Result};
 use crate::id::validate_id;
 use crate::record::{Record, Timestamp};
-use crate::watch::{AbortOnDrop, HubHandle, WatchHub};
+use crate::task::AbortOnDrop;
+use crate::watch::{HubHandle, WatchHub};
 
 /// First pause before reconnecting; doubled per failed attempt up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::id::validate_id;
 use crate::record::{Record, Timestamp};
 
+use super::replace;
+
 /// Where staging files live while they are written.
 pub(crate) const STAGING_DIR: &str = ".tmp";
 /// Where the sidecar lock files live.
@@ -199,10 +201,8 @@ impl Layout {
                 .sync_all()
                 .map_err(|e| Error::io(&staged_path, e))?;
         }
-        // `persist` renames; on failure the staging file is removed when `staged` drops.
-        staged
-            .persist(&path)
-            .map_err(|e| Error::io(&path, e.error))?;
+        // On failure the staging file is removed when `staged` drops.
+        replace::persist(staged, &path).map_err(|e| Error::io(&path, e))?;
         if durability == Durability::Fsync {
             sync_dir(&self.dir)?;
         }

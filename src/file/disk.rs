@@ -316,12 +316,27 @@ pub(crate) struct FileLock {
 impl FileLock {
     /// Removes the lock file while still holding it; whoever opened it meanwhile sees the
     /// file gone after locking and opens the new one.
+    #[cfg(not(windows))]
     pub(crate) fn remove(self) -> io::Result<()> {
         match fs::remove_file(&self.path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
         }
         // `self.file` drops here, releasing the lock.
+    }
+
+    /// Releases the lock, then removes the lock file unless someone opened it meanwhile
+    /// (Windows removes no open file, see `open_lock_file`): that one holds or awaits the lock,
+    /// and the file stays for a later sweep of unused lock files.
+    #[cfg(windows)]
+    pub(crate) fn remove(self) -> io::Result<()> {
+        let path = self.path.clone();
+        drop(self);
+        match fs::remove_file(&path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) if super::replace::is_held_open(&error) => Ok(()),
+            outcome => outcome,
+        }
     }
 }
 
@@ -396,6 +411,17 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     no_follow(&mut options);
+    // Windows cannot unlink a file that is open: a removal would leave the name "pending
+    // delete", refusing every open (and so every locker) until the last handle closes.
+    // Without FILE_SHARE_DELETE a removal fails while anyone has the file open, so a lock
+    // file only ever goes away when nobody uses it (see `FileLock::remove`).
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        /// `FILE_SHARE_READ | FILE_SHARE_WRITE`.
+        const SHARE_READ_WRITE: u32 = 0x1 | 0x2;
+        options.share_mode(SHARE_READ_WRITE);
+    }
     options.open(path).map_err(symlink_aware)
 }
 

@@ -1,45 +1,7 @@
-//! Keep the status of background work where a restart cannot lose it.
-//!
-//! A [`SyncStorage`] keeps one [`Record`] per id: the caller's status value (JSON), a version
-//! that grows with every write, and timestamps. [`FileStorage`] (the default) keeps each record
-//! in `<dir>/<id>.json`; [`MemoryStorage`] keeps them in memory; Redis and PostgreSQL backends
-//! sit behind the `redis` and `postgres` features. [`StatusStore`] is the typed facade and
-//! [`SyncStatus`] a ready status type.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> syncstatus::Result<()> {
-//! use futures_util::StreamExt;
-//! use syncstatus::{Progress, SyncStatus, SyncStatusStore, WatchEvent, WatchOptions, WatchSelector};
-//!
-//! let dir = tempfile::tempdir().unwrap();
-//! let store = SyncStatusStore::open(&format!("file:{}", dir.path().display())).await?;
-//! let mut events = store
-//!     .storage()
-//!     .watch(WatchSelector::ids(["sync-1"]), WatchOptions::default())
-//!     .await?;
-//!
-//! let now = store.now();
-//! store.put("sync-1", &SyncStatus::pending().start(now)).await?;
-//! let record = store
-//!     .update("sync-1", |status| Ok(status.unwrap_or_default().with_progress(Progress::new(1, 2))))
-//!     .await?;
-//! assert_eq!(record.version, 2);
-//! assert!(dir.path().join("sync-1.json").exists());
-//!
-//! // The watcher sees the writes (possibly coalesced; the last one always arrives).
-//! loop {
-//!     if let Some(Ok(WatchEvent::Upsert(seen))) = events.next().await {
-//!         if seen.version == 2 {
-//!             break;
-//!         }
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! The README has the file format, the contracts every backend keeps, the CLI and the HTTP
-//! router.
+// The README is the crate's documentation (docs.rs shows the file format, the contracts, the
+// backends and the CLI), and its examples run as doctests.
+#![doc = include_str!("../README.md")]
+// On docs.rs (nightly), every item gated on a feature carries a badge naming it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
@@ -107,8 +69,3 @@ pub const DEFAULT_STORE_URL: &str = "file:./data/sync-status";
 pub async fn open(url: &str) -> Result<DynSyncStorage> {
     StoreUrl::parse(url)?.open().await
 }
-
-/// The README's examples, compiled as doctests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

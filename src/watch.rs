@@ -216,6 +216,7 @@ impl WatchHub {
     }
 
     /// Whether the hub holds any record.
+    #[cfg(feature = "postgres")]
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().records.is_empty()
     }

@@ -995,7 +995,9 @@ fn place_fixture(dir: &Path, fixture: &str, id: &str) -> PathBuf {
         .join("fixtures")
         .join(fixture);
     let path = dir.join(format!("{id}.json"));
-    fs::copy(source, &path).unwrap();
+    // Written, not copied: Windows' copy keeps the fixture's old modification time, which a
+    // plain status takes as its last write, so it would read as long expired.
+    fs::write(&path, fs::read(source).unwrap()).unwrap();
     path
 }
 
@@ -1683,4 +1685,53 @@ fn a_long_listing_leaves_the_runtime_free() {
         "the heartbeat stood still during the listing"
     );
     eprintln!("{ticks_during} heartbeat ticks during a listing of {FILES} files");
+}
+
+/// Windows refuses a rename over a file that another handle holds open (access denied or a
+/// sharing violation); writes retry with a bounded backoff, so a reader that keeps opening
+/// the record (a poller, a virus scanner, an indexer) never makes one fail. Elsewhere the
+/// rename replaces the open file and this passes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_succeed_while_another_handle_keeps_opening_the_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStorage::open(tmp.path()).unwrap();
+    store
+        .put("held", json!({"n": 0}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let path = tmp.path().join("held.json");
+    let stop = Arc::new(AtomicBool::new(false));
+    let opens = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, opens) = (stop.clone(), opens.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(bytes) = fs::read(&path) {
+                    assert!(
+                        serde_json::from_slice::<Value>(&bytes).is_ok(),
+                        "a torn read"
+                    );
+                    opens.fetch_add(1, Ordering::SeqCst);
+                }
+                // A poller's pace (100 reads a second), not a wait for anything: the file
+                // is open for a good part of the time, so a write that does not retry
+                // fails within a few dozen, and one that retries finds it closed.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let writes = 200;
+    for n in 1..=writes {
+        let written = store.put("held", json!({"n": n}), PutMode::Overwrite).await;
+        if let Err(error) = written {
+            stop.store(true, Ordering::SeqCst);
+            panic!("write {n} failed while a reader held the file open: {error}");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    assert!(opens.load(Ordering::SeqCst) > 0, "the reader never read");
+    let record = store.get("held").await.unwrap().unwrap();
+    assert_eq!(record.version, writes + 1);
+    assert_eq!(record.status, json!({"n": writes}));
 }

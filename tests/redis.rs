@@ -1,13 +1,15 @@
 //! The conformance suite on `RedisStorage`, and the Redis store's own behaviour, against a real
 //! server (`SYNCSTATUS_REDIS_URL`, default `redis://127.0.0.1:6379/0`). Every test uses its own
-//! key prefix and removes its keys afterwards, so tests run in parallel. Without a server the
-//! tests are skipped, unless `CI` or `SYNCSTATUS_REQUIRE_SERVICES` is set.
+//! key prefix and removes its keys afterwards, so tests run in parallel. Without a server each
+//! test prints `SKIPPED <test>: ...` and passes, unless `CI` or `SYNCSTATUS_REQUIRE_SERVICES`
+//! is set.
 
 #![cfg(feature = "redis")]
 
 mod conformance;
 mod jobs;
 mod lifecycle;
+mod skips;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,12 +83,7 @@ fn glob_escape(text: &str) -> String {
 
 /// A store on a fresh prefix with a manual clock, or `None` (after saying so) when there is
 /// no server and none is required.
-async fn store_on(
-    name: &str,
-    prefix: &str,
-    clock: &ManualClock,
-    ttl: TtlPolicy,
-) -> Option<RedisStorage> {
+async fn store_on(prefix: &str, clock: &ManualClock, ttl: TtlPolicy) -> Option<RedisStorage> {
     let url = redis_url();
     match RedisStorage::builder(&url)
         .with_prefix(prefix)
@@ -97,15 +94,13 @@ async fn store_on(
     {
         Ok(store) => Some(store),
         Err(error @ Error::Backend { .. }) => {
-            if std::env::var_os("CI").is_some()
-                || std::env::var_os("SYNCSTATUS_REQUIRE_SERVICES").is_some()
-            {
-                panic!(
-                    "Redis at {url} is required (CI or SYNCSTATUS_REQUIRE_SERVICES is set) but \
-                     unreachable: {error}"
-                );
-            }
-            eprintln!("skipping {name}: Redis at {url} is unreachable: {error}");
+            skips::skip(
+                &format!(
+                    "Redis at {} is unreachable ({error})",
+                    skips::redacted(&url)
+                ),
+                "start redis-server, or point SYNCSTATUS_REDIS_URL at one",
+            );
             None
         }
         Err(error) => panic!("could not open a redis store: {error}"),
@@ -126,7 +121,7 @@ async fn setup(name: &str) -> Option<Setup> {
 async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
     let prefix = unique_prefix(name);
     let clock = ManualClock::starting_now();
-    let store = store_on(name, &prefix, &clock, ttl).await?;
+    let store = store_on(&prefix, &clock, ttl).await?;
     Some(Setup {
         store,
         clock,
@@ -140,7 +135,7 @@ async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
 
 async fn make(name: &str) -> Option<Fixture> {
     let setup = setup(name).await?;
-    let other = store_on(name, &setup.prefix, &setup.clock, standard_ttl()).await?;
+    let other = store_on(&setup.prefix, &setup.clock, standard_ttl()).await?;
     let seeding = setup.store.clone();
     Some(Fixture {
         other: Arc::new(other),
@@ -585,6 +580,21 @@ async fn an_unreachable_server_is_a_backend_error() {
     }
     let error = RedisStorage::open("http://nowhere").await.unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
+}
+
+/// Without a server a test passes, but says so where a person reads it (past libtest's
+/// capture of `eprintln!`), rather than passing in silence.
+#[test]
+fn an_unreachable_server_is_reported_as_a_visible_skip() {
+    let url = "redis://127.0.0.1:1/0";
+    let stderr = skips::stderr_of_skipping_run(
+        &std::env::current_exe().unwrap(),
+        "check_get_missing_is_none",
+        &[("SYNCSTATUS_REDIS_URL", url)],
+    );
+    let expected = format!("SKIPPED check_get_missing_is_none: Redis at {url} is unreachable");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("SYNCSTATUS_REDIS_URL"), "{stderr}");
 }
 
 /// A TCP proxy in front of the Redis server that the test can take down (cutting every

@@ -791,10 +791,14 @@ async fn lagging_subscriber_gets_a_resync_then_the_final_states() {
 }
 
 // ---- Threads: each check runs in a process of its own, so no other test's threads count.
+// Threads are counted by name in /proc/self/task, so these run on Linux only.
 
+#[cfg(target_os = "linux")]
 const NOTIFY_THREAD: &str = "notify-rs inoti";
+#[cfg(target_os = "linux")]
 const POOL_THREAD: &str = "watch-test-pool";
 
+#[cfg(target_os = "linux")]
 fn thread_names() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -803,6 +807,7 @@ fn thread_names() -> Vec<String> {
         .collect()
 }
 
+#[cfg(target_os = "linux")]
 /// (notify threads, threads other than the blocking pool's).
 fn thread_counts() -> (usize, usize) {
     let names = thread_names();
@@ -812,6 +817,7 @@ fn thread_counts() -> (usize, usize) {
     )
 }
 
+#[cfg(target_os = "linux")]
 /// Waits until the thread counts are `expected`; returns the last counts seen.
 async fn wait_for_threads(expected: (usize, usize)) -> (usize, usize) {
     let until = Instant::now() + DEADLINE;
@@ -824,6 +830,7 @@ async fn wait_for_threads(expected: (usize, usize)) -> (usize, usize) {
     }
 }
 
+#[cfg(target_os = "linux")]
 async fn thread_check(role: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), WatchMode::Events);
@@ -893,6 +900,7 @@ async fn thread_check(role: &str) {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn child_threads() {
     let Ok(role) = std::env::var(CHILD) else {
@@ -909,12 +917,14 @@ fn child_threads() {
         .block_on(thread_check(&role));
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn dropping_every_stream_stops_the_watcher_and_its_thread() {
     let dir = tempfile::tempdir().unwrap();
     run_child("child_threads", "stop", dir.path(), &[]).await;
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn streams_of_one_store_share_one_notify_watcher() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,11 +132,6 @@ async fn stdout_closed() {
     }
 }
 
-#[cfg(not(unix))]
-async fn stdout_closed() {
-    std::future::pending().await
-}
-
 enum Sink {
     Json(tokio::io::Stdout),
     View(ViewThread),

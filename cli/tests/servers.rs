@@ -1,6 +1,10 @@
 //! The same CLI commands against Redis and PostgreSQL (`--store redis://…`, `postgres://…`),
-//! each test under its own key prefix or schema. Skipped with a note when the server is
-//! unreachable, unless `CI` or `SYNCSTATUS_REQUIRE_SERVICES` is set.
+//! each test under its own key prefix or schema. When the server is unreachable each test
+//! prints `SKIPPED <test>: ...` and passes, unless `CI` or `SYNCSTATUS_REQUIRE_SERVICES` is set.
+
+// The library's tests skip the same way; one copy of the helper for both packages.
+#[path = "../../tests/skips/mod.rs"]
+mod skips;
 
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,19 +45,53 @@ fn ok_json(store: &str, args: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{args:?}: {error} in {text}"))
 }
 
-/// Whether the store answers; panics instead of skipping where the servers are required.
-fn reachable(store: &str, what: &str) -> bool {
+/// Whether the store answers; fails instead of skipping where the servers are required.
+fn reachable(store: &str, what: &str, variable: &str) -> bool {
     let output = run(store, &["ls", "--json"]);
     if output.status.success() {
         return true;
     }
-    let reason = String::from_utf8_lossy(&output.stderr).into_owned();
-    if std::env::var_os("CI").is_some() || std::env::var_os("SYNCSTATUS_REQUIRE_SERVICES").is_some()
-    {
-        panic!("{what} is required here but unreachable: {reason}");
-    }
-    eprintln!("skipping: {what} unreachable: {reason}");
+    let reason = String::from_utf8_lossy(&output.stderr);
+    skips::skip(
+        &format!(
+            "{what} at {} is unreachable ({})",
+            skips::redacted(store),
+            reason.trim()
+        ),
+        &format!("start it, or point {variable} at one"),
+    );
     false
+}
+
+/// Without a server a test passes, but says so where a person reads it (past libtest's
+/// capture of `eprintln!`), rather than passing in silence.
+#[test]
+fn an_unreachable_server_is_reported_as_a_visible_skip() {
+    let exe = std::env::current_exe().unwrap();
+    let stderr = skips::stderr_of_skipping_run(
+        &exe,
+        "commands_work_against_redis",
+        &[("SYNCSTATUS_REDIS_URL", "redis://127.0.0.1:1")],
+    );
+    assert!(
+        stderr.contains("SKIPPED commands_work_against_redis: Redis at redis://127.0.0.1:1"),
+        "{stderr}"
+    );
+    let stderr = skips::stderr_of_skipping_run(
+        &exe,
+        "commands_work_against_postgres",
+        &[(
+            "SYNCSTATUS_POSTGRES_URL",
+            "postgres://postgres:hunter2@127.0.0.1:1/test",
+        )],
+    );
+    assert!(
+        stderr.contains(
+            "SKIPPED commands_work_against_postgres: PostgreSQL at postgres://postgres:***@127.0.0.1:1/test"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
 /// Every command a user runs, against one store.
@@ -130,7 +168,7 @@ fn commands_work_against_redis() {
     let base =
         std::env::var("SYNCSTATUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let store = format!("{base}?prefix={}:", unique("redis"));
-    if reachable(&store, "Redis") {
+    if reachable(&store, "Redis", "SYNCSTATUS_REDIS_URL") {
         round_trip(&store);
     }
 }
@@ -141,7 +179,7 @@ fn commands_work_against_postgres() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = unique("pg");
     let store = format!("{base}?schema={schema}");
-    if !reachable(&store, "PostgreSQL") {
+    if !reachable(&store, "PostgreSQL", "SYNCSTATUS_POSTGRES_URL") {
         return;
     }
     let dropped = DropSchema { url: base, schema };

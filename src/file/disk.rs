@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::id::validate_id;
 use crate::record::{Record, Timestamp};
 
+use super::replace;
+
 /// Where staging files live while they are written.
 pub(crate) const STAGING_DIR: &str = ".tmp";
 /// Where the sidecar lock files live.
@@ -130,6 +132,10 @@ pub(crate) enum Commit {
     LockLost,
 }
 
+/// What stands for the commit lock where there is none to take.
+#[cfg(not(unix))]
+struct NoCommitLock;
+
 impl Layout {
     pub(crate) fn new(dir: PathBuf, max_record_size: u64, lock_timeout: Duration) -> Self {
         Layout {
@@ -177,8 +183,8 @@ impl Layout {
 
     /// Without `flock` on directories, only the record check guards the commit there.
     #[cfg(not(unix))]
-    fn commit_lock(&self) -> Result<()> {
-        Ok(())
+    fn commit_lock(&self) -> Result<NoCommitLock> {
+        Ok(NoCommitLock)
     }
 
     pub(crate) fn create_dirs(&self) -> Result<()> {
@@ -362,15 +368,14 @@ impl Layout {
         }
         // Checked as late as possible, right before the rename, so that the window in which
         // a removed lock file can let a second writer in is as short as a rename.
-        let commit = self.commit_lock()?;
-        if !self.still_current(lock, &path, &read)? {
-            return Ok(Commit::LockLost);
+        {
+            let _commit = self.commit_lock()?;
+            if !self.still_current(lock, &path, &read)? {
+                return Ok(Commit::LockLost);
+            }
+            // On failure the staging file is removed when `staged` drops.
+            replace::persist(staged, &path).map_err(|e| Error::io(&path, e))?;
         }
-        // `persist` renames; on failure the staging file is removed when `staged` drops.
-        staged
-            .persist(&path)
-            .map_err(|e| Error::io(&path, e.error))?;
-        drop(commit);
         if durability == Durability::Fsync {
             sync_dir(&self.dir)?;
         }
@@ -395,16 +400,17 @@ impl Layout {
         read: Option<ReadFile>,
     ) -> Result<std::result::Result<bool, Commit>> {
         let path = self.record_path(id);
-        let commit = self.commit_lock()?;
-        if !self.still_current(lock, &path, &read)? {
-            return Ok(Err(Commit::LockLost));
-        }
-        let removed = match fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => false,
-            Err(error) => return Err(Error::io(&path, error)),
+        let removed = {
+            let _commit = self.commit_lock()?;
+            if !self.still_current(lock, &path, &read)? {
+                return Ok(Err(Commit::LockLost));
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => true,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+                Err(error) => return Err(Error::io(&path, error)),
+            }
         };
-        drop(commit);
         if removed && durability == Durability::Fsync {
             sync_dir(&self.dir)?;
         }
@@ -508,12 +514,27 @@ impl FileLock {
 
     /// Removes the lock file while still holding it; whoever opened it meanwhile sees the
     /// file gone after locking and opens the new one.
+    #[cfg(not(windows))]
     pub(crate) fn remove(self) -> io::Result<()> {
         match fs::remove_file(&self.path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
         }
         // `self.file` drops here, releasing the lock.
+    }
+
+    /// Releases the lock, then removes the lock file unless someone opened it meanwhile
+    /// (Windows removes no open file, see `open_lock_file`): that one holds or awaits the lock,
+    /// and the file stays for a later sweep of unused lock files.
+    #[cfg(windows)]
+    pub(crate) fn remove(self) -> io::Result<()> {
+        let path = self.path.clone();
+        drop(self);
+        match fs::remove_file(&path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) if super::replace::is_held_open(&error) => Ok(()),
+            outcome => outcome,
+        }
     }
 }
 
@@ -588,6 +609,17 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     no_follow(&mut options);
+    // Windows cannot unlink a file that is open: a removal would leave the name "pending
+    // delete", refusing every open (and so every locker) until the last handle closes.
+    // Without FILE_SHARE_DELETE a removal fails while anyone has the file open, so a lock
+    // file only ever goes away when nobody uses it (see `FileLock::remove`).
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        /// `FILE_SHARE_READ | FILE_SHARE_WRITE`.
+        const SHARE_READ_WRITE: u32 = 0x1 | 0x2;
+        options.share_mode(SHARE_READ_WRITE);
+    }
     options.open(path).map_err(symlink_aware)
 }
 

@@ -7,6 +7,7 @@
 //! ```
 
 mod disk;
+mod replace;
 mod watch;
 
 use std::collections::HashMap;

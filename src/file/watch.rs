@@ -35,6 +35,10 @@ use crate::watch::{EXPIRY_LOOK, HubHandle, WatchHub};
 /// - **Container bind mounts and VM shared folders** (Docker Desktop on macOS and Windows,
 ///   WSL2 paths under `/mnt`, VirtualBox/Vagrant shares) do not forward events made on the
 ///   other side of the mount. Use [`WatchMode::Poll`], or watch from the side that writes.
+/// - **Windows** (ReadDirectoryChangesW) loses events silently when a burst overflows its
+///   buffer. A watch there also re-reads the whole directory every 30 seconds and reports
+///   what differs, so a lost change arrives late rather than never; that re-read costs a read
+///   of every record file.
 /// - **inotify limits** (Linux). Each watch takes one inotify instance
 ///   (`/proc/sys/fs/inotify/max_user_instances`) and one watch
 ///   (`/proc/sys/fs/inotify/max_user_watches`); when none can be had the store logs a warning
@@ -76,6 +80,15 @@ pub enum WatchMode {
 const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
 /// Polling interval used when file system events cannot be had at all.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// How often a watch on file system events also re-reads the whole directory and reports
+/// what differs. Windows' ReadDirectoryChangesW drops events without a word when its buffer
+/// overflows (notify#963: no rescan is signalled), so there this is the safety net that
+/// turns a lost event into a late one. inotify and FSEvents report their overflows.
+const EVENTS_RECONCILE: Option<Duration> = if cfg!(windows) {
+    Some(Duration::from_secs(30))
+} else {
+    None
+};
 
 #[derive(Debug, Default)]
 struct Signals {
@@ -230,6 +243,10 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         expiries.track(&record.id, at);
     }
     let hub = Arc::new(WatchHub::new(records));
+    let reconcile_at = watcher
+        .as_ref()
+        .and(EVENTS_RECONCILE)
+        .map(|every| tokio::time::Instant::now() + every);
     let reconciler = Reconciler {
         store,
         dir,
@@ -239,6 +256,7 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         poll,
         expiries,
         retry: false,
+        reconcile_at,
     };
     let task = tokio::spawn(reconciler.run());
     Ok(HubHandle {
@@ -312,6 +330,8 @@ struct Reconciler {
     expiries: Expiries,
     /// A scan failed: try again after a pause even if no event comes.
     retry: bool,
+    /// When the next safety re-read of the whole directory is due (see `EVENTS_RECONCILE`).
+    reconcile_at: Option<tokio::time::Instant>,
 }
 
 impl Reconciler {
@@ -336,7 +356,13 @@ impl Reconciler {
             Duration::from_millis(at.as_millis().saturating_sub(now.as_millis())).min(EXPIRY_LOOK)
         });
         let retry = self.retry.then_some(DIRECTORY_RETRY);
-        [self.poll, until_expiry, retry].into_iter().flatten().min()
+        let reconcile = self
+            .reconcile_at
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+        [self.poll, until_expiry, retry, reconcile]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn run(mut self) {
@@ -381,11 +407,18 @@ impl Reconciler {
                 }
                 continue;
             }
+            let reconcile_due = self
+                .reconcile_at
+                .is_some_and(|at| at <= tokio::time::Instant::now());
+            if reconcile_due {
+                self.reconcile_at =
+                    EVENTS_RECONCILE.map(|every| tokio::time::Instant::now() + every);
+            }
             if self.signals.rescan.swap(false, Ordering::SeqCst) {
                 // Events were lost: everything dirty is covered by the full scan.
                 self.signals.take_dirty();
                 self.full_scan(&hub, true).await;
-            } else if self.poll.is_some() {
+            } else if self.poll.is_some() || reconcile_due {
                 self.signals.take_dirty();
                 self.full_scan(&hub, false).await;
             } else {
@@ -483,7 +516,11 @@ impl Reconciler {
             if exists {
                 if self.poll.is_none() {
                     match start_events(&self.store, &self.dir, &self.signals).await {
-                        Ok(watcher) => self.watcher = Some(watcher),
+                        Ok(watcher) => {
+                            self.watcher = Some(watcher);
+                            self.reconcile_at =
+                                EVENTS_RECONCILE.map(|every| tokio::time::Instant::now() + every);
+                        }
                         Err(error) if is_missing(&error) => {
                             // Removed again in between.
                             tokio::time::sleep(DIRECTORY_RETRY).await;

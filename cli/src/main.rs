@@ -648,23 +648,6 @@ fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String, Failure> {
     Ok(text)
 }
 
-/// `url` with the password of its user info replaced by `***`, for messages: an error may
-/// end up in a log or a terminal someone else reads.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,7 @@ impl ReadFile {
         let key = FileId::of(&file.metadata()?);
         Ok(Some(ReadFile {
             key,
-            _open: Some(file),
+            _open: kept_open(file),
         }))
     }
 }
@@ -319,7 +319,7 @@ impl Layout {
             Some(record),
             Some(ReadFile {
                 key: FileId::of(&metadata),
-                _open: Some(file),
+                _open: kept_open(file),
             }),
         ))
     }
@@ -623,6 +623,20 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
     options.open(path).map_err(symlink_aware)
 }
 
+/// The read file, kept open where that pins its identity (an inode number is not reused
+/// while its file is open). Elsewhere the identity is its length and time, which an open
+/// handle does not pin, and an open handle would make Windows refuse the rename that
+/// replaces the file.
+#[cfg(unix)]
+fn kept_open(file: File) -> Option<File> {
+    Some(file)
+}
+
+#[cfg(not(unix))]
+fn kept_open(_file: File) -> Option<File> {
+    None
+}
+
 /// Opens a record file for reading without following a link, and without blocking in
 /// `open` should the name be a FIFO (the caller then refuses anything but a regular file).
 fn open_no_follow(path: &Path) -> io::Result<File> {
@@ -632,6 +646,15 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    // A write keeps the file it read open until its rename has replaced it: without
+    // FILE_SHARE_DELETE, Windows refuses to replace a file that is open (access denied).
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        /// `FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE`.
+        const SHARE_ALL: u32 = 0x1 | 0x2 | 0x4;
+        options.share_mode(SHARE_ALL);
     }
     options.open(path)
 }

@@ -45,8 +45,8 @@ pub use record::{Clock, ManualClock, Record, SharedClock, SystemClock, Timestamp
 pub use status::{MAX_STATE_LEN, Progress, State, SyncStatus, validate_state};
 pub use storage::{
     CleanupOptions, CleanupProblem, CleanupReport, DEFAULT_MAX_RECORD_SIZE, DynSyncStorage,
-    ListFilter, Listing, LockGuard, PutMode, SyncStorage, SyncStorageExt, UpdateFn, WatchEvent,
-    WatchOptions, WatchSelector, WatchStream, update_optimistically,
+    ListFilter, Listing, LockGuard, PutMode, ScanFn, SyncStorage, SyncStorageExt, UpdateFn,
+    WatchEvent, WatchOptions, WatchSelector, WatchStream, update_optimistically,
 };
 pub use store_url::StoreUrl;
 pub use ttl::{DEFAULT_TTL, TtlPolicy};

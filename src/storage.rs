@@ -302,15 +302,33 @@ pub trait SyncStorage: Send + Sync + Debug + 'static {
     /// The live records passing `filter`, sorted by id, and an error per unreadable record.
     async fn list(&self, filter: &ListFilter) -> Result<Listing>;
 
+    /// Calls `visit` with every live record passing `filter`, and with the error of every
+    /// unreadable one, in no promised order. Unlike [`SyncStorage::list`], backends that can
+    /// hold only a bounded number of records in memory at a time (the file store reads a few
+    /// hundred files per step), so a count over a large store costs its time, not its size.
+    /// The default lists everything first.
+    async fn scan(&self, filter: &ListFilter, visit: &mut ScanFn<'_>) -> Result<()> {
+        let listing = self.list(filter).await?;
+        for record in listing.records {
+            visit(Ok(record));
+        }
+        for error in listing.errors {
+            visit(Err(error));
+        }
+        Ok(())
+    }
+
     /// Number of live records per state. Records without a `state` are counted under `""`.
     async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
-        let listing = self.list(&ListFilter::all()).await?;
         let mut counts = BTreeMap::new();
-        for record in &listing.records {
-            *counts
-                .entry(record.state().unwrap_or_default().to_string())
-                .or_insert(0) += 1;
-        }
+        self.scan(&ListFilter::all(), &mut |record| {
+            if let Ok(record) = record {
+                *counts
+                    .entry(record.state().unwrap_or_default().to_string())
+                    .or_insert(0) += 1;
+            }
+        })
+        .await?;
         Ok(counts)
     }
 
@@ -329,6 +347,9 @@ pub trait SyncStorage: Send + Sync + Debug + 'static {
 /// The store-wide lock every backend's cleanup takes, so one sweep of a store runs at a time
 /// across tasks, processes and machines.
 pub(crate) const SWEEP_LOCK: &str = "sweep";
+
+/// What [`SyncStorage::scan`] calls with each record, or with the error of an unreadable one.
+pub type ScanFn<'a> = dyn FnMut(Result<Record>) + Send + 'a;
 
 /// A shared, dynamically typed store.
 pub type DynSyncStorage = Arc<dyn SyncStorage>;
@@ -363,6 +384,9 @@ macro_rules! forward_storage {
             }
             async fn list(&self, filter: &ListFilter) -> Result<Listing> {
                 (**self).list(filter).await
+            }
+            async fn scan(&self, filter: &ListFilter, visit: &mut ScanFn<'_>) -> Result<()> {
+                (**self).scan(filter, visit).await
             }
             async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
                 (**self).count_by_state().await

@@ -32,11 +32,14 @@ use crate::error::{Error, Result};
 use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
-    CleanupOptions, CleanupReport, ListFilter, Listing, LockGuard, PutMode, SyncStorage, UpdateFn,
-    WatchOptions, WatchSelector, WatchStream,
+    CleanupOptions, CleanupReport, ListFilter, Listing, LockGuard, PutMode, ScanFn, SyncStorage,
+    UpdateFn, WatchOptions, WatchSelector, WatchStream,
 };
 use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
+
+/// How many records [`SyncStorage::scan`] reads per step.
+const SCAN_CHUNK: usize = 256;
 
 /// The default pause between two lazy sweeps.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -559,6 +562,40 @@ impl SyncStorage for FileStorage {
             .await?;
         self.maybe_lazy_sweep();
         Ok(listing)
+    }
+
+    async fn scan(&self, filter: &ListFilter, visit: &mut ScanFn<'_>) -> Result<()> {
+        let mut ids = self.blocking(|inner| inner.layout.ids()).await?;
+        if let Some(prefix) = &filter.prefix {
+            ids.retain(|id| id.starts_with(prefix.as_str()));
+        }
+        // A few hundred files per trip off the async threads: few trips, little memory.
+        for chunk in ids.chunks(SCAN_CHUNK) {
+            let chunk = chunk.to_vec();
+            let filter = filter.clone();
+            let found = self
+                .blocking(move |inner| {
+                    let now = inner.clock.now();
+                    let mut found = Vec::with_capacity(chunk.len());
+                    for id in &chunk {
+                        match inner.layout.read(id) {
+                            Ok(Some(record)) => {
+                                if !record.is_expired_at(now) && filter.matches(&record) {
+                                    found.push(Ok(record));
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(error) => found.push(Err(error)),
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+            for record in found {
+                visit(record);
+            }
+        }
+        Ok(())
     }
 
     async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport> {

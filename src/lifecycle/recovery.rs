@@ -355,14 +355,25 @@ pub struct Stats {
 }
 
 /// Counts by state, stale running jobs, the oldest record's age, and health.
+///
+/// One pass over the store with [`SyncStorage::scan`]: the memory it takes does not grow
+/// with the store (beyond the ids of stale running jobs) where the backend streams.
 pub async fn stats(store: &dyn SyncStorage, stale_after: Duration) -> Result<Stats> {
-    let listing = store.list(&ListFilter::all()).await?;
     let now = store.clock().now();
-    let mut stats = Stats {
-        unreadable: listing.errors.len() as u64,
-        ..Stats::default()
-    };
-    for record in &listing.records {
+    let mut stats = Stats::default();
+    store
+        .scan(&ListFilter::all(), &mut |record| match record {
+            Ok(record) => count(&mut stats, &record, now, stale_after),
+            Err(_) => stats.unreadable += 1,
+        })
+        .await?;
+    stats.stale_running.sort();
+    stats.healthy = stats.stale_running.is_empty();
+    Ok(stats)
+}
+
+fn count(stats: &mut Stats, record: &Record, now: Timestamp, stale_after: Duration) {
+    {
         *stats
             .counts
             .entry(record.state().unwrap_or_default().to_string())
@@ -376,6 +387,4 @@ pub async fn stats(store: &dyn SyncStorage, stale_after: Duration) -> Result<Sta
             stats.stale_running.push(record.id.clone());
         }
     }
-    stats.healthy = stats.stale_running.is_empty();
-    Ok(stats)
 }

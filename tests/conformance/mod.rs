@@ -434,6 +434,54 @@ pub async fn check_list_and_count(f: Fixture) {
     assert_eq!(counts.get("completed"), Some(&1));
     assert_eq!(counts.get("failed"), Some(&1));
     assert_eq!(counts.get(""), Some(&1));
+    // A scan sees what a list sees, filters alike, each record once.
+    for filter in [
+        ListFilter::all(),
+        ListFilter::state("running"),
+        ListFilter {
+            prefix: Some("a-".into()),
+            state: None,
+        },
+    ] {
+        let mut scanned = Vec::new();
+        f.store
+            .scan(&filter, &mut |record| scanned.push(record.unwrap()))
+            .await
+            .unwrap();
+        scanned.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            scanned,
+            f.store.list(&filter).await.unwrap().records,
+            "{filter:?}"
+        );
+    }
+}
+
+pub async fn check_expires_at_is_stored_and_read(f: Fixture) {
+    let written = f
+        .store
+        .put("exp", json!({"state": "running"}), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let ttl = f.store.ttl_for(&written.status).unwrap();
+    assert_eq!(
+        written.expires_at,
+        ttl.map(|ttl| written.updated_at.saturating_add(ttl)),
+        "the written record says when it expires, by the store's policy"
+    );
+    let read = f.store.get("exp").await.unwrap().unwrap();
+    assert_eq!(read.expires_at, written.expires_at);
+    let listed = f.store.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(listed.records[0].expires_at, written.expires_at);
+    let again = f
+        .store
+        .update_with("exp", |_| Ok(json!({"state": "running", "n": 1})))
+        .await
+        .unwrap();
+    assert!(
+        again.expires_at >= written.expires_at,
+        "a write moves expiry on"
+    );
 }
 
 pub async fn check_try_lock(f: Fixture) {
@@ -1101,6 +1149,7 @@ macro_rules! all_conformance_tests {
             check_heartbeat_keeps_alive,
             check_cleanup,
             check_list_and_count,
+            check_expires_at_is_stored_and_read,
             check_try_lock,
             check_cleanup_skips_while_sweep_locked,
             check_watch_sees_writes_and_removals,

@@ -1,0 +1,403 @@
+//! The file store at scale (issue 14): cost must follow the work, not the size of the store.
+//! Every figure is a ratio against a baseline measured in the same run, with the order of
+//! the variants rotated from round to round.
+//!
+//! - put of records of 1 KB to 10 MB against the raw floor (serialize the same record, lock
+//!   file, staging file, rename);
+//! - put and get in a store of 100k records against a store of 1k (a lazy sweep due in both);
+//! - cleanup of 100k records, half expired, against `find -mmin +5 -delete`;
+//! - stats over 100k records against a raw streaming count (read + parse + count per file),
+//!   time and peak memory, each in a process of its own.
+//!
+//! Run with `cargo bench --bench file_scale`. Knobs: `ROUNDS` (default 3), `RECORDS`
+//! (default 100000), `SECTIONS` (any of `sizes,dirs,cleanup,stats`; default all).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use support::{
+    fresh_dir, load_average, median, min_max, peak_rss_kib, ratio_text, raw_put, rotated_rounds,
+};
+use syncstatus::{CleanupOptions, FileStorage, PutMode, Record, SyncStorage, Timestamp};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A status of about `bytes` bytes on disk: a list of items, as a batch import writes.
+fn status_of_size(bytes: usize) -> Value {
+    let items: Vec<Value> = (0..bytes / 64)
+        .map(|i| json!({"n": i, "name": format!("invoice-{i:08}"), "ok": true}))
+        .collect();
+    json!({"state": "running", "progress": {"done": 1, "total": 2}, "items": items})
+}
+
+fn envelope(id: &str, at: Timestamp, ttl: Duration, state: &str) -> Vec<u8> {
+    let record = Record {
+        id: id.to_string(),
+        version: 1,
+        created_at: at,
+        updated_at: at,
+        expires_at: Some(at.saturating_add(ttl)),
+        status: json!({"state": state, "progress": {"done": 3, "total": 600}, "message": "page 3"}),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&record).unwrap();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// `count` records in `dir`, every other one written 10 minutes ago (file time too) and so
+/// expired under the default 5-minute TTL when `half_expired`.
+fn populate(dir: &Path, count: usize, half_expired: bool) {
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(600);
+    let states = ["running", "completed", "failed", "pending"];
+    for n in 0..count {
+        let id = format!("job-{n:07}");
+        let expired = half_expired && n % 2 == 0;
+        let at = if expired { old } else { now };
+        let bytes = envelope(
+            &id,
+            Timestamp::from_system_time(at),
+            syncstatus::DEFAULT_TTL,
+            states[n % states.len()],
+        );
+        let path = dir.join(format!("{id}.json"));
+        fs::write(&path, bytes).unwrap();
+        if expired {
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+}
+
+fn seconds(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+fn sizes(rounds: usize, root: &Path) {
+    println!("\n## put by record size (ops/s; ours / raw floor, goal >= 0.8x)");
+    println!(
+        "| record on disk | ops/round | floor median ops/s | put median ops/s | put / floor |"
+    );
+    println!("|---|---|---|---|---|");
+    let rt = runtime();
+    for (size, ops) in [
+        (1_000, 400),
+        (100_000, 100),
+        (1_000_000, 20),
+        (10_000_000, 4),
+    ] {
+        let status = status_of_size(size);
+        let floor_dir = fresh_dir(root, "floor");
+        let store_dir = root.join("sized");
+        let _ = fs::remove_dir_all(&store_dir);
+        let store = FileStorage::builder(&store_dir)
+            .with_max_record_size(64 << 20)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap();
+        let ids: Vec<String> = (0..4).map(|i| format!("big-{i}")).collect();
+        for id in &ids {
+            rt.block_on(store.put(id, status.clone(), PutMode::Overwrite))
+                .unwrap();
+        }
+        let on_disk = fs::metadata(store_dir.join("big-0.json")).unwrap().len();
+        let mut version = 1;
+        let mut floor = || {
+            let start = Instant::now();
+            for n in 0..ops {
+                let id = &ids[n % ids.len()];
+                let now = Timestamp::now();
+                version += 1;
+                // The same work as the store: serialize the whole record, then write it.
+                let record = Record {
+                    id: id.clone(),
+                    version,
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: Some(now.saturating_add(syncstatus::DEFAULT_TTL)),
+                    status: status.clone(),
+                };
+                let mut bytes = serde_json::to_vec_pretty(&record).unwrap();
+                bytes.push(b'\n');
+                raw_put(&floor_dir, id, &bytes, false);
+            }
+            ops as f64 / start.elapsed().as_secs_f64()
+        };
+        let mut ours = || {
+            let start = Instant::now();
+            rt.block_on(async {
+                for n in 0..ops {
+                    store
+                        .put(&ids[n % ids.len()], status.clone(), PutMode::Overwrite)
+                        .await
+                        .unwrap();
+                }
+            });
+            ops as f64 / start.elapsed().as_secs_f64()
+        };
+        let values = rotated_rounds(rounds, &mut [&mut floor, &mut ours]);
+        let (_, ratio) = ratio_text(&values[1], &values[0]);
+        println!(
+            "| {on_disk} B | {ops} | {:.0} | {:.0} | {ratio} |",
+            median(&values[0]),
+            median(&values[1])
+        );
+    }
+}
+
+fn dirs(rounds: usize, root: &Path, records: usize) {
+    println!(
+        "\n## put and get in a store of {records} records vs 1000 (ops/s; a lazy sweep due in both; goal: >= 0.5x, i.e. at most 2x the time)"
+    );
+    let rt = runtime();
+    let small_dir = fresh_dir(root, "small");
+    let large_dir = fresh_dir(root, "large");
+    populate(&small_dir, 1_000, false);
+    populate(&large_dir, records, false);
+    let open = |dir: &Path| FileStorage::builder(dir).build().unwrap();
+    let puts = 2_000;
+    let gets = 20_000;
+    let run = |dir: &Path, put: bool| {
+        // A fresh handle per round: its first write finds the sweep due, as a restarted
+        // server does.
+        let _ = fs::remove_file(dir.join(".locks").join("@sweep.last"));
+        let store = open(dir);
+        let ops = if put { puts } else { gets };
+        let start = Instant::now();
+        rt.block_on(async {
+            for n in 0..ops {
+                let id = format!("job-{:07}", n % 1_000);
+                if put {
+                    store
+                        .put(&id, json!({"state": "running", "n": n}), PutMode::Overwrite)
+                        .await
+                        .unwrap();
+                } else {
+                    std::hint::black_box(store.get(&id).await.unwrap());
+                }
+            }
+        });
+        ops as f64 / start.elapsed().as_secs_f64()
+    };
+    let mut small_put = || run(&small_dir, true);
+    let mut large_put = || run(&large_dir, true);
+    let mut small_get = || run(&small_dir, false);
+    let mut large_get = || run(&large_dir, false);
+    let values = rotated_rounds(
+        rounds,
+        &mut [
+            &mut small_put,
+            &mut large_put,
+            &mut small_get,
+            &mut large_get,
+        ],
+    );
+    println!("| op | 1k median ops/s | {records} median ops/s | large / small |");
+    println!("|---|---|---|---|");
+    for (name, small, large) in [("put", 0, 1), ("get", 2, 3)] {
+        let (_, ratio) = ratio_text(&values[large], &values[small]);
+        println!(
+            "| {name} | {:.0} | {:.0} | {ratio} |",
+            median(&values[small]),
+            median(&values[large])
+        );
+    }
+}
+
+fn cleanup(rounds: usize, root: &Path, records: usize) {
+    println!(
+        "\n## cleanup of {records} records, half expired (seconds; ours / find, goal <= 1.5x)"
+    );
+    let rt = runtime();
+    let find_dir = root.join("find");
+    let ours_dir = root.join("ours");
+    let mut find = || {
+        let dir = fresh_dir(root, "find");
+        populate(&dir, records, true);
+        seconds(|| {
+            let status = Command::new("find")
+                .arg(&find_dir)
+                .args([
+                    "-maxdepth",
+                    "1",
+                    "-name",
+                    "*.json",
+                    "-mmin",
+                    "+5",
+                    "-delete",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        })
+    };
+    let mut ours = || {
+        let dir = fresh_dir(root, "ours");
+        populate(&dir, records, true);
+        let store = FileStorage::builder(&ours_dir)
+            .with_lazy_sweep(None)
+            .build()
+            .unwrap();
+        let mut removed = 0;
+        let time = seconds(|| {
+            removed = rt
+                .block_on(store.cleanup(&CleanupOptions::default()))
+                .unwrap()
+                .removed
+                .len();
+        });
+        assert_eq!(removed, records / 2);
+        time
+    };
+    let values = rotated_rounds(rounds, &mut [&mut find, &mut ours]);
+    let (_, ratio) = ratio_text(&values[1], &values[0]);
+    let (fmin, fmax) = min_max(&values[0]);
+    let (omin, omax) = min_max(&values[1]);
+    println!("| find median s (min–max) | cleanup median s (min–max) | cleanup / find |");
+    println!("|---|---|---|");
+    println!(
+        "| {:.3} ({fmin:.3}–{fmax:.3}) | {:.3} ({omin:.3}–{omax:.3}) | {ratio} |",
+        median(&values[0]),
+        median(&values[1])
+    );
+}
+
+/// In a child process: runs `what` over `dir` and prints `seconds peak_kib`.
+fn child(what: &str, dir: &Path) {
+    let elapsed = match what {
+        "idle" => 0.0,
+        "raw-count" => seconds(|| {
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let record: Record = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+                *counts
+                    .entry(record.state().unwrap_or_default().to_string())
+                    .or_default() += 1;
+            }
+            std::hint::black_box(counts);
+        }),
+        "stats" => {
+            let rt = runtime();
+            let store = FileStorage::builder(dir)
+                .with_lazy_sweep(None)
+                .build()
+                .unwrap();
+            seconds(|| {
+                let stats = rt
+                    .block_on(syncstatus::stats(&store, Duration::from_secs(60)))
+                    .unwrap();
+                std::hint::black_box(stats);
+            })
+        }
+        other => panic!("unknown child {other}"),
+    };
+    println!("{elapsed} {}", peak_rss_kib().unwrap_or(0));
+}
+
+fn run_child(what: &str, dir: &Path) -> (f64, f64) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--child", what])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut parts = text.split_whitespace();
+    let seconds: f64 = parts.next().unwrap().parse().unwrap();
+    let kib: f64 = parts.next().unwrap().parse().unwrap();
+    (seconds, kib)
+}
+
+fn stats(rounds: usize, root: &Path, records: usize) {
+    println!(
+        "\n## stats over {records} records, each run in its own process (goal: <= 10 MB over an idle process, time <= 1.2x the raw streaming count)"
+    );
+    let dir = fresh_dir(root, "stats");
+    populate(&dir, records, false);
+    let (mut raw_peaks, mut our_peaks) = (Vec::new(), Vec::new());
+    let mut raw = || {
+        let (s, kib) = run_child("raw-count", &dir);
+        raw_peaks.push(kib);
+        s
+    };
+    let mut ours = || {
+        let (s, kib) = run_child("stats", &dir);
+        our_peaks.push(kib);
+        s
+    };
+    let values = rotated_rounds(rounds, &mut [&mut raw, &mut ours]);
+    let idle_peaks: Vec<f64> = (0..rounds).map(|_| run_child("idle", &dir).1).collect();
+    let peaks = [raw_peaks, our_peaks, idle_peaks];
+    let (_, ratio) = ratio_text(&values[1], &values[0]);
+    let idle = median(&peaks[2]);
+    println!("| variant | median s | peak RSS median KiB | over idle KiB |");
+    println!("|---|---|---|---|");
+    for (name, i) in [("raw streaming count", 0), ("syncstatus::stats", 1)] {
+        println!(
+            "| {name} | {:.3} | {:.0} | {:.0} |",
+            median(&values[i]),
+            median(&peaks[i]),
+            median(&peaks[i]) - idle
+        );
+    }
+    println!("| idle process | | {idle:.0} | |");
+    println!("stats / raw count time: {ratio}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--child") {
+        child(&args[at + 1], Path::new(&args[at + 2]));
+        return;
+    }
+    // `cargo bench` passes `--bench`; a plain `cargo test --benches` run only checks it builds.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let rounds = env_or("ROUNDS", 3).max(3);
+    let records = env_or("RECORDS", 100_000);
+    let sections = std::env::var("SECTIONS").unwrap_or_else(|_| "sizes,dirs,cleanup,stats".into());
+    let root = tempfile::tempdir().unwrap();
+    println!(
+        "file_scale: {rounds} rotated rounds, load average at start {}",
+        load_average()
+    );
+    for section in sections.split(',') {
+        match section {
+            "sizes" => sizes(rounds, root.path()),
+            "dirs" => dirs(rounds, root.path(), records),
+            "cleanup" => cleanup(rounds, root.path(), records),
+            "stats" => stats(rounds, root.path(), records),
+            other => eprintln!("unknown section {other}"),
+        }
+    }
+    println!("\nload average at end {}", load_average());
+}

@@ -3,15 +3,21 @@
 //! (staging file + rename under a per-id `File::lock`), and `std::fs::read` +
 //! `serde_json::from_slice`.
 //!
+//! Variants run in rotated order within each round; the 16-task rows are compared with 16 OS
+//! threads doing the raw work (like with like).
+//!
 //! Run with `cargo bench --all-features --bench file_store`. Environment knobs:
 //! `ROUNDS` (default 5), `PUTS` (per round, default 2000), `GETS` (default 20000),
 //! `FSYNC_PUTS` (default 300).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::Path;
 use std::time::Instant;
+
+use support::{fresh_dir, load_average, median, min_max, peak_rss_kib, raw_put, rotated_rounds};
 
 use serde_json::{Value, json};
 use syncstatus::{
@@ -71,41 +77,6 @@ fn naive_puts(dir: &Path, ids: &[String], ops: usize) {
     }
 }
 
-static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// The raw floor of the contract: per-id lock file, unique staging file, rename.
-fn raw_put(dir: &Path, id: &str, bytes: &[u8], fsync: bool) {
-    let lock_path = dir.join(".locks").join(format!("{id}.lock"));
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .unwrap();
-    lock.lock().unwrap();
-    let staged = dir.join(".tmp").join(format!(
-        "{id}.{}.{}.tmp",
-        std::process::id(),
-        STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&staged)
-        .unwrap();
-    file.write_all(bytes).unwrap();
-    if fsync {
-        file.sync_all().unwrap();
-    }
-    drop(file);
-    fs::rename(&staged, dir.join(format!("{id}.json"))).unwrap();
-    if fsync {
-        File::open(dir).unwrap().sync_all().unwrap();
-    }
-    lock.unlock().unwrap();
-}
-
 fn raw_puts(dir: &Path, ids: &[String], ops: usize, fsync: bool) {
     for n in 0..ops {
         let id = &ids[n % ids.len()];
@@ -122,29 +93,19 @@ fn raw_gets(dir: &Path, ids: &[String], ops: usize) {
     }
 }
 
-/// The raw floor, one op per trip to the blocking pool, as an async caller must do it.
-async fn hop_raw_puts(dir: &Path, ids: &[String], ops: usize) {
-    for n in 0..ops {
-        let id = ids[n % ids.len()].clone();
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || raw_put(&dir, &id, &to_bytes(&record(&id, n)), false))
-            .await
-            .unwrap();
-    }
+/// `ops` of `f` spread over `TASKS` OS threads, each on its own share of the ids: the raw
+/// baseline for the 16-task rows (16 tasks against 16 threads, like with like).
+fn threads(dir: &Path, ids: &[String], ops: usize, f: fn(&Path, &[String], usize)) {
+    std::thread::scope(|scope| {
+        for task in 0..TASKS {
+            let mine: Vec<String> = ids.iter().skip(task).step_by(TASKS).cloned().collect();
+            scope.spawn(move || f(dir, &mine, ops / TASKS));
+        }
+    });
 }
 
-/// Read + parse, one op per trip to the blocking pool.
-async fn hop_raw_gets(dir: &Path, ids: &[String], ops: usize) {
-    for n in 0..ops {
-        let path = dir.join(format!("{}.json", ids[n % ids.len()]));
-        let record = tokio::task::spawn_blocking(move || {
-            let bytes = fs::read(path).unwrap();
-            serde_json::from_slice::<Record>(&bytes).unwrap()
-        })
-        .await
-        .unwrap();
-        std::hint::black_box(record);
-    }
+fn raw_puts_rename(dir: &Path, ids: &[String], ops: usize) {
+    raw_puts(dir, ids, ops, false);
 }
 
 async fn store_puts(store: &FileStorage, ids: &[String], ops: usize) {
@@ -203,18 +164,6 @@ struct Series {
     rates: Vec<f64>,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    (min, max)
-}
-
 fn print_table(title: &str, series: &[Series]) {
     println!("\n{title}");
     println!(
@@ -258,20 +207,6 @@ fn print_ratio(label: &str, ours: &Series, base: &Series, target: Option<f64>) {
     );
 }
 
-fn fresh_dir(root: &Path, name: &str) -> PathBuf {
-    let dir = root.join(name);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join(".tmp")).unwrap();
-    fs::create_dir_all(dir.join(".locks")).unwrap();
-    dir
-}
-
-fn peak_rss_kib() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a plain `cargo test --benches` run only checks it builds.
     if !std::env::args().any(|a| a == "--bench") {
@@ -303,92 +238,53 @@ fn main() {
         .unwrap()
         .len();
 
-    let mut put_series = [
-        Series {
-            name: "naive fs::write",
-            ops: puts,
-            rates: vec![],
-        },
-        Series {
-            name: "raw floor: lock + staging + rename",
-            ops: puts,
-            rates: vec![],
-        },
-        Series {
-            name: "raw floor, each op via spawn_blocking",
-            ops: puts,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::put, sequential",
-            ops: puts,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::put, 16 tasks",
-            ops: puts,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::update, sequential (2 hops)",
-            ops: puts,
-            rates: vec![],
-        },
+    let raw16_dir = fresh_dir(root.path(), "raw-16");
+    raw_puts(&raw16_dir, &ids, ids.len(), false);
+    let timed = |ops: usize, f: &dyn Fn()| rate(ops, f);
+
+    // Every variant once per round, the order rotated from round to round.
+    let put_names = [
+        "naive fs::write",
+        "raw floor: lock + staging + rename",
+        "raw floor, 16 OS threads",
+        "FileStorage::put, sequential",
+        "FileStorage::put, 16 tasks",
+        "FileStorage::update, sequential (2 hops)",
     ];
-    let mut get_series = [
-        Series {
-            name: "raw fs::read + serde_json::from_slice",
-            ops: gets,
-            rates: vec![],
-        },
-        Series {
-            name: "raw read+parse, each op via spawn_blocking",
-            ops: gets,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::get, sequential",
-            ops: gets,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::get, 16 tasks",
-            ops: gets,
-            rates: vec![],
-        },
+    let put_values = rotated_rounds(
+        rounds,
+        &mut [
+            &mut || timed(puts, &|| naive_puts(&naive_dir, &ids, puts)),
+            &mut || timed(puts, &|| raw_puts(&raw_dir, &ids, puts, false)),
+            &mut || timed(puts, &|| threads(&raw16_dir, &ids, puts, raw_puts_rename)),
+            &mut || timed(puts, &|| rt.block_on(store_puts(&store, &ids, puts))),
+            &mut || {
+                timed(puts, &|| {
+                    rt.block_on(concurrent(&store16, &ids, puts, true))
+                })
+            },
+            &mut || timed(puts, &|| rt.block_on(store_updates(&store, &ids, puts))),
+        ],
+    );
+    let get_names = [
+        "raw fs::read + serde_json::from_slice",
+        "raw read+parse, 16 OS threads",
+        "FileStorage::get, sequential",
+        "FileStorage::get, 16 tasks",
     ];
-    for _ in 0..rounds {
-        put_series[0]
-            .rates
-            .push(rate(puts, || naive_puts(&naive_dir, &ids, puts)));
-        put_series[1]
-            .rates
-            .push(rate(puts, || raw_puts(&raw_dir, &ids, puts, false)));
-        put_series[2].rates.push(rate(puts, || {
-            rt.block_on(hop_raw_puts(&raw_dir, &ids, puts))
-        }));
-        put_series[3]
-            .rates
-            .push(rate(puts, || rt.block_on(store_puts(&store, &ids, puts))));
-        put_series[4].rates.push(rate(puts, || {
-            rt.block_on(concurrent(&store16, &ids, puts, true))
-        }));
-        put_series[5].rates.push(rate(puts, || {
-            rt.block_on(store_updates(&store, &ids, puts))
-        }));
-        get_series[0]
-            .rates
-            .push(rate(gets, || raw_gets(&raw_dir, &ids, gets)));
-        get_series[1].rates.push(rate(gets, || {
-            rt.block_on(hop_raw_gets(&raw_dir, &ids, gets))
-        }));
-        get_series[2]
-            .rates
-            .push(rate(gets, || rt.block_on(store_gets(&store, &ids, gets))));
-        get_series[3].rates.push(rate(gets, || {
-            rt.block_on(concurrent(&store16, &ids, gets, false))
-        }));
-    }
+    let get_values = rotated_rounds(
+        rounds,
+        &mut [
+            &mut || timed(gets, &|| raw_gets(&raw_dir, &ids, gets)),
+            &mut || timed(gets, &|| threads(&raw16_dir, &ids, gets, raw_gets)),
+            &mut || timed(gets, &|| rt.block_on(store_gets(&store, &ids, gets))),
+            &mut || {
+                timed(gets, &|| {
+                    rt.block_on(concurrent(&store16, &ids, gets, false))
+                })
+            },
+        ],
+    );
 
     // Fsync in rounds of its own: it slows the renames that follow it.
     let raw_fsync_dir = fresh_dir(root.path(), "raw-fsync");
@@ -397,58 +293,63 @@ fn main() {
         .with_durability(Durability::Fsync)
         .build()
         .unwrap();
-    let mut fsync_series = [
-        Series {
-            name: "raw floor + fsync of file and directory",
-            ops: fsync_puts,
-            rates: vec![],
-        },
-        Series {
-            name: "FileStorage::put, Durability::Fsync",
-            ops: fsync_puts,
-            rates: vec![],
-        },
+    let fsync_names = [
+        "raw floor + fsync of file and directory",
+        "FileStorage::put, Durability::Fsync",
     ];
-    for _ in 0..rounds {
-        fsync_series[0].rates.push(rate(fsync_puts, || {
-            raw_puts(&raw_fsync_dir, &ids, fsync_puts, true)
-        }));
-        fsync_series[1].rates.push(rate(fsync_puts, || {
-            rt.block_on(store_puts(&fsync_store, &ids, fsync_puts))
-        }));
-    }
+    let fsync_values = rotated_rounds(
+        rounds,
+        &mut [
+            &mut || {
+                timed(fsync_puts, &|| {
+                    raw_puts(&raw_fsync_dir, &ids, fsync_puts, true)
+                })
+            },
+            &mut || {
+                timed(fsync_puts, &|| {
+                    rt.block_on(store_puts(&fsync_store, &ids, fsync_puts))
+                })
+            },
+        ],
+    );
+    let series = |names: &[&'static str], values: Vec<Vec<f64>>, ops: usize| -> Vec<Series> {
+        names
+            .iter()
+            .copied()
+            .zip(values)
+            .map(|(name, rates)| Series { name, ops, rates })
+            .collect()
+    };
+    let put_series = series(&put_names, put_values, puts);
+    let get_series = series(&get_names, get_values, gets);
+    let fsync_series = series(&fsync_names, fsync_values, fsync_puts);
 
     println!(
-        "file store: {IDS} ids, records of {size} bytes, {rounds} interleaved rounds, \
-         default durability Rename unless noted"
+        "file store: {IDS} ids, records of {size} bytes, {rounds} rotated rounds, \
+         default durability Rename unless noted; load average {}",
+        load_average()
     );
     print_table("put (overwrite)", &put_series);
     print_table("get", &get_series);
     print_table("put with fsync (own rounds)", &fsync_series);
     println!("\nratios (per round, median (min–max)):");
-    let ratios: [(&str, &Series, &Series, Option<f64>); 10] = [
-        (
-            "put sequential / naive write",
-            &put_series[3],
-            &put_series[0],
-            Some(0.5),
-        ),
-        (
-            "put 16 tasks / naive write",
-            &put_series[4],
-            &put_series[0],
-            Some(0.5),
-        ),
+    let ratios: [(&str, &Series, &Series, Option<f64>); 8] = [
         (
             "put sequential / raw floor",
             &put_series[3],
             &put_series[1],
-            None,
+            Some(0.8),
         ),
         (
-            "put sequential / raw floor via spawn_blocking",
-            &put_series[3],
+            "put 16 tasks / raw floor 16 threads",
+            &put_series[4],
             &put_series[2],
+            Some(0.8),
+        ),
+        (
+            "put sequential / naive write",
+            &put_series[3],
+            &put_series[0],
             None,
         ),
         (
@@ -470,16 +371,10 @@ fn main() {
             Some(0.8),
         ),
         (
-            "get 16 tasks / raw read+parse",
+            "get 16 tasks / raw read+parse 16 threads",
             &get_series[3],
-            &get_series[0],
-            Some(0.8),
-        ),
-        (
-            "get sequential / raw read+parse via spawn_blocking",
-            &get_series[2],
             &get_series[1],
-            None,
+            Some(0.8),
         ),
         (
             "fsync put / raw floor + fsync",

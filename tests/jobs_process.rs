@@ -5,18 +5,18 @@
 //! `JOBS_WORKER_*` variables set.
 #![cfg(unix)]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::jobs::{self, AttemptEnd, JobHandle, Runtime, RuntimeConfig};
-use syncstatus::{
-    DynSyncStorage, FileStorage, Progress, State, SyncStatus, WatchEvent, WatchOptions,
-    WatchSelector,
-};
+use syncstatus::{DynSyncStorage, FileStorage, Progress, State, SyncStatus};
+
+use support::status_watch::wait_for_status;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const STALE_AFTER_MS: u64 = 400;
@@ -140,46 +140,6 @@ impl Drop for Worker {
     }
 }
 
-/// Waits, on the store's watch, until the status of `id` satisfies `done`; returns it.
-async fn wait_for(
-    store: &DynSyncStorage,
-    id: &str,
-    what: &str,
-    mut done: impl FnMut(&SyncStatus) -> bool,
-) -> SyncStatus {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([id]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut last = None;
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .unwrap_or_else(|_| panic!("gave up waiting for {what}; last seen {last:?}"))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => Vec::new(),
-        };
-        for record in records.into_iter().filter(|r| r.id == id) {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
-            if done(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-    }
-}
-
 /// A small xorshift generator: random kill instants without a dependency.
 struct Random(u64);
 
@@ -222,7 +182,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
     let mut seen = 0;
     for attempt in 1..=10u32 {
         let worker = Worker::start(dir.path(), "steady", None, &[]);
-        let running = wait_for(&store, "steady", "the attempt to progress", |s| {
+        let running = wait_for_status(&store, "steady", "the attempt to progress", |s| {
             s.state == State::Running
                 && s.attempt == attempt
                 && s.progress.is_some_and(|p| p.done > seen)
@@ -241,7 +201,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
         seen = at_kill.progress.unwrap().done;
     }
     let worker = Worker::start(dir.path(), "steady", None, &[]);
-    let done = wait_for(&store, "steady", "completion", |s| s.is_terminal()).await;
+    let done = wait_for_status(&store, "steady", "completion", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert_eq!(done.progress, Some(Progress::new(pages, pages)));
@@ -270,14 +230,14 @@ async fn a_job_crashing_before_any_progress_three_times_ends_failed() {
         .unwrap();
     for attempt in 1..=3u32 {
         let worker = Worker::start(dir.path(), "hang", None, &[]);
-        wait_for(&store, "poison", "the attempt to start", |s| {
+        wait_for_status(&store, "poison", "the attempt to start", |s| {
             s.state == State::Running && s.attempt == attempt
         })
         .await;
         worker.kill();
     }
     let worker = Worker::start(dir.path(), "hang", None, &[]);
-    let failed = wait_for(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
+    let failed = wait_for_status(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(failed.state, State::Failed, "{failed:?}");
     assert!(
@@ -314,7 +274,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     let mut first;
     let mut at_least = 2;
     loop {
-        first = wait_for(&store, "contested", "progress", |s| {
+        first = wait_for_status(&store, "contested", "progress", |s| {
             s.state == State::Running && s.progress.is_some_and(|p| p.done >= at_least)
         })
         .await;
@@ -332,7 +292,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     }
 
     let successor = Worker::start(dir.path(), "steady", None, &slow);
-    let second = wait_for(&store, "contested", "the successor's claim", |s| {
+    let second = wait_for_status(&store, "contested", "the successor's claim", |s| {
         s.state == State::Running && s.attempt == 2
     })
     .await;
@@ -341,7 +301,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
 
     // Every write from here on is the successor's, up to completion.
     let mut last_done = 0;
-    let done = wait_for(&store, "contested", "completion", |s| {
+    let done = wait_for_status(&store, "contested", "completion", |s| {
         if s.state == State::Running {
             assert_eq!(s.lease, second.lease, "a write by the frozen worker: {s:?}");
         }

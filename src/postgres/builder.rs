@@ -166,7 +166,7 @@ impl PostgresStorageBuilder {
     }
 
     /// How many connections the store pools (default: [`DEFAULT_POOL_SIZE`]). Every held
-    /// [`LockGuard`] keeps one of them, and each watch opens one more of its own.
+    /// [`LockGuard`](crate::LockGuard) keeps one of them, and each watch opens one more of its own.
     pub fn with_pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self

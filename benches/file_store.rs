@@ -51,6 +51,7 @@ fn record(id: &str, n: usize) -> Record {
         version: n as u64 + 1,
         created_at: now,
         updated_at: now,
+        expires_at: None,
         status: status(n),
     }
 }

@@ -257,6 +257,7 @@ async fn bench() {
                 version: 1,
                 created_at: Timestamp::now(),
                 updated_at: Timestamp::now(),
+                expires_at: None,
                 status: status(i),
             })
             .expect("json")

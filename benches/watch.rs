@@ -343,6 +343,7 @@ fn many_records(dir: &Path) -> usize {
             version: 1,
             created_at: now,
             updated_at: now,
+            expires_at: None,
             status: json!({"state": "completed", "progress": {"done": n, "total": n}}),
         };
         let mut json = serde_json::to_vec_pretty(&record).expect("json");

@@ -141,6 +141,7 @@ impl MemoryStorage {
             version,
             created_at: current.as_ref().map_or(now, |r| r.created_at),
             updated_at: now,
+            expires_at: self.inner.ttl.expires_at(&status, now),
             status,
         };
         records.insert(id.to_string(), record.clone());

@@ -151,6 +151,11 @@ pub struct Record {
     pub created_at: Timestamp,
     /// When the record was last written.
     pub updated_at: Timestamp,
+    /// When the record expires, as the store's TTL policy decided at its last write; `None`:
+    /// never. Stored with the record (the file store writes it into the file, `null` for
+    /// never), so readers in any language judge expiry without knowing the policy.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
     /// The user's status value.
     pub status: Value,
 }
@@ -159,6 +164,11 @@ impl Record {
     /// The `state` field of the status, if the status is an object with a string `state`.
     pub fn state(&self) -> Option<&str> {
         state_of(&self.status)
+    }
+
+    /// Whether the record has expired at `now` by its own `expires_at`.
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 }
 

@@ -23,6 +23,8 @@ pub struct TypedRecord<T> {
     pub created_at: Timestamp,
     /// When it was last written.
     pub updated_at: Timestamp,
+    /// When it expires; `None`: never (see [`Record::expires_at`]).
+    pub expires_at: Option<Timestamp>,
     /// The status.
     pub status: T,
 }
@@ -88,6 +90,7 @@ fn decode<T: DeserializeOwned>(record: Record) -> Result<TypedRecord<T>> {
         version: record.version,
         created_at: record.created_at,
         updated_at: record.updated_at,
+        expires_at: record.expires_at,
         status,
     })
 }

@@ -456,6 +456,7 @@ mod tests {
             version,
             created_at: Timestamp::from_millis(created),
             updated_at: Timestamp::from_millis(updated),
+            expires_at: None,
             status: serde_json::json!({}),
         }
     }

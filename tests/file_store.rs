@@ -104,9 +104,14 @@ fn write_envelope(dir: &Path, id: &str, version: u64, age: Duration, status: Val
         version,
         created_at: at,
         updated_at: at,
+        expires_at: None,
         status,
     };
-    let mut bytes = serde_json::to_vec_pretty(&record).unwrap();
+    // Without `expires_at`, as an older version wrote them: the reading store's policy
+    // decides.
+    let mut value = serde_json::to_value(&record).unwrap();
+    value.as_object_mut().unwrap().remove("expires_at");
+    let mut bytes = serde_json::to_vec_pretty(&value).unwrap();
     bytes.push(b'\n');
     fs::write(dir.join(format!("{id}.json")), bytes).unwrap();
 }
@@ -1411,11 +1416,19 @@ async fn file_format_and_directory_layout() {
         .unwrap();
     let text = fs::read_to_string(dir.join("fmt.json")).unwrap();
     let at = record.updated_at.to_string();
+    let expires = record
+        .expires_at
+        .expect("the default policy expires records");
+    assert_eq!(
+        expires,
+        record.updated_at.saturating_add(syncstatus::DEFAULT_TTL)
+    );
     assert_eq!(
         text,
         format!(
             "{{\n  \"id\": \"fmt\",\n  \"version\": 1,\n  \"created_at\": \"{at}\",\n  \
-             \"updated_at\": \"{at}\",\n  \"status\": {{\n    \"state\": \"running\"\n  }}\n}}\n"
+             \"updated_at\": \"{at}\",\n  \"expires_at\": \"{expires}\",\n  \
+             \"status\": {{\n    \"state\": \"running\"\n  }}\n}}\n"
         )
     );
     assert!(at.ends_with(".123Z"), "{at}");
@@ -1621,4 +1634,41 @@ async fn writes_succeed_while_another_handle_keeps_opening_the_record() {
     let record = store.get("held").await.unwrap().unwrap();
     assert_eq!(record.version, writes + 1);
     assert_eq!(record.status, json!({"n": writes}));
+}
+
+#[tokio::test]
+async fn a_put_reads_only_the_head_of_the_record_it_replaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let store = manual_store(tmp.path(), &clock);
+    let first = store
+        .put(
+            "big",
+            json!({"state": "running", "blob": "x".repeat(100_000)}),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    // Damage the status far behind the head: a write that parsed the whole old record would
+    // fail on it; one that reads the head (all it needs: version, creation, expiry) does not.
+    let path = tmp.path().join("big.json");
+    let mut bytes = fs::read(&path).unwrap();
+    let len = bytes.len();
+    bytes[len - 1000..].fill(b'#');
+    fs::write(&path, &bytes).unwrap();
+    assert!(
+        store.get("big").await.is_err(),
+        "the damage is seen by a read"
+    );
+    let second = store
+        .put(
+            "big",
+            json!({"state": "completed"}),
+            PutMode::Update(first.version),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.version, first.version + 1);
+    assert_eq!(second.created_at, first.created_at);
+    assert_eq!(store.get("big").await.unwrap().unwrap(), second);
 }

@@ -232,6 +232,7 @@ mod tests {
             version: 1,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
+            expires_at: None,
             status: json!({"state": "running", "message": message}),
         };
         let text = table(

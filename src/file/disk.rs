@@ -6,12 +6,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
-
 use crate::error::{Error, Result};
 use crate::id::validate_id;
 use crate::record::{Record, Timestamp};
+use crate::ttl::TtlPolicy;
 
+use super::format::{self, Head};
 use super::replace;
 
 /// Where staging files live while they are written.
@@ -43,6 +43,25 @@ pub(crate) struct Layout {
     pub(crate) max_record_size: u64,
     /// How long a write waits for a lock another process holds.
     pub(crate) lock_timeout: Duration,
+    /// When records that do not say when they expire do (see [`format`]).
+    pub(crate) ttl: TtlPolicy,
+}
+
+/// A record file opened for reading, and what has been read of it.
+struct OpenRecord {
+    path: PathBuf,
+    file: File,
+    metadata: fs::Metadata,
+    bytes: Vec<u8>,
+}
+
+impl OpenRecord {
+    fn into_read_file(self) -> ReadFile {
+        ReadFile {
+            key: FileId::of(&self.metadata),
+            _open: kept_open(self.file),
+        }
+    }
 }
 
 /// The first pause between two attempts at a lock another process holds; it doubles up to
@@ -137,13 +156,19 @@ pub(crate) enum Commit {
 struct NoCommitLock;
 
 impl Layout {
-    pub(crate) fn new(dir: PathBuf, max_record_size: u64, lock_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        max_record_size: u64,
+        lock_timeout: Duration,
+        ttl: TtlPolicy,
+    ) -> Self {
         Layout {
             staging: dir.join(STAGING_DIR),
             locks: dir.join(LOCKS_DIR),
             dir,
             max_record_size,
             lock_timeout,
+            ttl,
         }
     }
 
@@ -279,17 +304,16 @@ impl Layout {
         }
     }
 
-    /// Reads the record of `id`, and which file it was read from. `Ok((None, None))` when
-    /// there is no file.
-    pub(crate) fn read_with_id(&self, id: &str) -> Result<(Option<Record>, Option<ReadFile>)> {
+    /// Opens the record file of `id` for reading: `None` when there is none. Only regular
+    /// files within the size limit are records.
+    fn open_record(&self, id: &str) -> Result<Option<OpenRecord>> {
         let path = self.record_path(id);
-        let mut file = match open_no_follow(&path) {
+        let file = match open_no_follow(&path) {
             Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((None, None)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(Error::io(&path, symlink_aware(error))),
         };
-        // A FIFO or device in place of a record would block or never end; only regular
-        // files are records.
+        // A FIFO or device in place of a record would block or never end.
         let metadata = file.metadata().map_err(|e| Error::io(&path, e))?;
         if !metadata.is_file() {
             return Err(Error::io(
@@ -299,29 +323,73 @@ impl Layout {
         }
         // Refused before a byte is read: an oversize file must not cost its size in memory.
         crate::storage::check_record_size(id, metadata.len(), self.max_record_size)?;
+        Ok(Some(OpenRecord {
+            path,
+            file,
+            metadata,
+            bytes: Vec::new(),
+        }))
+    }
+
+    /// Reads the rest of `open` and parses the whole record.
+    fn finish_read(&self, id: &str, mut open: OpenRecord) -> Result<(Record, ReadFile)> {
         // Sized from the metadata already at hand (`read_to_end` on a `File` would ask the
         // kernel for it again); one byte more so the end is seen in the same pass. The read
         // stops one byte past the limit should the file grow meanwhile.
-        let expected = usize::try_from(metadata.len()).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(expected.saturating_add(1).max(512));
-        (&mut file)
-            .take(self.max_record_size.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(&path, e))?;
-        crate::storage::check_record_size(id, bytes.len() as u64, self.max_record_size)?;
-        let record = parse_record(id, &path, &bytes, || {
+        let expected = usize::try_from(open.metadata.len()).unwrap_or(0);
+        open.bytes.reserve(
+            expected
+                .saturating_add(1)
+                .max(512)
+                .saturating_sub(open.bytes.len()),
+        );
+        let already = open.bytes.len() as u64;
+        (&mut open.file)
+            .take(
+                self.max_record_size
+                    .saturating_add(1)
+                    .saturating_sub(already),
+            )
+            .read_to_end(&mut open.bytes)
+            .map_err(|e| Error::io(&open.path, e))?;
+        crate::storage::check_record_size(id, open.bytes.len() as u64, self.max_record_size)?;
+        let metadata = &open.metadata;
+        let record = format::parse_record(id, &open.path, &open.bytes, &self.ttl, || {
             metadata
                 .modified()
                 .map(Timestamp::from_system_time)
                 .unwrap_or_default()
         })?;
-        Ok((
-            Some(record),
-            Some(ReadFile {
-                key: FileId::of(&metadata),
-                _open: kept_open(file),
-            }),
-        ))
+        Ok((record, open.into_read_file()))
+    }
+
+    /// Reads the record of `id`, and which file it was read from. `Ok((None, None))` when
+    /// there is no file.
+    pub(crate) fn read_with_id(&self, id: &str) -> Result<(Option<Record>, Option<ReadFile>)> {
+        let Some(open) = self.open_record(id)? else {
+            return Ok((None, None));
+        };
+        let (record, read) = self.finish_read(id, open)?;
+        Ok((Some(record), Some(read)))
+    }
+
+    /// Reads the head of the record of `id` (all but its status), and which file it was read
+    /// from. Only the first bytes of the file are read when they hold the head (see
+    /// [`format`]); otherwise the whole record is.
+    pub(crate) fn read_head_with_id(&self, id: &str) -> Result<(Option<Head>, Option<ReadFile>)> {
+        let Some(mut open) = self.open_record(id)? else {
+            return Ok((None, None));
+        };
+        open.bytes.reserve(format::HEAD_PREFIX);
+        (&mut open.file)
+            .take(format::HEAD_PREFIX as u64)
+            .read_to_end(&mut open.bytes)
+            .map_err(|e| Error::io(&open.path, e))?;
+        if let Some(head) = format::parse_head(id, &open.bytes) {
+            return Ok((Some(head), Some(open.into_read_file())));
+        }
+        let (record, read) = self.finish_read(id, open)?;
+        Ok((Some(Head::of(&record)), Some(read)))
     }
 
     /// Reads the record of `id`. `Ok(None)` when there is no file.
@@ -544,51 +612,6 @@ impl Drop for FileLock {
         // even if the descriptor were shared.
         let _ = self.file.unlock();
     }
-}
-
-/// Parses a record file. Files in the envelope format must name `id`; any other JSON object
-/// is taken as a plain status written by another tool (version 0, times from the file).
-pub(crate) fn parse_record(
-    id: &str,
-    path: &Path,
-    bytes: &[u8],
-    file_time: impl FnOnce() -> Timestamp,
-) -> Result<Record> {
-    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::Corrupt {
-        id: id.to_string(),
-        location: crate::Location::File(path.to_path_buf()),
-        source,
-    };
-    // The common case, one pass: our own envelope.
-    let record = match serde_json::from_slice::<Record>(bytes) {
-        Ok(record) => record,
-        Err(envelope_error) => {
-            let value: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
-            let Value::Object(map) = value else {
-                return Err(corrupt("the file holds JSON that is not an object".into()));
-            };
-            let is_envelope = ["id", "version", "status"]
-                .iter()
-                .all(|key| map.contains_key(*key));
-            if is_envelope {
-                return Err(corrupt(Box::new(envelope_error)));
-            }
-            let time = file_time();
-            return Ok(Record {
-                id: id.to_string(),
-                version: 0,
-                created_at: time,
-                updated_at: time,
-                status: Value::Object(map),
-            });
-        }
-    };
-    if record.id != id {
-        return Err(corrupt(
-            format!("the file holds the record of id `{}`", record.id).into(),
-        ));
-    }
-    Ok(record)
 }
 
 fn staging_file(dir: &Path, id: &str) -> io::Result<tempfile::NamedTempFile> {

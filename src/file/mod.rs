@@ -7,12 +7,14 @@
 //! ```
 
 mod disk;
+mod format;
 mod replace;
+mod sweep;
 mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -22,22 +24,22 @@ use serde_json::Value;
 
 pub use disk::Durability;
 use disk::Layout;
+use format::Head;
+use sweep::LazySweep;
 pub use watch::WatchMode;
 
 use crate::error::{Error, Result};
 use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock, Timestamp};
 use crate::storage::{
-    CleanupOptions, CleanupProblem, CleanupReport, ListFilter, Listing, LockGuard, PutMode,
-    SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream,
+    CleanupOptions, CleanupReport, ListFilter, Listing, LockGuard, PutMode, SyncStorage, UpdateFn,
+    WatchOptions, WatchSelector, WatchStream,
 };
 use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
 
 /// The default pause between two lazy sweeps.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-use crate::storage::SWEEP_LOCK;
 
 /// Builds a [`FileStorage`].
 ///
@@ -136,7 +138,12 @@ impl FileStorageBuilder {
             ));
         }
         check_store_dir(&self.dir, self.create_dir)?;
-        let layout = Layout::new(self.dir, self.max_record_size, self.lock_timeout);
+        let layout = Layout::new(
+            self.dir,
+            self.max_record_size,
+            self.lock_timeout,
+            self.ttl.clone(),
+        );
         if self.create_dir {
             layout.create_dirs()?;
         } else {
@@ -191,73 +198,6 @@ pub struct FileStorage {
     inner: Arc<Inner>,
     /// Shared by the clones of this handle, and stopped when the last is dropped.
     lazy_sweep: Arc<LazySweep>,
-}
-
-/// The lazy sweep running in the background, if any. Sweeps run off the request path (a
-/// request never pays for the whole directory); dropping the last handle of the store stops
-/// the running one within a file.
-#[derive(Debug, Default)]
-struct LazySweep {
-    signal: Arc<SweepSignal>,
-    running: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// How long a due lazy sweep waits before it starts. A sweep is garbage collection (expired
-/// records already read as absent), so a process that lives less than this (a CLI call)
-/// leaves it to longer-lived ones or to an explicit cleanup instead of starting one it would
-/// stop at once on exit.
-const LAZY_SWEEP_DELAY: Duration = Duration::from_secs(1);
-
-/// Tells a waiting or running lazy sweep to stop (the store is gone) or to start now.
-#[derive(Debug, Default)]
-struct SweepSignal {
-    stop: AtomicBool,
-    hurry: Mutex<bool>,
-    wake: std::sync::Condvar,
-}
-
-impl SweepSignal {
-    /// Waits out [`LAZY_SWEEP_DELAY`] unless hurried; false if stopped meanwhile.
-    fn wait_to_start(&self) -> bool {
-        let hurry = self
-            .hurry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _hurry = self
-            .wake
-            .wait_timeout_while(hurry, LAZY_SWEEP_DELAY, |hurry| {
-                !*hurry && !self.stop.load(Ordering::SeqCst)
-            })
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        !self.stop.load(Ordering::SeqCst)
-    }
-
-    fn wake(&self, stop: bool) {
-        let mut hurry = self
-            .hurry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if stop {
-            self.stop.store(true, Ordering::SeqCst);
-        } else {
-            *hurry = true;
-        }
-        self.wake.notify_all();
-    }
-}
-
-impl Drop for LazySweep {
-    fn drop(&mut self) {
-        self.signal.wake(true);
-        if let Some(task) = self
-            .running
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-        {
-            task.abort();
-        }
-    }
 }
 
 type IdLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
@@ -374,7 +314,8 @@ impl FileStorage {
                 })
                 .await?;
             let status = decide(current.as_ref())?;
-            let record = next_record(id, current.as_ref(), status, self.inner.clock.now())?;
+            let head = current.as_ref().map(Head::of);
+            let record = self.inner.next_record(id, head, status)?;
             let written = record.clone();
             let commit = self
                 .blocking(move |inner| {
@@ -404,7 +345,9 @@ impl FileStorage {
             .blocking(move |inner| {
                 loop {
                     let file_lock = inner.lock(&id_owned, started)?;
-                    let (current, read) = match inner.read_live_with_id(&id_owned) {
+                    // Only the head of the old record: its status, possibly megabytes, is
+                    // replaced unread.
+                    let (current, read) = match inner.read_live_head(&id_owned) {
                         // An unconditional write needs nothing of the old file, so it replaces
                         // one that holds no record of this id (corrupt, a link, a special file).
                         Err(error)
@@ -419,13 +362,8 @@ impl FileStorage {
                         }
                         other => other?,
                     };
-                    check_mode(&id_owned, mode, current.as_ref())?;
-                    let record = next_record(
-                        &id_owned,
-                        current.as_ref(),
-                        status.clone(),
-                        inner.clock.now(),
-                    )?;
+                    check_mode(&id_owned, mode, current.map(|head| head.version))?;
+                    let record = inner.next_record(&id_owned, current, status.clone())?;
                     let commit = inner
                         .layout
                         .write(&record, inner.durability, &file_lock, read)?;
@@ -453,123 +391,20 @@ impl FileStorage {
         self.maybe_lazy_sweep();
         Ok(record)
     }
-
-    /// Starts a cleanup in the background if the lazy-sweep interval has passed since the
-    /// last one (of this or, through the marker, another process) and none is running.
-    fn maybe_lazy_sweep(&self) {
-        let Some(interval) = self.inner.sweep_interval else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let now = self.inner.clock.now();
-        let mut running = self
-            .lazy_sweep
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if running.as_ref().is_some_and(|task| !task.is_finished()) {
-            return;
-        }
-        {
-            let mut last = self
-                .inner
-                .last_sweep
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match *last {
-                Some(at) if at.saturating_add(interval) > now => return,
-                _ => *last = Some(now),
-            }
-        }
-        let inner = self.inner.clone();
-        let signal = self.lazy_sweep.signal.clone();
-        let sweep = runtime.spawn_blocking(move || {
-            if !signal.wait_to_start() {
-                return;
-            }
-            let Some(report) = inner.lazy_sweep(now, interval, &signal.stop) else {
-                return;
-            };
-            if let Some(handle) = inner.hub.running() {
-                for id in &report.removed {
-                    handle.hub.apply_local(id, None);
-                }
-            }
-        });
-        // The blocking sweep itself cannot be aborted; the task only carries its end.
-        *running = Some(runtime.spawn(async move {
-            let _ = sweep.await;
-        }));
-    }
-
-    /// Starts the lazy sweep due in the background at once, if any, and waits for it. For
-    /// tests, which must see what it removed.
-    #[doc(hidden)]
-    pub async fn wait_for_lazy_sweep(&self) {
-        self.lazy_sweep.signal.wake(false);
-        let running = self
-            .lazy_sweep
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(task) = running {
-            let _ = task.await;
-        }
-    }
 }
 
-/// The file under `.locks/` that holds the store-clock time (ms) of the last lazy sweep by
-/// any process. Its name is no lock name, so lock cleanup leaves it alone.
-const SWEEP_MARKER: &str = "@sweep.last";
-
-/// The time in the sweep marker; `None` when there is none or it is unreadable (then a sweep
-/// runs, which is always safe).
-fn read_sweep_marker(path: &Path) -> Option<Timestamp> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.trim().parse().ok().map(Timestamp::from_millis)
-}
-
-/// The record that follows `current` with `status`, written at `now`.
-fn next_record(
-    id: &str,
-    current: Option<&Record>,
-    status: Value,
-    now: Timestamp,
-) -> Result<Record> {
-    let version = match current {
-        None => 1,
-        Some(record) => record
-            .version
-            .checked_add(1)
-            .ok_or_else(|| Error::VersionExhausted {
-                id: id.to_string(),
-                version: record.version,
-            })?,
-    };
-    Ok(Record {
-        id: id.to_string(),
-        version,
-        created_at: current.map_or(now, |r| r.created_at),
-        updated_at: now,
-        status,
-    })
-}
-
-/// Whether a put in `mode` may replace `current`.
-fn check_mode(id: &str, mode: PutMode, current: Option<&Record>) -> Result<()> {
+/// Whether a put in `mode` may replace the live record at version `current`.
+fn check_mode(id: &str, mode: PutMode, current: Option<u64>) -> Result<()> {
     match (mode, current) {
-        (PutMode::Create, Some(existing)) => Err(Error::AlreadyExists {
+        (PutMode::Create, Some(version)) => Err(Error::AlreadyExists {
             id: id.to_string(),
-            version: existing.version,
+            version,
         }),
-        (PutMode::Update(expected), found) if found.map(|r| r.version) != Some(expected) => {
+        (PutMode::Update(expected), found) if found != Some(expected) => {
             Err(Error::VersionConflict {
                 id: id.to_string(),
                 expected,
-                found: found.map(|r| r.version),
+                found,
             })
         }
         _ => Ok(()),
@@ -586,176 +421,45 @@ impl Inner {
     fn read_live_with_id(&self, id: &str) -> Result<(Option<Record>, Option<disk::ReadFile>)> {
         let now = self.clock.now();
         let (record, file) = self.layout.read_with_id(id)?;
-        Ok((
-            record.filter(|record| !self.ttl.is_expired(record, now)),
-            file,
-        ))
+        Ok((record.filter(|record| !record.is_expired_at(now)), file))
+    }
+
+    /// The head of the live record of `id`, and which file was read (also for an expired
+    /// record).
+    fn read_live_head(&self, id: &str) -> Result<(Option<Head>, Option<disk::ReadFile>)> {
+        let now = self.clock.now();
+        let (head, file) = self.layout.read_head_with_id(id)?;
+        Ok((head.filter(|head| !head.is_expired(now, None)), file))
+    }
+
+    /// The record that follows the live record `current` (its head) with `status`, written
+    /// now and expiring as the policy says.
+    fn next_record(&self, id: &str, current: Option<Head>, status: Value) -> Result<Record> {
+        let version = match current {
+            None => 1,
+            Some(head) => head
+                .version
+                .checked_add(1)
+                .ok_or_else(|| Error::VersionExhausted {
+                    id: id.to_string(),
+                    version: head.version,
+                })?,
+        };
+        let now = self.clock.now();
+        Ok(Record {
+            id: id.to_string(),
+            version,
+            created_at: current.map_or(now, |head| head.created_at),
+            updated_at: now,
+            expires_at: self.ttl.expires_at(&status, now),
+            status,
+        })
     }
 
     /// The file lock of `id` for a write that started at `started`, waited for at most the
     /// store's lock timeout.
     fn lock(&self, id: &str, started: Instant) -> Result<disk::FileLock> {
         self.layout.lock(id, started, self.layout.lock_timeout)
-    }
-
-    /// A lazy sweep, unless another process swept within `interval` (its marker says so) or
-    /// holds the sweep lock. Stops early once `stop` is set.
-    fn lazy_sweep(
-        &self,
-        now: Timestamp,
-        interval: Duration,
-        stop: &AtomicBool,
-    ) -> Option<CleanupReport> {
-        // Other processes on the directory (a CLI call, a cron job, the previous run of a
-        // server) leave the time of their last sweep behind; short-lived processes would
-        // otherwise each scan the whole directory.
-        let marker = self.layout.locks.join(SWEEP_MARKER);
-        if let Some(at) = read_sweep_marker(&marker)
-            && at <= now
-            && at.saturating_add(interval) > now
-        {
-            return None;
-        }
-        let report = match self.cleanup(&CleanupOptions::default(), stop) {
-            Ok(report) => report,
-            Err(error) => {
-                tracing::warn!(dir = %self.layout.dir.display(), %error, "lazy sweep failed");
-                return None;
-            }
-        };
-        if !report.removed.is_empty() || !report.errors.is_empty() {
-            tracing::debug!(
-                dir = %self.layout.dir.display(),
-                removed = report.removed.len(),
-                problems = report.errors.len(),
-                "lazy sweep"
-            );
-        }
-        // A sweep stopped half-way did not sweep the store: the next one must not wait.
-        if report.ran
-            && !stop.load(Ordering::SeqCst)
-            && let Err(error) = std::fs::write(&marker, now.as_millis().to_string())
-        {
-            tracing::debug!(%error, path = %marker.display(), "could not record the lazy sweep");
-        }
-        Some(report)
-    }
-
-    /// Removes what is expired. Never waits for a lock: a record whose lock is held is being
-    /// written (fresh by definition) or held by a frozen process, and either way is left for a
-    /// later sweep, so one held lock cannot stall a sweep nor what waits on it. Stops early
-    /// once `stop` is set.
-    fn cleanup(&self, options: &CleanupOptions, stop: &AtomicBool) -> Result<CleanupReport> {
-        self.layout.check_private_dirs()?;
-        let Some(_sweep) = self.layout.try_lock(&format!("@{SWEEP_LOCK}"))? else {
-            return Ok(CleanupReport::default());
-        };
-        let mut report = CleanupReport {
-            ran: true,
-            ..CleanupReport::default()
-        };
-        let mut io_problems = Vec::new();
-        // Read entry by entry, not listed first, so that a stop is noticed at once even in a
-        // large directory.
-        let entries = match std::fs::read_dir(&self.layout.dir) {
-            Ok(entries) => Some(entries),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(Error::io(&self.layout.dir, error)),
-        };
-        for entry in entries.into_iter().flatten() {
-            if stop.load(Ordering::Relaxed) {
-                report.removed.sort();
-                return Ok(report);
-            }
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(error) => {
-                    io_problems.push((self.layout.dir.clone(), error));
-                    continue;
-                }
-            };
-            let Some(id) = Layout::id_of(&entry.file_name()).map(str::to_string) else {
-                continue;
-            };
-            let now = self.clock.now();
-            let expired = match self.layout.read(&id) {
-                Ok(Some(record)) => self.ttl.is_expired_with(&record, now, options.ttl),
-                Ok(None) => continue,
-                Err(error) => {
-                    report.errors.push(CleanupProblem {
-                        id: Some(id.clone()),
-                        message: error.to_string(),
-                    });
-                    continue;
-                }
-            };
-            if !expired {
-                report.kept += 1;
-                continue;
-            }
-            if options.dry_run {
-                report.removed.push(id);
-                continue;
-            }
-            match self.remove_if_expired(&id, options) {
-                Ok(true) => report.removed.push(id),
-                Ok(false) => report.kept += 1,
-                Err(error) => report.errors.push(CleanupProblem {
-                    id: Some(id.clone()),
-                    message: error.to_string(),
-                }),
-            }
-        }
-        report.removed.sort();
-        if !options.dry_run {
-            report.leftovers_removed += self.layout.remove_orphan_staging(&mut io_problems);
-            report.leftovers_removed += self.layout.remove_unused_locks(&mut io_problems);
-        }
-        report
-            .errors
-            .extend(io_problems.into_iter().map(|(path, error)| CleanupProblem {
-                id: None,
-                message: format!("{}: {error}", path.display()),
-            }));
-        Ok(report)
-    }
-
-    /// Removes `id` if it is still expired once its locks are held; a lock someone holds
-    /// means keep it (see [`Inner::cleanup`]).
-    fn remove_if_expired(&self, id: &str, options: &CleanupOptions) -> Result<bool> {
-        let lock = self
-            .id_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone();
-        let Ok(_in_process) = lock.try_lock() else {
-            return Ok(false);
-        };
-        let Some(file_lock) = self.layout.try_lock(id)? else {
-            return Ok(false);
-        };
-        let (record, read) = self.layout.read_with_id(id)?;
-        let still_expired = record.is_some_and(|record| {
-            self.ttl
-                .is_expired_with(&record, self.clock.now(), options.ttl)
-        });
-        if !still_expired {
-            return Ok(false);
-        }
-        match self
-            .layout
-            .remove_locked(id, self.durability, &file_lock, read)?
-        {
-            Ok(_) => {}
-            // Someone took the id meanwhile; leave it to them.
-            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(false),
-        }
-        file_lock
-            .remove()
-            .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
-        Ok(true)
     }
 }
 
@@ -842,7 +546,7 @@ impl SyncStorage for FileStorage {
                     }
                     match inner.layout.read(&id) {
                         Ok(Some(record)) => {
-                            if !inner.ttl.is_expired(&record, now) && filter.matches(&record) {
+                            if !record.is_expired_at(now) && filter.matches(&record) {
                                 listing.records.push(record);
                             }
                         }

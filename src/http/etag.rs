@@ -130,6 +130,7 @@ mod tests {
             version,
             created_at: Timestamp::from_millis(created),
             updated_at: Timestamp::from_millis(created),
+            expires_at: None,
             status: json!({}),
         }
     }

@@ -368,6 +368,7 @@ impl SyncStorage for PostgresStorage {
                     version,
                     created_at,
                     updated_at,
+                    expires_at: self.inner.ttl.expires_at(&status, updated_at),
                     status,
                 });
             }

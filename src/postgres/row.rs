@@ -24,7 +24,7 @@ impl PostgresStorage {
         }
     }
 
-    /// A record from a row of `id, version, created_at, updated_at, status`.
+    /// A record from a row of `id, version, created_at, updated_at, status, expires_at`.
     fn record_from_row(&self, row: &tokio_postgres::Row) -> Result<Record> {
         let id: String = row
             .try_get(0)
@@ -32,8 +32,8 @@ impl PostgresStorage {
         self.record_of(id, row, 1)
     }
 
-    /// A record from a row of `version, created_at, updated_at, status` starting at column
-    /// `first`.
+    /// A record from a row of `version, created_at, updated_at, status, expires_at` starting
+    /// at column `first`.
     pub(super) fn record_of(
         &self,
         id: String,
@@ -55,11 +55,16 @@ impl PostgresStorage {
         let Json(status) = row
             .try_get::<_, Json<Value>>(first + 3)
             .map_err(|error| self.corrupt(&id, error))?;
+        let expires_at = row
+            .try_get::<_, Option<i64>>(first + 4)
+            .map_err(|error| self.corrupt(&id, error))?
+            .map(|millis| Timestamp::from_millis(u64::try_from(millis).unwrap_or(0)));
         Ok(Record {
             id,
             version,
             created_at,
             updated_at,
+            expires_at,
             status,
         })
     }

@@ -110,7 +110,7 @@ pub(super) struct Statements {
 /// or one long transaction.
 pub(super) const SWEEP_BATCH: i64 = 1000;
 
-const COLUMNS: &str = "id, version, created_at, updated_at, status";
+const COLUMNS: &str = "id, version, created_at, updated_at, status, expires_at";
 /// The server's time in Unix milliseconds, the clock of watcher leases.
 const SERVER_NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 /// Live at `$2` (the store's clock, never the server's `now()`).
@@ -170,7 +170,7 @@ impl Statements {
         Statements {
             // The id is known: not sent back.
             get: format!(
-                "SELECT version, created_at, updated_at, status FROM {t}
+                "SELECT version, created_at, updated_at, status, expires_at FROM {t}
                 WHERE id = $1 AND {LIVE_AT_2}"
             ),
             put_overwrite: upsert(&format!(

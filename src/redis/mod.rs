@@ -380,7 +380,12 @@ impl RedisStorage {
             location: crate::Location::RedisKey(self.inner.keys.record(id)),
             source,
         };
-        let record: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
+        let mut record: Record = serde_json::from_slice(bytes).map_err(|e| corrupt(Box::new(e)))?;
+        // Values written before `expires_at` was stored expire by the policy, as Redis does
+        // them (PX and the index score were set from it).
+        if record.expires_at.is_none() {
+            record.expires_at = self.inner.ttl.expires_at(&record.status, record.updated_at);
+        }
         if record.id != id {
             return Err(corrupt(
                 format!("the record names another id, `{}`", record.id).into(),
@@ -505,10 +510,9 @@ impl SyncStorage for RedisStorage {
         let ttl = self.inner.ttl.ttl_for(&status);
         // PX must be positive; a zero TTL expires by the clock at once anyway.
         let px = ttl.map_or_else(String::new, |ttl| ttl.as_millis().max(1).to_string());
-        let score = ttl.map_or_else(
-            || "+inf".to_string(),
-            |ttl| now.saturating_add(ttl).as_millis().to_string(),
-        );
+        let expires_at = ttl.map(|ttl| now.saturating_add(ttl));
+        let score = expires_at.map_or_else(|| "+inf".to_string(), |at| at.as_millis().to_string());
+        let expires_json = expires_at.map_or_else(|| "null".to_string(), |at| format!("\"{at}\""));
         let (mode_arg, expected) = match mode {
             PutMode::Overwrite => ("o", 0),
             PutMode::Create => ("c", 0),
@@ -526,6 +530,7 @@ impl SyncStorage for RedisStorage {
             .arg(px)
             .arg(score)
             .arg(&self.inner.keys.channel)
+            .arg(&expires_json)
             .invoke_async(&mut self.conn())
             .await
             .map_err(command_error("write script on", &key))?;
@@ -544,6 +549,7 @@ impl SyncStorage for RedisStorage {
                     version: found.unwrap_or_default(),
                     created_at,
                     updated_at: now,
+                    expires_at,
                     status,
                 })
             }

@@ -21,7 +21,7 @@ pub(super) const MAX_VERSION: u64 = (1 << 53) - 1;
 /// KEYS: record key, index key.
 /// ARGV: id, status JSON, now (RFC 3339), now (ms), mode (`o` overwrite, `c` create, `u`
 /// update), expected version, PX in ms (empty: no native expiry), index score (expiry ms or
-/// `+inf`), channel.
+/// `+inf`), channel, `expires_at` as JSON (an RFC 3339 string or `null`).
 ///
 /// Returns `{kind, number, text}`: `{"ok", new version, created_at as JSON}`,
 /// `{"exists", version, ""}`, `{"conflict", version or -1, ""}`, `{"exhausted", 0, version as
@@ -86,7 +86,7 @@ if not created then
 end
 local text = string.format('%d', version)
 local record = '{"id":"' .. ARGV[1] .. '","version":' .. text .. ',"created_at":' .. created
-  .. ',"updated_at":"' .. ARGV[3] .. '","status":' .. ARGV[2] .. '}'
+  .. ',"updated_at":"' .. ARGV[3] .. '","expires_at":' .. ARGV[10] .. ',"status":' .. ARGV[2] .. '}'
 if ARGV[7] == '' then
   redis.call('SET', KEYS[1], record)
 else

@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use syncstatus::jobs::{self, AttemptEnd, JobHandle, Runtime, RuntimeConfig};
 use syncstatus::{DynSyncStorage, FileStorage, Progress, State, SyncStatus};
 
+use support::child;
 use support::status_watch::wait_for_status;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -31,10 +32,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// The worker side: runs until SIGTERM, then shuts the runtime down.
 #[test]
 fn worker_process() {
-    let Some(dir) = std::env::var_os("JOBS_WORKER_DIR") else {
+    let Some((kind, dir)) = child::role() else {
         return;
     };
-    let kind = std::env::var("JOBS_WORKER_KIND").unwrap_or_default();
     let page_ms = env_u64("JOBS_WORKER_PAGE_MS", 20);
     let config = RuntimeConfig::default()
         .with_stale_after(Duration::from_millis(STALE_AFTER_MS))
@@ -80,25 +80,16 @@ struct Worker(Child);
 
 impl Worker {
     fn start(dir: &Path, kind: &str, log: Option<&Path>, env: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("JOBS_WORKER_DIR", dir)
-            .env("JOBS_WORKER_KIND", kind)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let vars: Vec<(&str, String)> = env
+            .iter()
+            .map(|(name, value)| (*name, value.to_string()))
+            .collect();
+        let mut command = child::command("worker_process", kind, dir, &vars);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
         match log {
             Some(log) => command.stderr(std::fs::File::create(log).unwrap()),
             None => command.stderr(Stdio::null()),
         };
-        for (name, value) in env {
-            command.env(name, value);
-        }
         Worker(command.spawn().expect("the worker starts"))
     }
 

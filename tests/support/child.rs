@@ -42,8 +42,9 @@ pub fn play<F: Future<Output = ()>>(play: impl FnOnce(String, PathBuf) -> F) {
 }
 
 /// This test binary again, running only the test `entry`, which plays `role` on `dir`;
-/// `vars` are more environment variables for it.
-fn command(entry: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Command {
+/// `vars` are more environment variables for it. [`Child::spawn`] and [`run`] start it; a
+/// test that needs other plumbing (signals, a log) starts it itself.
+pub fn command(entry: &str, role: &str, dir: &Path, vars: &[(&str, String)]) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args(["--exact", entry, "--nocapture", "--test-threads=1"])

@@ -3,6 +3,7 @@
 mod conformance;
 mod jobs;
 mod lifecycle;
+mod support;
 
 use std::sync::Arc;
 

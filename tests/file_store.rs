@@ -3,15 +3,14 @@
 //! writers, evil ids, corrupt and foreign files, symbolic links, lazy sweeps, the on-disk
 //! format, and blocking work kept off the async threads.
 //!
-//! Multi-process tests re-execute this test binary running only `child_process`, with
-//! `CHILD_ROLE` telling it what to do. Parent and child talk in lines: the parent writes
-//! commands to the child's stdin, the child answers on stdout with lines holding `@@ `.
+//! Multi-process tests re-execute this test binary running only `child_process`, with the
+//! harness of `support::child`.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -23,14 +22,10 @@ use syncstatus::{
     ManualClock, PutMode, Record, SyncStorage, SyncStorageExt, Timestamp, TtlPolicy,
 };
 
-/// Tells a re-executed test binary which child role to play.
-const CHILD_ROLE: &str = "SYNCSTATUS_FILE_STORE_CHILD";
-/// The store directory a child works on.
-const CHILD_DIR: &str = "SYNCSTATUS_FILE_STORE_DIR";
-/// A number the child uses (its index, or a seed).
+use support::child::{self, Child, read_command, say};
+
+/// A number a child uses (its index, or a seed).
 const CHILD_ARG: &str = "SYNCSTATUS_FILE_STORE_ARG";
-/// How long a parent waits for any one answer of a child before the test fails.
-const CHILD_DEADLINE: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -69,102 +64,9 @@ impl Rng {
     }
 }
 
-/// A child process playing `role`, with a line channel on its stdout.
-struct Child {
-    process: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    role: String,
-}
-
-impl Child {
-    fn spawn(role: &str, dir: &Path, arg: u64) -> Child {
-        let mut process = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ROLE, role)
-            .env(CHILD_DIR, dir)
-            .env(CHILD_ARG, arg.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = process.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print `test child_process ... ` before the first answer.
-                if let Some(at) = line.find("@@ ")
-                    && sender.send(line[at + 3..].to_string()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Child {
-            stdin: process.stdin.take(),
-            process,
-            lines,
-            role: role.to_string(),
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The next answer; fails the test if the child dies or stays silent too long.
-    fn recv(&self) -> String {
-        match self.lines.recv_timeout(CHILD_DEADLINE) {
-            Ok(line) => line,
-            Err(error) => panic!("child `{}` gave no answer: {error}", self.role),
-        }
-    }
-
-    fn expect(&self, wanted: &str) {
-        let line = self.recv();
-        assert_eq!(line, wanted, "child `{}`", self.role);
-    }
-
-    /// Waits for a child that was told to finish, and checks it succeeded.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let deadline = std::time::Instant::now() + CHILD_DEADLINE;
-        loop {
-            if let Some(status) = self.process.try_wait().unwrap() {
-                assert!(status.success(), "child `{}` failed: {status}", self.role);
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "child `{}` did not exit",
-                self.role
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reaps the process.
-    fn kill_hard(mut self) {
-        self.process.kill().unwrap();
-        self.process.wait().unwrap();
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.process.try_wait() {
-            let _ = self.process.kill();
-            let _ = self.process.wait();
-        }
-    }
+/// A child process playing `role` on `dir`, with `arg` in [`CHILD_ARG`].
+fn spawn_child(role: &str, dir: &Path, arg: u64) -> Child {
+    Child::spawn("child_process", role, dir, &[(CHILD_ARG, arg.to_string())])
 }
 
 /// Every path below `root` (relative), directories included, symbolic links not followed.
@@ -233,10 +135,9 @@ fn manual_store(dir: &Path, clock: &ManualClock) -> FileStorage {
 /// Plays the role named in `CHILD_ROLE`; returns at once in an ordinary test run.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
+    let Some((role, dir)) = child::role() else {
         return;
     };
-    let dir = PathBuf::from(std::env::var(CHILD_DIR).unwrap());
     let arg: u64 = std::env::var(CHILD_ARG).unwrap().parse().unwrap();
     let store = FileStorage::builder(&dir)
         .with_lazy_sweep(None)
@@ -252,20 +153,6 @@ fn child_process() {
         "holder" => child_holder(&dir),
         "lock-updater" => rt.block_on(child_lock_updater(store)),
         other => panic!("unknown child role {other}"),
-    }
-}
-
-fn say(line: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@@ {line}").unwrap();
-    out.flush().unwrap();
-}
-
-fn read_command() -> Option<String> {
-    let mut line = String::new();
-    match std::io::stdin().read_line(&mut line).unwrap() {
-        0 => None,
-        _ => Some(line.trim().to_string()),
     }
 }
 
@@ -498,7 +385,7 @@ fn sigkill_mid_write_leaves_no_torn_record_and_cleanup_removes_orphans() {
     FileStorage::open(&dir).unwrap();
     let mut rng = Rng::seeded(0);
     let spawn = |n: u64| {
-        let child = Child::spawn("writer", &dir, n);
+        let child = spawn_child("writer", &dir, n);
         child.expect("ready");
         child
     };
@@ -566,7 +453,7 @@ fn updates_from_several_processes_lose_nothing() {
     let dir = tmp.path().join("store");
     FileStorage::open(&dir).unwrap();
     let mut children: Vec<Child> = (0..UPDATERS)
-        .map(|i| Child::spawn("updater", &dir, i))
+        .map(|i| spawn_child("updater", &dir, i))
         .collect();
     for child in &children {
         child.expect("ready");
@@ -595,7 +482,7 @@ fn removing_lock_files_while_held_loses_no_update() {
     let dir = tmp.path().join("store");
     FileStorage::open(&dir).unwrap();
     let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|i| Child::spawn("lock-updater", &dir, i))
+        .map(|i| spawn_child("lock-updater", &dir, i))
         .collect();
     for child in &children {
         child.expect("ready");
@@ -651,7 +538,7 @@ fn conditional_puts_from_several_processes_one_wins_per_version() {
     rt.block_on(store.put("cas", json!({"writer": null}), PutMode::Create))
         .unwrap();
     let mut children: Vec<Child> = (0..PROCESSES)
-        .map(|i| Child::spawn("cas", &dir, i))
+        .map(|i| spawn_child("cas", &dir, i))
         .collect();
     for child in &children {
         child.expect("ready");
@@ -693,7 +580,7 @@ fn cleanups_racing_writers_remove_only_expired_records_once() {
     let dir = tmp.path().join("store");
     FileStorage::open(&dir).unwrap();
 
-    let mut rewriter = Child::spawn("rewriter", &dir, 0);
+    let mut rewriter = spawn_child("rewriter", &dir, 0);
     rewriter.expect("ready");
     let hour = Duration::from_secs(3600);
     for i in 0..EXPIRED_IDS {
@@ -703,7 +590,7 @@ fn cleanups_racing_writers_remove_only_expired_records_once() {
         write_envelope(&dir, &format!("c-{i}"), EXPIRED_VERSION, hour, json!({}));
     }
     let mut cleaners: Vec<Child> = (0..CLEANER_PROCESSES)
-        .map(|i| Child::spawn("cleaner", &dir, i))
+        .map(|i| spawn_child("cleaner", &dir, i))
         .collect();
     for cleaner in &cleaners {
         cleaner.expect("ready");
@@ -813,7 +700,7 @@ fn a_cleanup_skips_a_record_whose_lock_another_process_holds() {
     let hour = Duration::from_secs(3600);
     write_envelope(&dir, "held", 4, hour, json!({"state": "running"}));
     write_envelope(&dir, "free", 4, hour, json!({"state": "running"}));
-    let mut holder = Child::spawn("holder", &dir, 0);
+    let mut holder = spawn_child("holder", &dir, 0);
     holder.send("held");
     holder.expect("locked");
     let report =
@@ -838,7 +725,7 @@ fn a_write_waits_for_a_held_lock_only_as_long_as_the_lock_timeout() {
         .build()
         .unwrap();
     write_envelope(&dir, "frozen", 1, Duration::ZERO, json!({"n": 1}));
-    let mut holder = Child::spawn("holder", &dir, 0);
+    let mut holder = spawn_child("holder", &dir, 0);
     holder.send("frozen");
     holder.expect("locked");
     let results = run_within_deadline(async move {
@@ -883,7 +770,7 @@ fn a_due_lazy_sweep_does_not_hold_up_writes_behind_a_held_lock() {
         .with_lazy_sweep(Some(Duration::from_secs(60)))
         .build()
         .unwrap();
-    let mut holder = Child::spawn("holder", &dir, 0);
+    let mut holder = spawn_child("holder", &dir, 0);
     holder.send("stuck");
     holder.expect("locked");
     let listed = run_within_deadline(async move {
@@ -902,7 +789,7 @@ fn a_due_lazy_sweep_does_not_hold_up_writes_behind_a_held_lock() {
 }
 
 /// Runs `work` on a runtime of its own, failing the test if it is not done within
-/// [`CHILD_DEADLINE`] (before the fixes, these waited without bound).
+/// [`child::DEADLINE`] (before the fixes, these waited without bound).
 fn run_within_deadline<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
@@ -911,7 +798,7 @@ fn run_within_deadline<T: Send + 'static>(
         let _ = done.send(runtime().block_on(work));
     });
     finished
-        .recv_timeout(CHILD_DEADLINE)
+        .recv_timeout(child::DEADLINE)
         .expect("the work waited without bound")
 }
 

@@ -5,18 +5,19 @@
 //! `JOBS_WORKER_*` variables set.
 #![cfg(unix)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::jobs::{self, AttemptEnd, JobHandle, Runtime, RuntimeConfig};
-use syncstatus::{
-    DynSyncStorage, FileStorage, Progress, State, SyncStatus, WatchEvent, WatchOptions,
-    WatchSelector,
-};
+use syncstatus::{DynSyncStorage, FileStorage, Progress, State, SyncStatus};
+
+use support::child;
+use support::status_watch::wait_for_status;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const STALE_AFTER_MS: u64 = 400;
@@ -31,10 +32,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// The worker side: runs until SIGTERM, then shuts the runtime down.
 #[test]
 fn worker_process() {
-    let Some(dir) = std::env::var_os("JOBS_WORKER_DIR") else {
+    let Some((kind, dir)) = child::role() else {
         return;
     };
-    let kind = std::env::var("JOBS_WORKER_KIND").unwrap_or_default();
     let page_ms = env_u64("JOBS_WORKER_PAGE_MS", 20);
     let config = RuntimeConfig::default()
         .with_stale_after(Duration::from_millis(STALE_AFTER_MS))
@@ -80,25 +80,16 @@ struct Worker(Child);
 
 impl Worker {
     fn start(dir: &Path, kind: &str, log: Option<&Path>, env: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("JOBS_WORKER_DIR", dir)
-            .env("JOBS_WORKER_KIND", kind)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let vars: Vec<(&str, String)> = env
+            .iter()
+            .map(|(name, value)| (*name, value.to_string()))
+            .collect();
+        let mut command = child::command("worker_process", kind, dir, &vars);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
         match log {
             Some(log) => command.stderr(std::fs::File::create(log).unwrap()),
             None => command.stderr(Stdio::null()),
         };
-        for (name, value) in env {
-            command.env(name, value);
-        }
         Worker(command.spawn().expect("the worker starts"))
     }
 
@@ -137,46 +128,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Waits, on the store's watch, until the status of `id` satisfies `done`; returns it.
-async fn wait_for(
-    store: &DynSyncStorage,
-    id: &str,
-    what: &str,
-    mut done: impl FnMut(&SyncStatus) -> bool,
-) -> SyncStatus {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([id]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut last = None;
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .unwrap_or_else(|_| panic!("gave up waiting for {what}; last seen {last:?}"))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => Vec::new(),
-        };
-        for record in records.into_iter().filter(|r| r.id == id) {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
-            if done(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
     }
 }
 
@@ -222,7 +173,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
     let mut seen = 0;
     for attempt in 1..=10u32 {
         let worker = Worker::start(dir.path(), "steady", None, &[]);
-        let running = wait_for(&store, "steady", "the attempt to progress", |s| {
+        let running = wait_for_status(&store, "steady", "the attempt to progress", |s| {
             s.state == State::Running
                 && s.attempt == attempt
                 && s.progress.is_some_and(|p| p.done > seen)
@@ -241,7 +192,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
         seen = at_kill.progress.unwrap().done;
     }
     let worker = Worker::start(dir.path(), "steady", None, &[]);
-    let done = wait_for(&store, "steady", "completion", |s| s.is_terminal()).await;
+    let done = wait_for_status(&store, "steady", "completion", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert_eq!(done.progress, Some(Progress::new(pages, pages)));
@@ -270,14 +221,14 @@ async fn a_job_crashing_before_any_progress_three_times_ends_failed() {
         .unwrap();
     for attempt in 1..=3u32 {
         let worker = Worker::start(dir.path(), "hang", None, &[]);
-        wait_for(&store, "poison", "the attempt to start", |s| {
+        wait_for_status(&store, "poison", "the attempt to start", |s| {
             s.state == State::Running && s.attempt == attempt
         })
         .await;
         worker.kill();
     }
     let worker = Worker::start(dir.path(), "hang", None, &[]);
-    let failed = wait_for(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
+    let failed = wait_for_status(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(failed.state, State::Failed, "{failed:?}");
     assert!(
@@ -314,7 +265,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     let mut first;
     let mut at_least = 2;
     loop {
-        first = wait_for(&store, "contested", "progress", |s| {
+        first = wait_for_status(&store, "contested", "progress", |s| {
             s.state == State::Running && s.progress.is_some_and(|p| p.done >= at_least)
         })
         .await;
@@ -332,7 +283,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     }
 
     let successor = Worker::start(dir.path(), "steady", None, &slow);
-    let second = wait_for(&store, "contested", "the successor's claim", |s| {
+    let second = wait_for_status(&store, "contested", "the successor's claim", |s| {
         s.state == State::Running && s.attempt == 2
     })
     .await;
@@ -341,7 +292,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
 
     // Every write from here on is the successor's, up to completion.
     let mut last_done = 0;
-    let done = wait_for(&store, "contested", "completion", |s| {
+    let done = wait_for_status(&store, "contested", "completion", |s| {
         if s.state == State::Running {
             assert_eq!(s.lease, second.lease, "a write by the frozen worker: {s:?}");
         }

@@ -1,11 +1,11 @@
 //! Lifecycle across processes on one directory, and the Sweeper's handle contract.
 //!
-//! Multi-process tests re-run this test binary as children (`child` below) with
-//! `SYNCSTATUS_LIFECYCLE_CHILD` naming what to do.
+//! Multi-process tests re-run this test binary as children (`child` below, with the harness
+//! of `support::child`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,48 +14,18 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use syncstatus::{
     CleanupOptions, CleanupReport, DynSyncStorage, Error, FileStorage, Idempotency,
-    InProgressPolicy, ListFilter, Listing, LockGuard, ManualClock, MemoryStorage, PutMode, Record,
-    RunError, SharedClock, Sweeper, SweeperConfig, SyncStorage, Timestamp, TtlPolicy, UpdateFn,
-    WatchOptions, WatchSelector, WatchStream,
+    InProgressPolicy, ListFilter, ManualClock, MemoryStorage, PutMode, RunError, Sweeper,
+    SweeperConfig, SyncStorage, Timestamp, TtlPolicy,
 };
 use tokio::sync::Notify;
 
-const CHILD_ENV: &str = "SYNCSTATUS_LIFECYCLE_CHILD";
-const DIR_ENV: &str = "SYNCSTATUS_LIFECYCLE_DIR";
-
-fn spawn_child(role: &str, dir: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1", "-q"])
-        .env(CHILD_ENV, role)
-        .env(DIR_ENV, dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-/// Lines a child printed that start with `@`, its protocol; test-harness noise is skipped.
-fn protocol_lines(child: &mut Child) -> impl Iterator<Item = String> + use<> {
-    BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| line.strip_prefix('@').map(str::to_string))
-}
+use support::child::{self, Child};
+use support::forwarding::{Hooked, Hooks};
 
 /// Entry point of the child processes; does nothing when run as an ordinary test.
 #[test]
 fn child() {
-    let Ok(role) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let dir = std::env::var(DIR_ENV).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    child::play(|role, dir| async move {
         let store = FileStorage::builder(&dir)
             .with_lazy_sweep(None)
             .build()
@@ -64,14 +34,13 @@ fn child() {
             "sweep" => {
                 for _ in 0..5 {
                     let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
-                    println!("@{}", serde_json::to_string(&report).unwrap());
+                    child::say(serde_json::to_string(&report).unwrap());
                 }
             }
             "idempotent" => {
-                println!("@ready");
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).unwrap();
-                let runs = Path::new(&dir).join("..").join("runs.log");
+                child::say("ready");
+                child::read_command();
+                let runs = dir.join("..").join("runs.log");
                 let idempotency = Idempotency::new(Arc::new(store));
                 let result: Value = idempotency
                     .run("shared-key", Duration::from_secs(300), async move {
@@ -87,14 +56,14 @@ fn child() {
                     })
                     .await
                     .unwrap();
-                println!("@{result}");
+                child::say(result);
             }
             "claim-and-hang" => {
                 let idempotency =
                     Idempotency::new(Arc::new(store)).with_lease(Duration::from_secs(30));
                 let _: Result<Value, RunError<std::io::Error>> = idempotency
                     .run("crashy", Duration::from_secs(300), async {
-                        println!("@working");
+                        child::say("working");
                         std::future::pending().await
                     })
                     .await;
@@ -136,11 +105,13 @@ async fn processes_sweeping_at_once_remove_each_record_exactly_once() {
         .await
         .unwrap();
 
-    let mut children: Vec<Child> = (0..4).map(|_| spawn_child("sweep", dir.path())).collect();
+    let children: Vec<Child> = (0..4)
+        .map(|_| Child::spawn("child", "sweep", dir.path(), &[]))
+        .collect();
     let mut removed = Vec::new();
     let mut ran = 0;
-    for child in &mut children {
-        for line in protocol_lines(child) {
+    for child in children {
+        while let Some(line) = child.next_line() {
             let report: Value = serde_json::from_str(&line).unwrap();
             if report["ran"] == true {
                 ran += 1;
@@ -149,7 +120,7 @@ async fn processes_sweeping_at_once_remove_each_record_exactly_once() {
                 removed.push(id.as_str().unwrap().to_string());
             }
         }
-        assert!(child.wait().unwrap().success());
+        child.finish();
     }
     assert!(ran >= 1);
     let total = removed.len();
@@ -167,21 +138,19 @@ async fn two_processes_run_the_work_of_one_key_once() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("store");
     FileStorage::open(&dir).unwrap();
-    let mut children: Vec<Child> = (0..2).map(|_| spawn_child("idempotent", &dir)).collect();
-    let mut outputs: Vec<_> = children.iter_mut().map(protocol_lines).collect();
-    for lines in &mut outputs {
-        assert_eq!(lines.next().as_deref(), Some("ready"));
+    let mut children: Vec<Child> = (0..2)
+        .map(|_| Child::spawn("child", "idempotent", &dir, &[]))
+        .collect();
+    for child in &children {
+        child.expect("ready");
     }
     // Both children are waiting: let them go at once.
     for child in &mut children {
-        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        child.send("go");
     }
-    let results: Vec<String> = outputs
-        .iter_mut()
-        .map(|lines| lines.next().unwrap())
-        .collect();
-    for child in &mut children {
-        assert!(child.wait().unwrap().success());
+    let results: Vec<String> = children.iter().map(Child::recv).collect();
+    for child in children {
+        child.finish();
     }
     assert_eq!(results[0], results[1], "both callers get the one result");
     let runs = std::fs::read_to_string(root.path().join("runs.log")).unwrap();
@@ -195,13 +164,9 @@ async fn two_processes_run_the_work_of_one_key_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_blocks_its_key_only_until_the_lease_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child("claim-and-hang", dir.path());
-    assert_eq!(
-        protocol_lines(&mut child).next().as_deref(),
-        Some("working")
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let child = Child::spawn("child", "claim-and-hang", dir.path(), &[]);
+    child.expect("working");
+    child.kill_hard();
 
     let clock = ManualClock::starting_now();
     let store = FileStorage::builder(dir.path())
@@ -230,10 +195,9 @@ async fn a_killed_holder_blocks_its_key_only_until_the_lease_ends() {
     assert_eq!(result, 2);
 }
 
-/// A store whose cleanup waits for the test's permission, to catch a sweep in progress.
+/// Hooks that make a cleanup wait for the test's permission, to catch a sweep in progress.
 #[derive(Debug, Default)]
 struct SlowCleanup {
-    inner: MemoryStorage,
     entered: Notify,
     release: Notify,
     finished: AtomicBool,
@@ -241,46 +205,26 @@ struct SlowCleanup {
 }
 
 #[async_trait]
-impl SyncStorage for SlowCleanup {
-    fn backend_name(&self) -> &'static str {
-        "slow"
-    }
-    fn clock(&self) -> SharedClock {
-        self.inner.clock()
-    }
-    async fn get(&self, id: &str) -> syncstatus::Result<Option<Record>> {
-        self.inner.get(id).await
-    }
-    async fn put(&self, id: &str, status: Value, mode: PutMode) -> syncstatus::Result<Record> {
-        self.inner.put(id, status, mode).await
-    }
-    async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> syncstatus::Result<Record> {
-        self.inner.update(id, f).await
-    }
-    async fn delete(&self, id: &str) -> syncstatus::Result<bool> {
-        self.inner.delete(id).await
-    }
-    async fn list(&self, filter: &ListFilter) -> syncstatus::Result<Listing> {
-        self.inner.list(filter).await
-    }
-    async fn cleanup(&self, options: &CleanupOptions) -> syncstatus::Result<CleanupReport> {
+impl Hooks for SlowCleanup {
+    async fn cleanup(
+        &self,
+        inner: &DynSyncStorage,
+        options: &CleanupOptions,
+    ) -> syncstatus::Result<CleanupReport> {
         self.cleanups.fetch_add(1, Ordering::SeqCst);
         self.entered.notify_one();
         self.release.notified().await;
-        let report = self.inner.cleanup(options).await;
+        let report = inner.cleanup(options).await;
         self.finished.store(true, Ordering::SeqCst);
         report
     }
-    async fn watch(
-        &self,
-        selector: WatchSelector,
-        options: WatchOptions,
-    ) -> syncstatus::Result<WatchStream> {
-        self.inner.watch(selector, options).await
-    }
-    async fn try_lock(&self, name: &str, lease: Duration) -> syncstatus::Result<Option<LockGuard>> {
-        self.inner.try_lock(name, lease).await
-    }
+}
+
+fn slow_cleanup() -> Arc<Hooked<SlowCleanup>> {
+    Arc::new(Hooked::new(
+        Arc::new(MemoryStorage::default()),
+        SlowCleanup::default(),
+    ))
 }
 
 #[tokio::test(start_paused = true)]
@@ -317,7 +261,7 @@ async fn sweeper_waits_its_initial_delay_then_sweeps_on_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_only_after_the_sweep_in_progress() {
-    let store = Arc::new(SlowCleanup::default());
+    let store = slow_cleanup();
     let sweeper = Sweeper::spawn(
         store.clone(),
         SweeperConfig {
@@ -325,21 +269,21 @@ async fn shutdown_returns_only_after_the_sweep_in_progress() {
             ..SweeperConfig::default()
         },
     );
-    store.entered.notified().await;
+    store.hooks.entered.notified().await;
     let shutdown = tokio::spawn(sweeper.shutdown());
     // The shutdown must still be waiting: the sweep has not been released.
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
     assert!(!shutdown.is_finished(), "shutdown returned during a sweep");
-    store.release.notify_one();
+    store.hooks.release.notify_one();
     shutdown.await.unwrap();
     assert!(
-        store.finished.load(Ordering::SeqCst),
+        store.hooks.finished.load(Ordering::SeqCst),
         "shutdown returned before the sweep finished"
     );
     assert_eq!(
-        store.cleanups.load(Ordering::SeqCst),
+        store.hooks.cleanups.load(Ordering::SeqCst),
         1,
         "no sweep after shutdown"
     );
@@ -347,7 +291,7 @@ async fn shutdown_returns_only_after_the_sweep_in_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_sweeper_stops_its_task() {
-    let store = Arc::new(SlowCleanup::default());
+    let store = slow_cleanup();
     let sweeper = Sweeper::spawn(store.clone(), SweeperConfig::default());
     assert_eq!(Arc::strong_count(&store), 2, "the task holds the store");
     drop(sweeper);
@@ -360,7 +304,7 @@ async fn dropping_the_sweeper_stops_its_task() {
         );
         tokio::task::yield_now().await;
     }
-    assert_eq!(store.cleanups.load(Ordering::SeqCst), 0);
+    assert_eq!(store.hooks.cleanups.load(Ordering::SeqCst), 0);
 }
 
 /// The README's idempotency example, on its store settings, with time moved on: within the

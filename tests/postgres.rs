@@ -11,6 +11,7 @@ mod conformance;
 mod jobs;
 mod lifecycle;
 mod skips;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use conformance::{EVENT_DEADLINE, Fixture, follow_until, standard_ttl};
 use futures_util::StreamExt;
 use serde_json::json;
+use support::watch_feed::check_last_watch_stops_its_feed;
 use syncstatus::postgres::PostgresStorage;
 use syncstatus::{
     CleanupOptions, Error, ListFilter, ManualClock, PutMode, SyncStorage, SyncStorageExt,
@@ -547,29 +549,15 @@ async fn dropping_the_last_watch_closes_the_listener() {
         return;
     };
     let store = store_in(&schema.0, &clock).await;
-    let stream = store
-        .watch(WatchSelector::All, WatchOptions::default())
-        .await
-        .unwrap();
     let count_listeners = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'syncstatus-watch:{}.jobs'",
         schema.0
     );
-    let listeners: i64 = admin.query_one(&count_listeners, &[]).await.unwrap().get(0);
-    assert_eq!(listeners, 1);
-    drop(stream);
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
-    loop {
+    check_last_watch_stops_its_feed(&store, async || {
         let listeners: i64 = admin.query_one(&count_listeners, &[]).await.unwrap().get(0);
-        if listeners == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the listening connection outlived the last watch"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        usize::try_from(listeners).unwrap()
+    })
+    .await;
 }
 
 /// A connection listening on `channel`, its notifications' payloads sent to the receiver.

@@ -9,8 +9,7 @@
 
 mod conformance;
 mod lifecycle;
-
-use std::io::Write;
+mod support;
 
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
@@ -21,40 +20,11 @@ use serde_json::json;
 use syncstatus::postgres::PostgresStorage;
 use syncstatus::{Error, ManualClock, PutMode, SyncStorage};
 
-struct Server {
-    /// `verify-full` against the test CA.
-    url: String,
-    ca: String,
-    other_ca: String,
-}
+use support::tls_server::{TlsServer as Server, tls_server};
 
 /// The TLS server, or `None` after saying so where none is set up and none is required.
 fn server() -> Option<Server> {
-    let vars = (
-        std::env::var("SYNCSTATUS_POSTGRES_TLS_URL"),
-        std::env::var("SYNCSTATUS_TLS_CA"),
-        std::env::var("SYNCSTATUS_TLS_OTHER_CA"),
-    );
-    match vars {
-        (Ok(url), Ok(ca), Ok(other_ca)) => Some(Server { url, ca, other_ca }),
-        _ => {
-            if std::env::var_os("CI").is_some()
-                || std::env::var_os("SYNCSTATUS_REQUIRE_SERVICES").is_some()
-            {
-                panic!(
-                    "a TLS PostgreSQL is required: source .ci/tls-services DIR to start one and \
-                     set SYNCSTATUS_POSTGRES_TLS_URL, SYNCSTATUS_TLS_CA and SYNCSTATUS_TLS_OTHER_CA"
-                );
-            }
-            // Straight to the terminal: the test harness captures `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED PostgreSQL TLS test: no TLS PostgreSQL configured (source \
-                 .ci/tls-services DIR)"
-            );
-            None
-        }
-    }
+    tls_server("PostgreSQL", "SYNCSTATUS_POSTGRES_TLS_URL")
 }
 
 /// The server URL without its TLS parameters, for building variants of it.

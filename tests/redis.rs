@@ -10,6 +10,7 @@ mod conformance;
 mod jobs;
 mod lifecycle;
 mod skips;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use conformance::{EVENT_DEADLINE, Fixture, standard_ttl};
 use futures_util::StreamExt;
 use serde_json::json;
+use support::watch_feed::check_last_watch_stops_its_feed;
 use syncstatus::redis::RedisStorage;
 use syncstatus::{
     CleanupOptions, Error, ListFilter, ManualClock, PutMode, Record, SyncStorage, SyncStorageExt,
@@ -748,32 +750,8 @@ async fn dropping_the_last_watch_closes_its_connection() {
     };
     let name = s.store.watch_connection_name().to_string();
     let mut conn = raw().await;
-    let first = s
-        .store
-        .watch(WatchSelector::All, WatchOptions::default())
-        .await
-        .unwrap();
-    let second = s
-        .store
-        .watch(WatchSelector::ids(["x"]), WatchOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        client_ids(&mut conn, &name).await.len(),
-        1,
-        "one shared connection"
-    );
-    drop(first);
-    assert_eq!(client_ids(&mut conn, &name).await.len(), 1);
-    drop(second);
-    let deadline = tokio::time::Instant::now() + EVENT_DEADLINE;
-    while !client_ids(&mut conn, &name).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the watch connection outlived its last watch"
-        );
-        tokio::task::yield_now().await;
-    }
+    check_last_watch_stops_its_feed(&s.store, async || client_ids(&mut conn, &name).await.len())
+        .await;
 }
 
 /// Set for the child process of [`another_process_shares_the_store`]: the prefix to write under.

@@ -8,8 +8,8 @@
 
 mod conformance;
 mod lifecycle;
+mod support;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,38 +18,11 @@ use serde_json::json;
 use syncstatus::redis::RedisStorage;
 use syncstatus::{Error, ManualClock, PutMode, SyncStorage};
 
-struct Server {
-    url: String,
-    ca: String,
-    other_ca: String,
-}
+use support::tls_server::{TlsServer as Server, tls_server};
 
 /// The TLS server, or `None` after saying so where none is set up and none is required.
 fn server() -> Option<Server> {
-    let vars = (
-        std::env::var("SYNCSTATUS_REDIS_TLS_URL"),
-        std::env::var("SYNCSTATUS_TLS_CA"),
-        std::env::var("SYNCSTATUS_TLS_OTHER_CA"),
-    );
-    match vars {
-        (Ok(url), Ok(ca), Ok(other_ca)) => Some(Server { url, ca, other_ca }),
-        _ => {
-            if std::env::var_os("CI").is_some()
-                || std::env::var_os("SYNCSTATUS_REQUIRE_SERVICES").is_some()
-            {
-                panic!(
-                    "a TLS Redis is required: source .ci/tls-services DIR to start one and set \
-                     SYNCSTATUS_REDIS_TLS_URL, SYNCSTATUS_TLS_CA and SYNCSTATUS_TLS_OTHER_CA"
-                );
-            }
-            // Straight to the terminal: the test harness captures `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED Redis TLS test: no TLS Redis configured (source .ci/tls-services DIR)"
-            );
-            None
-        }
-    }
+    tls_server("Redis", "SYNCSTATUS_REDIS_TLS_URL")
 }
 
 fn unique_prefix(name: &str) -> String {

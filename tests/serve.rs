@@ -108,6 +108,15 @@ fn write(
     builder.body(body).unwrap()
 }
 
+/// `PUT /syncs/{id}` of `status`, with the key and `headers`.
+async fn put(app: &Router, id: &str, status: Value, headers: &[(&str, &str)]) -> Answer {
+    send(
+        app,
+        write(Method::PUT, &format!("/syncs/{id}"), Some(status), headers),
+    )
+    .await
+}
+
 fn read(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
     let mut builder = Request::builder().uri(uri);
     for (name, value) in headers {
@@ -132,11 +141,7 @@ fn assert_status(answer: &Answer, status: StatusCode) {
 async fn writes_are_refused_until_enabled_and_without_the_key() {
     let fx = fixture();
     let closed = RouterConfig::new(fx.store.clone()).router();
-    let answer = send(
-        &closed,
-        write(Method::PUT, "/syncs/job-1", Some(json!({})), &[]),
-    )
-    .await;
+    let answer = put(&closed, "job-1", json!({}), &[]).await;
     assert_status(&answer, StatusCode::FORBIDDEN);
 
     let app = fx.app();
@@ -161,16 +166,7 @@ async fn writes_are_refused_until_enabled_and_without_the_key() {
         "nothing written"
     );
 
-    let answer = send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "pending"})),
-            &[],
-        ),
-    )
-    .await;
+    let answer = put(&app, "job-1", json!({"state": "pending"}), &[]).await;
     assert_status(&answer, StatusCode::CREATED);
 }
 
@@ -247,16 +243,7 @@ async fn local_writes_need_a_loopback_peer_and_a_loopback_host() {
 async fn put_creates_overwrites_and_names_each_write_in_its_etag() {
     let fx = fixture();
     let app = fx.app();
-    let created = send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "pending"})),
-            &[],
-        ),
-    )
-    .await;
+    let created = put(&app, "job-1", json!({"state": "pending"}), &[]).await;
     assert_status(&created, StatusCode::CREATED);
     let record = fx.store.get("job-1").await.unwrap().unwrap();
     assert_eq!(
@@ -265,27 +252,21 @@ async fn put_creates_overwrites_and_names_each_write_in_its_etag() {
     );
     assert_eq!(created.body["version"], json!(1));
 
-    let again = send(
+    let again = put(
         &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "running"})),
-            &[("if-none-match", "*")],
-        ),
+        "job-1",
+        json!({"state": "running"}),
+        &[("if-none-match", "*")],
     )
     .await;
     assert_status(&again, StatusCode::PRECONDITION_FAILED);
     assert_eq!(again.body["id"], json!("job-1"));
 
-    let stale = send(
+    let stale = put(
         &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "running"})),
-            &[("if-match", "\"1.1\"")],
-        ),
+        "job-1",
+        json!({"state": "running"}),
+        &[("if-match", "\"1.1\"")],
     )
     .await;
     assert_status(&stale, StatusCode::PRECONDITION_FAILED);
@@ -309,11 +290,7 @@ async fn put_creates_overwrites_and_names_each_write_in_its_etag() {
     assert_eq!(updated.body["version"], json!(2));
     assert_ne!(updated.etag(), created.etag());
 
-    let overwritten = send(
-        &app,
-        write(Method::PUT, "/syncs/job-1", Some(json!({"x": 1})), &[]),
-    )
-    .await;
+    let overwritten = put(&app, "job-1", json!({"x": 1}), &[]).await;
     assert_status(&overwritten, StatusCode::OK);
     assert_eq!(
         fx.store.get("job-1").await.unwrap().unwrap().status,
@@ -341,22 +318,14 @@ async fn put_creates_overwrites_and_names_each_write_in_its_etag() {
 async fn a_record_made_again_does_not_match_the_old_incarnations_etag() {
     let fx = fixture();
     let app = fx.app();
-    let first = send(
-        &app,
-        write(Method::PUT, "/syncs/job-1", Some(json!({"n": 1})), &[]),
-    )
-    .await;
+    let first = put(&app, "job-1", json!({"n": 1}), &[]).await;
     let old_tag = first.etag().to_string();
     assert_status(
         &send(&app, write(Method::DELETE, "/syncs/job-1", None, &[])).await,
         StatusCode::NO_CONTENT,
     );
     fx.clock.advance(Duration::from_millis(5));
-    let second = send(
-        &app,
-        write(Method::PUT, "/syncs/job-1", Some(json!({"n": 2})), &[]),
-    )
-    .await;
+    let second = put(&app, "job-1", json!({"n": 2}), &[]).await;
     assert_eq!(
         second.body["version"],
         json!(1),
@@ -382,14 +351,11 @@ async fn a_record_made_again_does_not_match_the_old_incarnations_etag() {
 async fn patch_merges_under_if_match_and_a_stale_tag_changes_nothing() {
     let fx = fixture();
     let app = fx.app();
-    let created = send(
+    let created = put(
         &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "running", "progress": {"done": 1, "total": 10}, "message": "page 1"})),
-            &[],
-        ),
+        "job-1",
+        json!({"state": "running", "progress": {"done": 1, "total": 10}, "message": "page 1"}),
+        &[],
     )
     .await;
     let patched = send(
@@ -478,11 +444,7 @@ async fn concurrent_patches_lose_no_update() {
 async fn reads_answer_304_while_the_etag_names_the_current_write() {
     let fx = fixture();
     let app = fx.app();
-    let created = send(
-        &app,
-        write(Method::PUT, "/syncs/job-1", Some(json!({"n": 1})), &[]),
-    )
-    .await;
+    let created = put(&app, "job-1", json!({"n": 1}), &[]).await;
     let tag = created.etag().to_string();
     let full = send(&app, read("/syncs/job-1", &[])).await;
     assert_status(&full, StatusCode::OK);
@@ -514,16 +476,7 @@ async fn reads_answer_304_while_the_etag_names_the_current_write() {
 async fn delete_and_heartbeat() {
     let fx = fixture();
     let app = fx.app();
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/job-1",
-            Some(json!({"state": "running"})),
-            &[],
-        ),
-    )
-    .await;
+    put(&app, "job-1", json!({"state": "running"}), &[]).await;
     fx.clock.advance(Duration::from_secs(2));
     let beat = send(
         &app,
@@ -647,57 +600,12 @@ async fn cors_preflight_admits_listed_origins_only() {
 async fn metrics_parse_as_prometheus_text_with_gauges_and_counters() {
     let fx = fixture();
     let app = fx.app();
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/a",
-            Some(json!({"state": "running"})),
-            &[],
-        ),
-    )
-    .await;
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/b",
-            Some(json!({"state": "completed"})),
-            &[],
-        ),
-    )
-    .await;
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/c",
-            Some(json!({"state": "say \"hi\"\n"})),
-            &[],
-        ),
-    )
-    .await;
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/a",
-            Some(json!({})),
-            &[("if-none-match", "*")],
-        ),
-    )
-    .await;
+    put(&app, "a", json!({"state": "running"}), &[]).await;
+    put(&app, "b", json!({"state": "completed"}), &[]).await;
+    put(&app, "c", json!({"state": "say \"hi\"\n"}), &[]).await;
+    put(&app, "a", json!({}), &[("if-none-match", "*")]).await;
     fx.clock.advance(TTL + Duration::from_secs(1));
-    send(
-        &app,
-        write(
-            Method::PUT,
-            "/syncs/d",
-            Some(json!({"state": "running"})),
-            &[],
-        ),
-    )
-    .await;
+    put(&app, "d", json!({"state": "running"}), &[]).await;
     let cleanup = Request::builder()
         .method(Method::POST)
         .uri("/admin/cleanup")

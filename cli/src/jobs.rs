@@ -7,7 +7,8 @@ use serde_json::Value;
 use syncstatus::jobs::Attempt;
 use syncstatus::{DynSyncStorage, Record};
 
-use crate::failure::{Failure, code};
+use crate::failure::Failure;
+use crate::report::pretty;
 
 /// The job commands.
 #[derive(Debug, Subcommand)]
@@ -49,12 +50,7 @@ pub async fn run(store: &DynSyncStorage, command: JobCommand) -> Result<String, 
         JobCommand::Retry { id, json } => (syncstatus::jobs::retry(&**store, &id).await?, json),
     };
     if json {
-        let mut text = serde_json::to_string_pretty(&record).map_err(|error| Failure {
-            code: code::OTHER,
-            message: format!("cannot encode the output as JSON: {error}"),
-        })?;
-        text.push('\n');
-        return Ok(text);
+        return pretty(&record);
     }
     Ok(summary(&record))
 }

@@ -1,188 +1,34 @@
 //! `syncstatus`: read, write, clean up and watch job status from the shell.
+//!
+//! This file parses the command line, opens the store and runs each command. The command
+//! line is defined in `args.rs`; what commands print in `render.rs` (record views) and
+//! `report.rs` (reports, JSON); exit codes in `failure.rs`; the long-running commands in
+//! `watch.rs` and `serve.rs`, the job commands in `jobs.rs`.
 
+mod args;
 mod failure;
 mod fields;
 mod jobs;
 mod render;
+mod report;
 mod serve;
 mod watch;
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use serde::Serialize;
+use clap::Parser;
 use serde_json::Value;
 use syncstatus::{
-    CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, RecoveryAction,
-    RecoveryPolicy, StoreUrl, SyncStorageExt, validate_id,
+    CleanupOptions, DynSyncStorage, Error, ListFilter, PutMode, Record, RecoveryPolicy, StoreUrl,
+    SyncStorageExt, validate_id,
 };
 
-/// [`syncstatus::DEFAULT_STALE_AFTER`] as clap shows and parses it.
-const DEFAULT_STALE_AFTER: &str = "60s";
-
+use args::{Cli, Command};
 use failure::{Failure, one_line, printable};
 use fields::FieldArgs;
-
-const AFTER_HELP: &str = "\
-Store:
-  --dir DIR is short for --store file:DIR. Without either, $SYNCSTATUS_STORE is used, else
-  file:./data/sync-status. Stores: a directory (./data/sync-status), file:DIR, memory:,
-  redis://HOST:PORT/DB?prefix=P, postgres://USER@HOST/DB?table=T&schema=S.
-  Only set and update create a missing store directory; the other commands say it is missing.
-
-States:
-  A state is a lowercase letter followed by lowercase letters, digits or _ (at most 32):
-  pending, running, completed, failed, cancelled, or a word of your own.
-
-Exit codes:
-  0  success
-  1  any other error
-  2  usage or invalid input (unknown flag, invalid id or state, bad --data/--progress, bad
-     store URL, a record over the size limit)
-  3  not found (get, rm of a missing id; a store directory that does not exist)
-  4  conflict (update --if-version lost, the record already exists, a job not in a state
-     that allows the operation)
-  5  store error (I/O, corrupt record or unusable status, lock timeout, server unreachable)
-  6  stats --check found the store unhealthy (stale running jobs)
-
-Unreadable records met by ls, cleanup or recover are reported on stderr, one line each,
-and do not change the exit code.";
-
-/// Read, write, clean up and watch job status.
-#[derive(Parser, Debug)]
-#[command(name = "syncstatus", version, after_help = AFTER_HELP, arg_required_else_help = true)]
-struct Cli {
-    /// The store to use, as a URL (default: $SYNCSTATUS_STORE, else file:./data/sync-status).
-    #[arg(long, global = true, value_name = "URL", conflicts_with = "dir")]
-    store: Option<String>,
-    /// A file store directory; the same as --store file:DIR.
-    #[arg(long, global = true, value_name = "DIR")]
-    dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Write the status of ID, replacing what was there; prints the new version.
-    Set {
-        /// The job id.
-        id: String,
-        #[command(flatten)]
-        fields: FieldArgs,
-        /// Print the written record as JSON instead of its version.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Merge the given fields into the status of ID (creating it if missing); prints the new
-    /// version.
-    ///
-    /// Other fields of the status are kept. Without fields, rewrites the status as it is: a
-    /// write, so the version grows and the record's TTL starts again.
-    Update {
-        /// The job id.
-        id: String,
-        /// Write only if the record is at version V now (exit code 4 otherwise). 0 means
-        /// "only if it does not exist".
-        #[arg(long, value_name = "V")]
-        if_version: Option<u64>,
-        #[command(flatten)]
-        fields: FieldArgs,
-        /// Print the written record as JSON instead of its version.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show the record of ID.
-    Get {
-        /// The job id.
-        id: String,
-        /// Print the record (id, version, created_at, updated_at, status) as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the records.
-    #[command(alias = "list")]
-    Ls {
-        /// Only records in this state.
-        #[arg(long, value_name = "STATE", value_parser = fields::parse_state)]
-        state: Option<String>,
-        /// Only ids starting with this.
-        #[arg(long, value_name = "PREFIX")]
-        prefix: Option<String>,
-        /// Print the records as a JSON array.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove the record of ID.
-    #[command(alias = "remove")]
-    Rm {
-        /// The job id.
-        id: String,
-    },
-    /// Remove expired records (and leftovers of killed writers).
-    Cleanup {
-        /// Remove records not written for this long (`30s`, `5m`, `2h`) instead of the
-        /// store's TTL policy.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
-        /// Report what would be removed, remove nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Counts by state, stale running jobs, the oldest record's age, and health.
-    Stats {
-        /// A running job without a heartbeat for this long is stale.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-              default_value = DEFAULT_STALE_AFTER)]
-        stale_after: Duration,
-        /// Exit with code 6 when the store is not healthy (stale running jobs exist).
-        #[arg(long)]
-        check: bool,
-        /// Print the stats as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Requeue running jobs whose worker stopped heartbeating.
-    ///
-    /// A job goes to failed instead after --max-attempts crashes in a row without progress,
-    /// and to cancelled if a cancel was asked. Each move is a compare-and-set, so a worker
-    /// that writes first keeps its job.
-    Recover {
-        /// A running job without a heartbeat for this long is stale.
-        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-              default_value = DEFAULT_STALE_AFTER)]
-        stale_after: Duration,
-        /// A job goes to failed instead of pending once this many of its attempts in a row
-        /// crashed without advancing its progress or checkpoint.
-        #[arg(long, value_name = "N", default_value_t = RecoveryPolicy::default().max_attempts,
-              value_parser = clap::value_parser!(u32).range(1..))]
-        max_attempts: u32,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    #[command(flatten)]
-    Job(jobs::JobCommand),
-    /// Follow changes live until Ctrl-C (or until stdout closes).
-    Watch {
-        /// The ids to follow (default: every id).
-        ids: Vec<String>,
-        /// Follow only ids starting with this.
-        #[arg(long, value_name = "PREFIX", conflicts_with = "ids")]
-        prefix: Option<String>,
-        /// Print one JSON object per line and per event instead of progress bars.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Serve the store over HTTP until SIGTERM or Ctrl-C (see `syncstatus serve --help`).
-    Serve(serve::ServeArgs),
-}
+use report::{CleanupOutput, StatsOutput, pretty, written};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -420,7 +266,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
                     report: &report,
                 })?
             } else {
-                cleanup_text(&report, dry_run)
+                report::cleanup_text(&report, dry_run)
             }
         }
         Command::Stats {
@@ -432,7 +278,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             let output = if json {
                 pretty(&StatsOutput::from(&stats))?
             } else {
-                stats_text(&stats, stale_after)
+                report::stats_text(&stats, stale_after)
             };
             if check && !stats.healthy {
                 // The report still goes out: it says what is wrong.
@@ -464,7 +310,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             if json {
                 pretty(&report)?
             } else {
-                recover_text(&report)
+                report::recover_text(&report)
             }
         }
         Command::Watch { ids, prefix, json } => {
@@ -510,159 +356,5 @@ async fn update(
             // still makes this fail rather than be overwritten.
             Ok(store.put(id, status, PutMode::Update(expected)).await?)
         }
-    }
-}
-
-fn written(record: &Record, json: bool) -> Result<String, Failure> {
-    if json {
-        pretty(record)
-    } else {
-        Ok(format!("{}\n", record.version))
-    }
-}
-
-/// `stats --json`: the library's stats, with records without a state counted as
-/// `no_state` rather than under an empty state name, as the text output says "(no state)".
-#[derive(Serialize)]
-struct StatsOutput<'a> {
-    counts: std::collections::BTreeMap<&'a str, u64>,
-    no_state: u64,
-    total: u64,
-    stale_running: &'a [String],
-    oldest_age_ms: Option<u64>,
-    unreadable: u64,
-    healthy: bool,
-}
-
-impl<'a> From<&'a syncstatus::Stats> for StatsOutput<'a> {
-    fn from(stats: &'a syncstatus::Stats) -> Self {
-        StatsOutput {
-            counts: stats
-                .counts
-                .iter()
-                .filter(|(state, _)| !state.is_empty())
-                .map(|(state, count)| (state.as_str(), *count))
-                .collect(),
-            no_state: stats.counts.get("").copied().unwrap_or(0),
-            total: stats.total,
-            stale_running: &stats.stale_running,
-            oldest_age_ms: stats.oldest_age_ms,
-            unreadable: stats.unreadable,
-            healthy: stats.healthy,
-        }
-    }
-}
-
-fn stats_text(stats: &syncstatus::Stats, stale_after: Duration) -> String {
-    let mut out = format!("total: {}\n", stats.total);
-    for (state, count) in &stats.counts {
-        let state = if state.is_empty() {
-            "(no state)".to_string()
-        } else {
-            render::escape(state)
-        };
-        out.push_str(&format!("  {state}: {count}\n"));
-    }
-    if let Some(age) = stats.oldest_age_ms {
-        out.push_str(&format!(
-            "oldest: {}\n",
-            render::short_age(Duration::from_millis(age))
-        ));
-    }
-    if stats.unreadable > 0 {
-        out.push_str(&format!("unreadable: {}\n", stats.unreadable));
-    }
-    if !stats.stale_running.is_empty() {
-        out.push_str(&format!(
-            "stale (no heartbeat for {}): {}\n",
-            humantime::format_duration(stale_after),
-            stats.stale_running.join(", ")
-        ));
-    }
-    out.push_str(if stats.healthy {
-        "healthy: yes\n"
-    } else {
-        "healthy: no\n"
-    });
-    out
-}
-
-fn recover_text(report: &syncstatus::RecoveryReport) -> String {
-    let mut out = String::new();
-    for job in &report.recovered {
-        let line = match job.action {
-            RecoveryAction::Requeued => format!(
-                "requeued {} for attempt {} (version {})\n",
-                job.id, job.attempt, job.version
-            ),
-            RecoveryAction::Failed => format!(
-                "failed {} after {} attempt(s) (version {})\n",
-                job.id, job.attempt, job.version
-            ),
-            RecoveryAction::Cancelled => format!(
-                "cancelled {} as requested (version {})\n",
-                job.id, job.version
-            ),
-        };
-        out.push_str(&line);
-    }
-    out.push_str(&format!(
-        "recovered {} job(s); {} running job(s) alive\n",
-        report.recovered.len(),
-        report.alive
-    ));
-    out
-}
-
-fn cleanup_text(report: &syncstatus::CleanupReport, dry_run: bool) -> String {
-    if !report.ran {
-        return "another cleanup of this store is running; this one did nothing\n".to_string();
-    }
-    let verb = if dry_run { "would remove" } else { "removed" };
-    let mut out = format!("{verb} {} record(s)", report.removed.len());
-    if !report.removed.is_empty() {
-        out.push_str(": ");
-        out.push_str(&report.removed.join(", "));
-    }
-    out.push_str(&format!(
-        "\nkept {} record(s); removed {} leftover file(s)\n",
-        report.kept, report.leftovers_removed
-    ));
-    out
-}
-
-/// `cleanup --json`: the store's report and whether it was a dry run.
-#[derive(Serialize)]
-struct CleanupOutput<'a> {
-    dry_run: bool,
-    #[serde(flatten)]
-    report: &'a syncstatus::CleanupReport,
-}
-
-fn pretty<T: Serialize + ?Sized>(value: &T) -> Result<String, Failure> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|error| Failure {
-        code: failure::code::OTHER,
-        message: format!("cannot encode the output as JSON: {error}"),
-    })?;
-    text.push('\n');
-    Ok(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_stale_limit_is_the_library_one() {
-        assert_eq!(
-            humantime::parse_duration(DEFAULT_STALE_AFTER).ok(),
-            Some(syncstatus::DEFAULT_STALE_AFTER)
-        );
-    }
-
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
     }
 }

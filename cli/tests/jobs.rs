@@ -1,20 +1,19 @@
 //! `syncstatus cancel`, `syncstatus retry` and the history in `get`, against a file store that
 //! a worker runtime in this test process works on: cancel comes from another process.
 
+#[path = "../../tests/support/status_watch.rs"]
+mod status_watch;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::jobs::{self, JobHandle, Runtime, RuntimeConfig};
-use syncstatus::{
-    DynSyncStorage, Error, FileStorage, Progress, State, SyncStatus, WatchEvent, WatchOptions,
-    WatchSelector,
-};
+use syncstatus::{DynSyncStorage, Error, FileStorage, Progress, State, SyncStatus};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use status_watch::wait_for_status;
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_syncstatus"))
@@ -66,38 +65,6 @@ fn cancel_and_retry_follow_the_job_states() {
     fails(d, &["retry", "../x"], 2);
 }
 
-async fn wait_for(store: &DynSyncStorage, id: &str, done: impl Fn(&SyncStatus) -> bool) {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([id]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .unwrap_or_else(|_| panic!("`{id}` did not get there in time"))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => Vec::new(),
-        };
-        for record in records {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
-            if done(&status) {
-                return;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_another_process_stops_a_running_job_and_get_shows_its_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,14 +87,20 @@ async fn cancel_from_another_process_stops_a_running_job_and_get_shows_its_histo
         .with_heartbeat_every(Duration::from_millis(100));
     let runtime = Runtime::start(store.clone(), config, job);
     runtime.submit("busy", SyncStatus::pending()).await.unwrap();
-    wait_for(&store, "busy", |s| s.progress.is_some_and(|p| p.done >= 3)).await;
+    wait_for_status(&store, "busy", "progress", |s| {
+        s.progress.is_some_and(|p| p.done >= 3)
+    })
+    .await;
 
     let dir_path = dir.path().to_path_buf();
     let said = tokio::task::spawn_blocking(move || ok(&dir_path, &["cancel", "busy"]))
         .await
         .unwrap();
     assert!(said.contains("cancel requested"), "{said}");
-    wait_for(&store, "busy", |s| s.state == State::Cancelled).await;
+    wait_for_status(&store, "busy", "the cancel", |s| {
+        s.state == State::Cancelled
+    })
+    .await;
     runtime.shutdown().await;
 
     let dir_path = dir.path().to_path_buf();

@@ -1,80 +1,78 @@
-//! The admin routes, behind a bearer key.
+//! The admin routes, behind a bearer key: one router, one layer that checks the key.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::AppState;
+use super::auth::has_bearer_key;
 use super::error::ApiError;
 use super::params::{NoParams, Params};
 use super::reads::checked_id;
+use super::{AppState, metrics};
 use crate::jobs;
 use crate::lifecycle::{self, RecoveredJob, RecoveryReport, Stats};
-use crate::record::Record;
 use crate::storage::{CleanupOptions, CleanupReport};
 
-/// Equality whose time depends only on the length of `given`, not on where it differs from
-/// `expected`, so a caller cannot find the key byte by byte by timing answers.
-pub(super) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut difference = u8::from(given.len() != expected.len());
-    for (index, byte) in given.iter().enumerate() {
-        let other = expected.get(index).copied().unwrap_or(!*byte);
-        difference |= byte ^ other;
-    }
-    std::hint::black_box(difference) == 0
+/// The routes that answer only with the admin key (`/admin/...` and `/metrics`), all behind
+/// one check of it. The check runs before anything else of a matched route, the query
+/// string included; an unknown path is still a 404 without the key.
+pub(super) fn routes(state: &AppState) -> Router<AppState> {
+    let admin = Router::new()
+        .route("/stats", get(stats))
+        .route("/health", get(health))
+        .route("/cleanup", post(cleanup))
+        .route("/recover", post(recover_stale))
+        .route("/recover/{id}", post(recover_one))
+        .route("/cancel/{id}", job_action(JobAction::Cancel))
+        .route("/retry/{id}", job_action(JobAction::Retry));
+    Router::new()
+        .nest("/admin", admin)
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
 }
 
 /// Lets the request through only with the configured bearer key.
-pub(super) fn authorize(config: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn require_key(
+    State(config): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let Some(key) = &config.admin_key else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "admin disabled",
         ));
     };
-    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin key");
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(unauthorized)?
-        .as_bytes();
-    let (scheme, token) = match value.iter().position(|byte| *byte == b' ') {
-        Some(space) => (&value[..space], &value[space + 1..]),
-        None => return Err(unauthorized()),
-    };
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(unauthorized());
+    if !has_bearer_key(request.headers(), key) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin key",
+        ));
     }
-    let token = token.trim_ascii();
-    if constant_time_eq(token, key) {
-        Ok(())
-    } else {
-        Err(unauthorized())
-    }
+    Ok(next.run(request).await)
 }
 
-pub(super) async fn stats(
+async fn stats(
     State(config): State<AppState>,
-    headers: HeaderMap,
     params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Json<Stats>, ApiError> {
-    authorize(&config, &headers)?;
     params?;
     let stats = lifecycle::stats(&*config.store, config.stale_after).await?;
     Ok(Json(stats))
 }
 
-pub(super) async fn health(
+async fn health(
     State(config): State<AppState>,
-    headers: HeaderMap,
     params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Response, ApiError> {
-    authorize(&config, &headers)?;
     params?;
     let stats = lifecycle::stats(&*config.store, config.stale_after).await?;
     let status = if stats.healthy {
@@ -87,7 +85,7 @@ pub(super) async fn health(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CleanupQuery {
+struct CleanupQuery {
     #[serde(default)]
     dry_run: bool,
     ttl: Option<String>,
@@ -101,12 +99,10 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
     })
 }
 
-pub(super) async fn cleanup(
+async fn cleanup(
     State(config): State<AppState>,
-    headers: HeaderMap,
     params: Result<Params<CleanupQuery>, ApiError>,
 ) -> Result<Json<CleanupReport>, ApiError> {
-    authorize(&config, &headers)?;
     let Params(params) = params?;
     let options = CleanupOptions {
         ttl: params.ttl.as_deref().map(parse_ttl).transpose()?,
@@ -124,13 +120,11 @@ pub(super) async fn cleanup(
     Ok(Json(report))
 }
 
-pub(super) async fn recover_one(
+async fn recover_one(
     State(config): State<AppState>,
-    headers: HeaderMap,
     params: Result<Params<NoParams>, ApiError>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RecoveredJob>, ApiError> {
-    authorize(&config, &headers)?;
     params?;
     let id = checked_id(path)?;
     let recovered = lifecycle::recover_job(&*config.store, &id, &config.recovery).await?;
@@ -138,12 +132,10 @@ pub(super) async fn recover_one(
     Ok(Json(recovered))
 }
 
-pub(super) async fn recover_stale(
+async fn recover_stale(
     State(config): State<AppState>,
-    headers: HeaderMap,
     params: Result<Params<NoParams>, ApiError>,
 ) -> Result<Json<RecoveryReport>, ApiError> {
-    authorize(&config, &headers)?;
     params?;
     let report =
         lifecycle::recover_stale(&*config.store, config.stale_after, &config.recovery).await?;
@@ -155,42 +147,27 @@ pub(super) async fn recover_stale(
     Ok(Json(report))
 }
 
-pub(super) async fn cancel_one(
-    State(config): State<AppState>,
-    headers: HeaderMap,
-    params: Result<Params<NoParams>, ApiError>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Record>, ApiError> {
-    authorize(&config, &headers)?;
-    params?;
-    let id = checked_id(path)?;
-    Ok(Json(jobs::cancel(&*config.store, &id).await?))
+/// What an operator asks of one job.
+#[derive(Clone, Copy, Debug)]
+enum JobAction {
+    Cancel,
+    Retry,
 }
 
-pub(super) async fn retry_one(
-    State(config): State<AppState>,
-    headers: HeaderMap,
-    params: Result<Params<NoParams>, ApiError>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Record>, ApiError> {
-    authorize(&config, &headers)?;
-    params?;
-    let id = checked_id(path)?;
-    Ok(Json(jobs::retry(&*config.store, &id).await?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn equal_only_when_every_byte_and_the_length_match() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(constant_time_eq(b"", b""));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
-        assert!(!constant_time_eq(b"s3crett", b"s3cret"));
-        assert!(!constant_time_eq(b"", b"s3cret"));
-        assert!(!constant_time_eq(b"x", b""));
-    }
+/// `POST /admin/cancel/{id}` and `POST /admin/retry/{id}`: the job's record once the action
+/// is written.
+fn job_action(action: JobAction) -> MethodRouter<AppState> {
+    post(
+        move |State(config): State<AppState>,
+              params: Result<Params<NoParams>, ApiError>,
+              path: Result<Path<String>, PathRejection>| async move {
+            params?;
+            let id = checked_id(path)?;
+            let record = match action {
+                JobAction::Cancel => jobs::cancel(&*config.store, &id).await?,
+                JobAction::Retry => jobs::retry(&*config.store, &id).await?,
+            };
+            Ok::<_, ApiError>(Json(record))
+        },
+    )
 }

@@ -88,6 +88,7 @@
 //! 401. Without a key configured they are disabled and answer 503 `{"error": "admin disabled"}`.
 
 mod admin;
+mod auth;
 mod cors;
 mod error;
 mod etag;
@@ -220,16 +221,9 @@ impl RouterConfig {
                     .delete(writes::delete),
             )
             .route("/syncs/{id}/heartbeat", post(writes::heartbeat))
-            .route("/metrics", get(metrics::metrics))
             .route("/syncs/{id}/events", get(events::one))
             .route("/events", get(events::all))
-            .route("/admin/stats", get(admin::stats))
-            .route("/admin/health", get(admin::health))
-            .route("/admin/cleanup", post(admin::cleanup))
-            .route("/admin/recover", post(admin::recover_stale))
-            .route("/admin/recover/{id}", post(admin::recover_one))
-            .route("/admin/cancel/{id}", post(admin::cancel_one))
-            .route("/admin/retry/{id}", post(admin::retry_one))
+            .merge(admin::routes(&state))
             .with_state(state);
         match cors {
             Some(cors) => router.layer(cors),

@@ -11,7 +11,7 @@ use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::admin::constant_time_eq;
+use super::auth::has_bearer_key;
 use super::error::ApiError;
 use super::etag::{Condition, condition, etag_of, header_value};
 use super::reads::checked_id;
@@ -91,21 +91,13 @@ fn authorize(
             "writes are disabled on this server (start it with a write key)",
         )),
         WriteAccess::Key(key) => {
-            let unauthorized =
-                || ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong write key");
-            let value = headers
-                .get(header::AUTHORIZATION)
-                .ok_or_else(unauthorized)?
-                .as_bytes();
-            let token = value
-                .split_at_checked(7)
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
-                .map(|(_, token)| token.trim_ascii())
-                .ok_or_else(unauthorized)?;
-            if constant_time_eq(token, key) {
+            if has_bearer_key(headers, key) {
                 Ok(())
             } else {
-                Err(unauthorized())
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong write key",
+                ))
             }
         }
         WriteAccess::Local => {

@@ -7,16 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::jobs::{self, AttemptEnd, JobHandle, Runtime, RuntimeConfig, StopReason};
-use syncstatus::{
-    DynSyncStorage, Error, Progress, RecoveryPolicy, State, SyncStatus, WatchEvent, WatchOptions,
-    WatchSelector, recover_stale,
-};
+use syncstatus::{Error, Progress, RecoveryPolicy, State, SyncStatus, recover_stale};
 use tokio::sync::Notify;
 
 use crate::conformance::Fixture;
+use crate::support::status_watch::wait_for_status;
 
 /// Longest wait for a job to reach a state; far above what any check needs.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(30);
@@ -32,50 +29,6 @@ fn config() -> RuntimeConfig {
 
 fn parse(record: &syncstatus::Record) -> SyncStatus {
     serde_json::from_value(record.status.clone()).unwrap()
-}
-
-/// Waits, on the store's watch, until the status of `id` satisfies `done`.
-pub async fn wait_for_status(
-    store: &DynSyncStorage,
-    id: &str,
-    what: &str,
-    done: impl Fn(&SyncStatus) -> bool,
-) -> SyncStatus {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([id]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + JOB_DEADLINE;
-    let mut last = None;
-    loop {
-        let event = match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(event))) => event,
-            Ok(Some(Err(error))) => panic!("watch error while waiting for {what}: {error}"),
-            Ok(None) => panic!("watch ended while waiting for {what}"),
-            Err(_) => {
-                let stored = store.get(id).await;
-                panic!("gave up waiting for {what}; last seen {last:?}; stored {stored:?}")
-            }
-        };
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => Vec::new(),
-        };
-        for record in records.iter().filter(|record| record.id == id) {
-            let status = parse(record);
-            if done(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-    }
 }
 
 /// A job that completes at once with the pages of its data.

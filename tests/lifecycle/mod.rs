@@ -10,13 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use syncstatus::{
-    CleanupOptions, CleanupReport, DynSyncStorage, Error, Idempotency, InProgressPolicy,
-    ListFilter, Listing, LockGuard, PutMode, Record, RecoveryAction, RecoveryPolicy, RunError,
-    SharedClock, State, SyncStatus, SyncStorage, UpdateFn, WatchOptions, WatchSelector,
-    WatchStream, heartbeat, recover_job, recover_stale, stats,
+    DynSyncStorage, Error, Idempotency, InProgressPolicy, PutMode, Record, RecoveryAction,
+    RecoveryPolicy, RunError, State, SyncStatus, SyncStorage, heartbeat, recover_job,
+    recover_stale, stats,
 };
 
 use crate::conformance::{Fixture, NowTs};
+use crate::support::forwarding::{Hooked, Hooks};
 
 fn running_job(now: syncstatus::Timestamp) -> Value {
     serde_json::to_value(SyncStatus::pending().start(now)).unwrap()
@@ -94,52 +94,26 @@ pub async fn check_recover_stale(f: Fixture) {
     assert!(failed.error.unwrap().contains("gave up after 2 attempts"));
 }
 
-/// A store that lands a heartbeat of the job just before recovery's conditional write: the
+/// Hooks that land a heartbeat of the job just before recovery's conditional write: the
 /// race between a late heartbeat and recovery, made deterministic.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct LateHeartbeat {
-    inner: DynSyncStorage,
     fired: AtomicUsize,
 }
 
 #[async_trait]
-impl SyncStorage for LateHeartbeat {
-    fn backend_name(&self) -> &'static str {
-        "late-heartbeat"
-    }
-    fn clock(&self) -> SharedClock {
-        self.inner.clock()
-    }
-    async fn get(&self, id: &str) -> syncstatus::Result<Option<Record>> {
-        self.inner.get(id).await
-    }
-    async fn put(&self, id: &str, status: Value, mode: PutMode) -> syncstatus::Result<Record> {
-        if matches!(mode, PutMode::Update(_)) && self.fired.fetch_add(1, Ordering::SeqCst) == 0 {
-            heartbeat(&*self.inner, id).await?;
-        }
-        self.inner.put(id, status, mode).await
-    }
-    async fn update(&self, id: &str, f: &mut UpdateFn<'_>) -> syncstatus::Result<Record> {
-        self.inner.update(id, f).await
-    }
-    async fn delete(&self, id: &str) -> syncstatus::Result<bool> {
-        self.inner.delete(id).await
-    }
-    async fn list(&self, filter: &ListFilter) -> syncstatus::Result<Listing> {
-        self.inner.list(filter).await
-    }
-    async fn cleanup(&self, options: &CleanupOptions) -> syncstatus::Result<CleanupReport> {
-        self.inner.cleanup(options).await
-    }
-    async fn watch(
+impl Hooks for LateHeartbeat {
+    async fn put(
         &self,
-        selector: WatchSelector,
-        options: WatchOptions,
-    ) -> syncstatus::Result<WatchStream> {
-        self.inner.watch(selector, options).await
-    }
-    async fn try_lock(&self, name: &str, lease: Duration) -> syncstatus::Result<Option<LockGuard>> {
-        self.inner.try_lock(name, lease).await
+        inner: &DynSyncStorage,
+        id: &str,
+        status: Value,
+        mode: PutMode,
+    ) -> syncstatus::Result<Record> {
+        if matches!(mode, PutMode::Update(_)) && self.fired.fetch_add(1, Ordering::SeqCst) == 0 {
+            heartbeat(&**inner, id).await?;
+        }
+        inner.put(id, status, mode).await
     }
 }
 
@@ -149,10 +123,7 @@ pub async fn check_late_heartbeat_beats_recovery(f: Fixture) {
         .await
         .unwrap();
     f.clock.advance(Duration::from_secs(120));
-    let racing = LateHeartbeat {
-        inner: f.store.clone(),
-        fired: AtomicUsize::new(0),
-    };
+    let racing = Hooked::new(f.store.clone(), LateHeartbeat::default());
     let report = recover_stale(&racing, Duration::from_secs(60), &RecoveryPolicy::default())
         .await
         .unwrap();

@@ -1,0 +1,9 @@
+//! Helpers several test binaries share (`mod support;`); each binary uses a part of them.
+
+#![allow(dead_code)]
+
+pub mod child;
+pub mod forwarding;
+pub mod status_watch;
+pub mod tls_server;
+pub mod watch_feed;

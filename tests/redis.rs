@@ -9,109 +9,33 @@
 mod conformance;
 mod jobs;
 mod lifecycle;
+mod redis_support;
 mod skips;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use conformance::{EVENT_DEADLINE, Fixture, standard_ttl};
 use futures_util::StreamExt;
+use redis_support::{Server, Setup};
 use serde_json::json;
 use syncstatus::redis::RedisStorage;
 use syncstatus::{
-    CleanupOptions, Error, ListFilter, ManualClock, PutMode, Record, SyncStorage, SyncStorageExt,
-    TtlPolicy, WatchEvent, WatchOptions, WatchSelector, WatchStream,
+    CleanupOptions, Error, ListFilter, PutMode, Record, SyncStorage, SyncStorageExt, TtlPolicy,
+    WatchEvent, WatchOptions, WatchSelector, WatchStream,
 };
 
 fn redis_url() -> String {
     std::env::var("SYNCSTATUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
-fn unique_prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("syncstatus-test:{name}:{}:{nanos}:", std::process::id())
-}
-
-/// Deletes every key under the prefix when dropped.
-struct KeyCleanup {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for KeyCleanup {
-    fn drop(&mut self) {
-        let url = self.url.clone();
-        let pattern = format!("{}*", glob_escape(&self.prefix));
-        // A plain thread with a blocking connection: drop cannot await.
-        let result = std::thread::spawn(move || -> redis::RedisResult<()> {
-            let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-            let keys: Vec<String> = redis::cmd("SCAN")
-                .cursor_arg(0)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone()
-                .iter(&mut conn)?
-                .collect::<redis::RedisResult<_>>()?;
-            for chunk in keys.chunks(500) {
-                redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
-            }
-            Ok(())
-        })
-        .join();
-        if !matches!(result, Ok(Ok(()))) {
-            eprintln!("could not remove the test keys under {}", self.prefix);
-        }
+fn server() -> Server {
+    Server {
+        url: redis_url(),
+        nodes: vec![redis_url()],
+        enable: "start redis-server, or point SYNCSTATUS_REDIS_URL at one",
     }
-}
-
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A store on a fresh prefix with a manual clock, or `None` (after saying so) when there is
-/// no server and none is required.
-async fn store_on(prefix: &str, clock: &ManualClock, ttl: TtlPolicy) -> Option<RedisStorage> {
-    let url = redis_url();
-    match RedisStorage::builder(&url)
-        .with_prefix(prefix)
-        .with_ttl(ttl)
-        .with_clock(Arc::new(clock.clone()))
-        .build()
-        .await
-    {
-        Ok(store) => Some(store),
-        Err(error @ Error::Backend { .. }) => {
-            skips::skip(
-                &format!(
-                    "Redis at {} is unreachable ({error})",
-                    skips::redacted(&url)
-                ),
-                "start redis-server, or point SYNCSTATUS_REDIS_URL at one",
-            );
-            None
-        }
-        Err(error) => panic!("could not open a redis store: {error}"),
-    }
-}
-
-struct Setup {
-    store: RedisStorage,
-    clock: ManualClock,
-    prefix: String,
-    guard: KeyCleanup,
 }
 
 async fn setup(name: &str) -> Option<Setup> {
@@ -119,29 +43,12 @@ async fn setup(name: &str) -> Option<Setup> {
 }
 
 async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
-    let prefix = unique_prefix(name);
-    let clock = ManualClock::starting_now();
-    let store = store_on(&prefix, &clock, ttl).await?;
-    Some(Setup {
-        store,
-        clock,
-        guard: KeyCleanup {
-            url: redis_url(),
-            prefix: prefix.clone(),
-        },
-        prefix,
-    })
+    redis_support::setup_with(&server(), name, ttl).await
 }
 
 async fn make(name: &str) -> Option<Fixture> {
-    let setup = setup(name).await?;
-    let other = store_on(&setup.prefix, &setup.clock, standard_ttl()).await?;
-    let seeding = setup.store.clone();
-    Some(Fixture {
-        other: Arc::new(other),
-        store: Arc::new(setup.store),
-        clock: setup.clock,
-        seed_max_version: Some(Box::new(move |id| {
+    redis_support::fixture(&server(), name, |seeding| {
+        Some(Box::new(move |id| {
             let store = seeding.clone();
             Box::pin(async move {
                 // Written, then its version changed by hand: no store API gets there.
@@ -167,9 +74,9 @@ async fn make(name: &str) -> Option<Fixture> {
                     .unwrap();
                 u64::MAX
             })
-        })),
-        _guard: Box::new(setup.guard),
+        }))
     })
+    .await
 }
 
 all_conformance_tests!(make);

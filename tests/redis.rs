@@ -744,3 +744,67 @@ async fn another_process_shares_the_store() {
     })
     .await;
 }
+
+/// On Redis 7 and later an update writes one key: the expiry time is the key's own (`PXAT`
+/// at the store clock's expiry, read back with `PEXPIRETIME`) and the index entry, written
+/// when the id was new, is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_on_redis_7_keep_the_expiry_in_the_key_and_leave_the_index() {
+    let Some(s) = setup("pexpiretime").await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let version: String = redis::cmd("EVAL")
+        .arg("return redis.REDIS_VERSION or ''")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if version.is_empty() {
+        // Before Redis 7 the index score holds the expiry time, as the write script's
+        // other branch does.
+        return;
+    }
+    let key = s.store.key_of("job").unwrap();
+    let index = format!("{}.ids", s.store.key_prefix());
+    let mut written = None;
+    for n in 0..3 {
+        s.clock.advance(Duration::from_secs(7));
+        let record = s
+            .store
+            .put(
+                "job",
+                json!({"state": "running", "n": n}),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let expires_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ttl = standard_ttl().ttl_for(&record.status).unwrap();
+        assert_eq!(
+            expires_at as u64,
+            record.updated_at.as_millis() + ttl.as_millis() as u64
+        );
+        let score: String = redis::cmd("ZSCORE")
+            .arg(&index)
+            .arg("job")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(score, "inf", "the index entry of a new id, never rewritten");
+        written = Some(record);
+    }
+    assert_eq!(written.unwrap().version, 3);
+    // Expired by the store's clock while Redis still holds the key: a write starts again.
+    s.clock.advance(Duration::from_secs(3600));
+    let again = s
+        .store
+        .put("job", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
+}

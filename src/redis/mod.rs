@@ -3,23 +3,30 @@
 //! ```text
 //! <prefix><id>            the record, the same JSON envelope as a file store's file
 //!                         (`redis-cli GET 'syncstatus:job-1'`), with Redis's own expiry
-//! <prefix>.ids            sorted set of the ids, scored by expiry time (ms; `+inf`: never)
+//! <prefix>.ids            sorted set of the ids (on Redis 7 and later written only when an
+//!                         id is new, scored `+inf`; before, scored by expiry time in ms)
 //! <prefix>.lock:<name>    store-wide locks (`SET NX PX` with a unique token)
 //! <prefix>.events         pub/sub channel: `<id> <version>` per write (`0`: removed)
 //! ```
 //!
 //! Ids never start with `.`, so the store's own keys cannot collide with a record.
 //!
+//! On a Redis Cluster (`redis+cluster://`, feature `redis-cluster`) every key starts with
+//! [`RedisStorage::key_prefix`], the prefix within a hash tag (`{syncstatus:}job-1`), so that a
+//! store's keys share one slot: a script may touch only keys of one slot. The watch subscribes
+//! on any node, since a classic `PUBLISH` reaches every node.
+//!
 //! Watching needs Redis 6 or later: the watch connection speaks RESP3, so that it can name
 //! itself (`CLIENT SETNAME syncstatus-watch:<prefix>`) and learn at once when it is cut.
 //!
 //! Every write (put, delete, cleanup removal) runs in one Lua script that checks its condition,
 //! writes, keeps the index and publishes, so compare-and-set happens inside Redis and watchers
-//! on any machine see every write. Expiry is twofold: Redis expires keys by itself (`PX`
-//! refreshed on every write from the TTL policy of the written state), and every read judges
-//! expiry by the store's clock, so an injected clock is obeyed. Stores that share a prefix
-//! should share their TTL policy: writers judge an older record's expiry by the expiry time
-//! recorded when it was written.
+//! on any machine see every write. Expiry is twofold: Redis expires keys by itself (set on
+//! every write from the TTL policy of the written state: `PXAT` at the expiry time by the
+//! store's clock on Redis 7 and later, `PX` before), and every read judges expiry by the
+//! store's clock, so an injected clock is obeyed. Stores that share a prefix should share
+//! their TTL policy: writers judge an older record's expiry by the expiry time recorded when
+//! it was written (the key's `PEXPIRETIME`; before Redis 7, the index score).
 
 mod client;
 mod lock;
@@ -172,6 +179,10 @@ impl RedisStorageBuilder {
 
     /// The clock expiry is judged by on read (default: the system clock). Tests pass a
     /// [`ManualClock`](crate::ManualClock).
+    ///
+    /// On Redis 7 and later the key's own expiry is set at the expiry time by this clock
+    /// (`PXAT`), so that writers can judge it from the key alone: a clock that lags the
+    /// server's by more than a TTL makes Redis drop the records it writes at once.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self

@@ -205,6 +205,7 @@ impl std::str::FromStr for StoreUrl {
 }
 
 /// Whether `text` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
+#[cfg(feature = "redis")]
 pub(crate) fn is_redis_cluster(text: &str) -> bool {
     split_scheme(text).is_some_and(|(scheme, _)| {
         matches!(
@@ -516,7 +517,7 @@ mod tests {
             redis_cluster_parts("redis+cluster://h:1,h:2?prefix=x:&protocol=resp3").unwrap();
         assert_eq!(
             nodes,
-            ["redis://h:1/?protocol=resp3", "redis://h:2/?protocol=resp3"]
+            ["redis://h:1?protocol=resp3", "redis://h:2?protocol=resp3"]
         );
         assert_eq!(prefix.as_deref(), Some("x:"));
     }

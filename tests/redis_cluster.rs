@@ -191,7 +191,7 @@ fn a_missing_cluster_is_reported_as_a_visible_skip() {
         "check_get_missing_is_none",
         &[(URL_VAR, "")],
     );
-    let expected = format!("SKIPPED check_get_missing_is_none: no Redis Cluster configured");
-    assert!(stderr.contains(&expected), "{stderr}");
+    let expected = "SKIPPED check_get_missing_is_none: no Redis Cluster configured";
+    assert!(stderr.contains(expected), "{stderr}");
     assert!(stderr.contains(".ci/redis-cluster"), "{stderr}");
 }

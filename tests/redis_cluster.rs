@@ -195,3 +195,17 @@ fn a_missing_cluster_is_reported_as_a_visible_skip() {
     assert!(stderr.contains(expected), "{stderr}");
     assert!(stderr.contains(".ci/redis-cluster"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_connection_manager_is_refused_for_a_cluster() {
+    let Some(server) = server() else { return };
+    let client = redis::Client::open(server.nodes[0].as_str()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let error = syncstatus::redis::RedisStorage::builder(&server.url)
+        .with_connection_manager(manager)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, syncstatus::Error::Config(_)), "{error:?}");
+    assert!(error.to_string().contains("is a cluster"), "{error}");
+}

@@ -164,7 +164,8 @@ impl RedisStorageBuilder {
 
     /// Uses the application's own connection manager for commands instead of opening one.
     /// It must talk to the same server and database as the client the builder was made
-    /// with; the watch still opens a connection of its own from that client.
+    /// with; the watch still opens a connection of its own from that client. Not for a
+    /// cluster URL ([`build`](Self::build) refuses it).
     pub fn with_connection_manager(mut self, connection: ConnectionManager) -> Self {
         self.connection = Some(connection);
         self
@@ -209,6 +210,11 @@ impl RedisStorageBuilder {
             response: RESPONSE_TIMEOUT,
         };
         let conn = match self.connection {
+            Some(_) if target.is_cluster() => {
+                return Err(Error::Config(format!(
+                    "a connection manager talks to one server, and `{shown}` is a cluster"
+                )));
+            }
             Some(conn) => Conn::Single(conn),
             None => target.connect(timeouts).await.map_err(|error| {
                 let error = command_error("connect to", &shown)(error);

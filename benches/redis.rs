@@ -1,9 +1,12 @@
 //! Put/get throughput of `RedisStorage` against the raw `redis` crate doing `SET`/`GET` of the
 //! same JSON over the same kind of connection, in one run with interleaved rounds.
 //!
-//! A third variant, for puts, is the floor of any atomic versioned write done in Lua: a
-//! minimal script that reads the version and writes the same JSON with `PX` (no index, no
-//! publish, no mode checks), called through the same connection.
+//! A third variant, for puts, is the floor of a compare-and-set write done in Lua that keeps
+//! what ours keeps: the least script that reads the stored version and creation time, writes
+//! the envelope with the next version and `PX`, adds the id to the index and publishes the
+//! change (no mode checks, no expiry judged by the store's clock, no corruption fallback).
+//! Every baseline does the client's work of ours per op: the raw `SET` and the script
+//! serialize the status (the `SET` the whole record), the raw `GET` parses the record.
 //!
 //! `cargo bench --all-features --bench redis` (server: `SYNCSTATUS_REDIS_URL`, default
 //! `redis://127.0.0.1:6379/0`). Prints one table; every figure is the median of the rounds
@@ -17,11 +20,19 @@ use serde_json::{Value, json};
 use syncstatus::redis::RedisStorage;
 use syncstatus::{PutMode, Record, SyncStorage, Timestamp, WatchOptions, WatchSelector};
 
-const ROUNDS: usize = 7;
+/// Rounds per run (`ROUNDS` overrides).
+fn rounds() -> usize {
+    std::env::var("ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(7)
+}
 const IDS: usize = 100;
 const SEQUENTIAL_OPS: usize = 2_000;
 const TASKS: usize = 16;
 const OPS_PER_TASK: usize = 500;
+/// The store's default TTL, which every variant's write sets.
+const TTL_MS: u64 = 300_000;
 
 fn status(n: usize) -> Value {
     json!({
@@ -40,16 +51,62 @@ enum Op {
     Get,
 }
 
-/// The least an atomic versioned write in Lua does.
+/// The least a compare-and-set write in Lua does that keeps a versioned envelope, an index of
+/// the ids and a change feed. KEYS: record, index. ARGV: id, status JSON, now (RFC 3339), PX,
+/// index score, channel, `expires_at` as JSON.
 const FLOOR_SCRIPT: &str = r#"
 local current = redis.call('GET', KEYS[1])
 local version = 0
+local created = ARGV[3]
 if current then
-  version = tonumber(string.match(current, '"version":(%d+)')) or 0
+  local v, c = string.match(current, '^{"id":"[^"]*","version":(%d+),"created_at":"([^"]*)"')
+  version = tonumber(v)
+  created = c
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return version + 1
+version = version + 1
+redis.call('SET', KEYS[1], '{"id":"' .. ARGV[1] .. '","version":' .. version .. ',"created_at":"'
+  .. created .. '","updated_at":"' .. ARGV[3] .. '","expires_at":' .. ARGV[7] .. ',"status":' .. ARGV[2] .. '}',
+  'PX', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. version)
+return version
 "#;
+
+/// [`FLOOR_SCRIPT`] writing the index only for a new id, as ours does on Redis 7: the least
+/// a write that keeps an id index can do.
+const FLOOR_NEW_ID_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+local version = 0
+local created = ARGV[3]
+if current then
+  local v, c = string.match(current, '^{"id":"[^"]*","version":(%d+),"created_at":"([^"]*)"')
+  version = tonumber(v)
+  created = c
+end
+version = version + 1
+redis.call('SET', KEYS[1], '{"id":"' .. ARGV[1] .. '","version":' .. version .. ',"created_at":"'
+  .. created .. '","updated_at":"' .. ARGV[3] .. '","expires_at":' .. ARGV[7] .. ',"status":' .. ARGV[2] .. '}',
+  'PX', ARGV[4])
+if not current then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. version)
+return version
+"#;
+
+/// The record the raw `SET` writes for op `i`, serialized per op as ours serializes.
+fn record_json(id: &str, i: usize) -> String {
+    let now = Timestamp::now();
+    serde_json::to_string(&Record {
+        id: id.to_string(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(Timestamp::from_millis(now.as_millis() + TTL_MS)),
+        status: status(i),
+    })
+    .expect("json")
+}
 
 #[derive(Clone)]
 enum Target {
@@ -57,12 +114,10 @@ enum Target {
     Raw {
         conn: ConnectionManager,
         prefix: String,
-        json: Arc<Vec<String>>,
     },
     Floor {
         conn: ConnectionManager,
         prefix: String,
-        json: Arc<Vec<String>>,
         script: Arc<redis::Script>,
     },
 }
@@ -82,10 +137,12 @@ impl Target {
                 (Target::Ours(store), Op::Get) => {
                     store.get(id).await.expect("get").expect("present");
                 }
-                (Target::Raw { conn, prefix, json }, Op::Put) => {
+                (Target::Raw { conn, prefix }, Op::Put) => {
                     let _: () = redis::cmd("SET")
                         .arg(format!("{prefix}{id}"))
-                        .arg(&json[slot])
+                        .arg(record_json(id, i))
+                        .arg("PX")
+                        .arg(TTL_MS)
                         .query_async(&mut conn.clone())
                         .await
                         .expect("SET");
@@ -94,26 +151,37 @@ impl Target {
                     Target::Floor {
                         conn,
                         prefix,
-                        json,
                         script,
                     },
                     _,
                 ) => {
+                    let status = serde_json::to_string(&status(i)).expect("json");
+                    let now = Timestamp::now();
                     let _: u64 = script
                         .key(format!("{prefix}{id}"))
-                        .arg(&json[slot])
-                        .arg(300_000)
+                        .key(format!("{prefix}.ids"))
+                        .arg(id)
+                        .arg(status)
+                        .arg(now.to_string())
+                        .arg(TTL_MS)
+                        .arg(now.as_millis() + TTL_MS)
+                        .arg(format!("{prefix}.events"))
+                        .arg(format!(
+                            "\"{}\"",
+                            Timestamp::from_millis(now.as_millis() + TTL_MS)
+                        ))
                         .invoke_async(&mut conn.clone())
                         .await
                         .expect("EVALSHA");
                 }
                 (Target::Raw { conn, prefix, .. }, Op::Get) => {
-                    let value: Option<Vec<u8>> = redis::cmd("GET")
+                    let value: Vec<u8> = redis::cmd("GET")
                         .arg(format!("{prefix}{id}"))
                         .query_async(&mut conn.clone())
                         .await
                         .expect("GET");
-                    assert!(value.is_some());
+                    let record: Record = serde_json::from_slice(&value).expect("a record");
+                    assert_eq!(&record.id, id);
                 }
             }
         }
@@ -152,6 +220,7 @@ struct Row {
     ours: Vec<f64>,
     raw: Vec<f64>,
     floor: Vec<f64>,
+    floor_new_id: Vec<f64>,
 }
 
 impl Row {
@@ -163,6 +232,7 @@ impl Row {
             ours: vec![],
             raw: vec![],
             floor: vec![],
+            floor_new_id: vec![],
         }
     }
 }
@@ -247,41 +317,27 @@ async fn bench() {
     let client = redis::Client::open(url.as_str()).expect("redis URL");
     let mut conn = ConnectionManager::new(client).await.expect("connect");
     let ids: Arc<Vec<String>> = Arc::new((0..IDS).map(|i| format!("job-{i:04}")).collect());
-    // The raw baseline writes the very bytes our store writes.
-    let json: Vec<String> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            serde_json::to_string(&Record {
-                id: id.clone(),
-                version: 1,
-                created_at: Timestamp::now(),
-                updated_at: Timestamp::now(),
-                expires_at: None,
-                status: status(i),
-            })
-            .expect("json")
-        })
-        .collect();
-    let record_bytes = json.iter().map(String::len).sum::<usize>() / json.len();
-    let json = Arc::new(json);
+    let record_bytes = record_json(&ids[0], 0).len();
     let ours = Target::Ours(store.clone());
     let raw = Target::Raw {
         conn: conn.clone(),
         prefix: raw_prefix.clone(),
-        json: json.clone(),
     };
-    // Seed both, so gets find records, and warm up connections and the script cache.
-    ours.run(Op::Put, &ids, 0, IDS).await;
-    raw.run(Op::Put, &ids, 0, IDS).await;
-
     let floor = Target::Floor {
         conn: conn.clone(),
         prefix: format!("{prefix}floor:"),
-        json: json.clone(),
         script: Arc::new(redis::Script::new(FLOOR_SCRIPT)),
     };
+    // Seed all, so gets find records, and warm up connections and the script cache.
+    ours.run(Op::Put, &ids, 0, IDS).await;
+    raw.run(Op::Put, &ids, 0, IDS).await;
     floor.run(Op::Put, &ids, 0, IDS).await;
+    let floor_new_id = Target::Floor {
+        conn: conn.clone(),
+        prefix: format!("{prefix}floor-new-id:"),
+        script: Arc::new(redis::Script::new(FLOOR_NEW_ID_SCRIPT)),
+    };
+    floor_new_id.run(Op::Put, &ids, 0, IDS).await;
 
     let mut rows = vec![
         Row::new("put, sequential", Op::Put, false),
@@ -290,12 +346,14 @@ async fn bench() {
         Row::new("get, 16 tasks", Op::Get, true),
     ];
     let mut watched = Row::new("put, 16 tasks, 1 watch open", Op::Put, true);
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         for row in rows.iter_mut() {
             let mut variants: Vec<(&Target, &mut Vec<f64>)> =
                 vec![(&ours, &mut row.ours), (&raw, &mut row.raw)];
             if row.op == Op::Put {
                 variants.push((&floor, &mut row.floor));
+                variants.push((&floor_new_id, &mut row.floor_new_id));
             }
             // Rotate which goes first, so none always runs on a warmer server.
             let len = variants.len();
@@ -316,32 +374,36 @@ async fn bench() {
 
     println!(
         "RedisStorage vs raw redis SET/GET of the same JSON: {IDS} ids, ~{record_bytes} B per \
-         record, {ROUNDS} interleaved rounds; sequential rounds {SEQUENTIAL_OPS} ops, concurrent \
+         record, {rounds} interleaved rounds; sequential rounds {SEQUENTIAL_OPS} ops, concurrent \
          rounds {TASKS} tasks x {OPS_PER_TASK} ops; one multiplexed connection each"
     );
     println!();
     println!(
-        "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} |",
+        "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} | {:>24} | {:>19} |",
         "operation",
         "RedisStorage ops/s",
         "raw SET/GET ops/s",
         "ours/raw",
         "minimal Lua CAS ops/s",
-        "ours/minimal CAS"
+        "ours/minimal CAS",
+        "CAS, index new ids ops/s",
+        "ours/that"
     );
     println!(
-        "|{:-<30}|{:->26}|{:->26}|{:->21}|{:->26}|{:->21}|",
-        "", "", "", "", "", ""
+        "|{:-<30}|{:->26}|{:->26}|{:->21}|{:->26}|{:->21}|{:->26}|{:->21}|",
+        "", "", "", "", "", "", "", ""
     );
     for row in &rows {
         println!(
-            "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} |",
+            "| {:<28} | {:>24} | {:>24} | {:>19} | {:>24} | {:>19} | {:>24} | {:>19} |",
             row.name,
             cell(&row.ours),
             cell(&row.raw),
             ratio_cell(&row.ours, &row.raw),
             cell(&row.floor),
             ratio_cell(&row.ours, &row.floor),
+            cell(&row.floor_new_id),
+            ratio_cell(&row.ours, &row.floor_new_id),
         );
     }
     println!();

@@ -321,8 +321,8 @@ pub trait SyncStorage: Send + Sync + Debug + 'static {
     /// Number of live records per state. Records without a `state` are counted under `""`.
     ///
     /// For callers that want the counts alone: PostgreSQL and memory answer it without
-    /// moving the records (the default lists them). [`stats`](crate::stats) does not call
-    /// it: it reads every record anyway, for stale jobs, ages and unreadable records, and
+    /// moving the records (the default scans them). [`stats`](crate::stats) does not call
+    /// it: it scans every record anyway, for stale jobs, ages and unreadable records, and
     /// counts in that same pass, so its counts and its other figures come from one read.
     async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::new();

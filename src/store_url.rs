@@ -2,7 +2,8 @@
 //! without their passwords.
 //!
 //! The forms: `file:DIR`, `file:///abs/dir`, a bare path (`./data/sync-status`, `/var/lib/x`,
-//! `data`), `memory:`, `redis://…`/`rediss://…` and `postgres://…`/`postgresql://…`.
+//! `data`), `memory:`, `redis://…`/`rediss://…`, `redis+cluster://…`/`rediss+cluster://…` and
+//! `postgres://…`/`postgresql://…`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +65,10 @@ pub enum StoreUrl {
     Memory,
     /// A Redis server (`redis://` or `rediss://`).
     Redis(Url),
+    /// A Redis Cluster (`redis+cluster://host:port,host:port/` or `rediss+cluster://…`): one
+    /// `redis://` (or `rediss://`) URL per seed node, each with the credentials and parameters
+    /// of the whole.
+    RedisCluster(Vec<Url>),
     /// A PostgreSQL server (`postgres://` or `postgresql://`).
     Postgres(Url),
 }
@@ -103,13 +108,16 @@ impl StoreUrl {
                 query_params(&url, Some(REDIS_PARAMS))?;
                 Ok(StoreUrl::Redis(url))
             }
+            "redis+cluster" | "rediss+cluster" => {
+                Ok(StoreUrl::RedisCluster(redis_cluster_nodes(text)?))
+            }
             "postgres" | "postgresql" => {
                 let url = parse_url(text, "PostgreSQL")?;
                 query_params(&url, Some(POSTGRES_PARAMS))?;
                 Ok(StoreUrl::Postgres(url))
             }
             other => Err(Error::Config(format!(
-                "unknown store scheme `{other}:` in `{shown}` (expected a directory, file:DIR, memory:, redis:// or postgres://)"
+                "unknown store scheme `{other}:` in `{shown}` (expected a directory, file:DIR, memory:, redis://, redis+cluster:// or postgres://)"
             ))),
         }
     }
@@ -151,12 +159,16 @@ impl StoreUrl {
             StoreUrl::Redis(url) => Ok(Arc::new(
                 crate::redis::RedisStorage::open(url.as_str()).await?,
             )),
+            #[cfg(feature = "redis")]
+            StoreUrl::RedisCluster(nodes) => Ok(Arc::new(
+                crate::redis::RedisStorage::open(&cluster_text(nodes, false)).await?,
+            )),
             #[cfg(feature = "postgres")]
             StoreUrl::Postgres(url) => Ok(Arc::new(
                 crate::postgres::PostgresStorage::open(url.as_str()).await?,
             )),
             #[cfg(not(feature = "redis"))]
-            StoreUrl::Redis(_) => Err(Error::Config(format!(
+            StoreUrl::Redis(_) | StoreUrl::RedisCluster(_) => Err(Error::Config(format!(
                 "store URL `{self}` needs syncstatus built with the `redis` feature"
             ))),
             #[cfg(not(feature = "postgres"))]
@@ -173,6 +185,7 @@ impl fmt::Display for StoreUrl {
             StoreUrl::File(path) => write!(f, "file:{}", path.display()),
             StoreUrl::Memory => f.write_str("memory:"),
             StoreUrl::Redis(url) | StoreUrl::Postgres(url) => f.write_str(&redact_url(url)),
+            StoreUrl::RedisCluster(nodes) => f.write_str(&cluster_text(nodes, true)),
         }
     }
 }
@@ -189,6 +202,98 @@ impl std::str::FromStr for StoreUrl {
     fn from_str(text: &str) -> Result<Self> {
         StoreUrl::parse(text)
     }
+}
+
+/// Whether `text` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
+#[cfg(feature = "redis")]
+pub(crate) fn is_redis_cluster(text: &str) -> bool {
+    split_scheme(text).is_some_and(|(scheme, _)| {
+        matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "redis+cluster" | "rediss+cluster"
+        )
+    })
+}
+
+/// The seed nodes of a Redis Cluster URL,
+/// `redis+cluster://[user:password@]host:port[,host:port…][/0][?prefix=…]`, each as a
+/// `redis://` (`rediss://` for `rediss+cluster://`) URL with the credentials, path and
+/// parameters of the whole. A cluster has only database 0.
+fn redis_cluster_nodes(text: &str) -> Result<Vec<Url>> {
+    let shown = redact(text);
+    let invalid = |why: &str| Error::Config(format!("invalid Redis Cluster URL `{shown}`: {why}"));
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or_else(|| invalid("expected `redis+cluster://host:port,host:port`"))?;
+    let node_scheme = if scheme.eq_ignore_ascii_case("rediss+cluster") {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let mut nodes = Vec::new();
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(invalid("a node is empty (expected host:port,host:port)"));
+        }
+        let node = parse_url(&format!("{node_scheme}://{userinfo}{host}{tail}"), "Redis")
+            .map_err(|_| invalid(&format!("node `{host}` is not host:port")))?;
+        if !matches!(node.path(), "" | "/" | "/0") {
+            return Err(invalid("a cluster has only database 0"));
+        }
+        query_params(&node, Some(REDIS_PARAMS)).map_err(|error| invalid(&error.to_string()))?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// The text of a cluster URL of `nodes` (see [`redis_cluster_nodes`]), its password shown
+/// as `***` when `redacted`.
+fn cluster_text(nodes: &[Url], redacted: bool) -> String {
+    let Some(first) = nodes.first() else {
+        return "redis+cluster://".to_string();
+    };
+    let mut text = format!("{}+cluster://", first.scheme());
+    if !first.username().is_empty() || first.password().is_some() {
+        text.push_str(first.username());
+        if let Some(password) = first.password() {
+            text.push(':');
+            text.push_str(if redacted { REDACTED } else { password });
+        }
+        text.push('@');
+    }
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|node| match node.port() {
+            Some(port) => format!("{}:{port}", node.host_str().unwrap_or_default()),
+            None => node.host_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    text.push_str(&hosts.join(","));
+    text.push_str(first.path());
+    if let Some(query) = first.query() {
+        text.push('?');
+        text.push_str(query);
+    }
+    text
+}
+
+/// The seed nodes' URLs of a Redis Cluster URL without `prefix=`, and the prefix it named.
+#[cfg(feature = "redis-cluster")]
+pub(crate) fn redis_cluster_parts(text: &str) -> Result<(Vec<String>, Option<String>)> {
+    let mut prefix = None;
+    let mut urls = Vec::new();
+    for node in redis_cluster_nodes(text)? {
+        let (url, node_prefix) = redis_parts(node.as_str())?;
+        prefix = node_prefix;
+        urls.push(url);
+    }
+    Ok((urls, prefix))
 }
 
 /// `text` with the password of any URL in it replaced by `***`, for messages and logs. Text
@@ -358,6 +463,63 @@ mod tests {
         assert!(message.contains("prefx"), "{message}");
         let message = config_error("redis://127.0.0.1/0?prefix=a&prefix=b");
         assert!(message.contains("twice"), "{message}");
+    }
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        let url =
+            StoreUrl::parse("redis+cluster://u:SECRET@127.0.0.1:7001,127.0.0.1:7002/?prefix=a:")
+                .unwrap();
+        let StoreUrl::RedisCluster(nodes) = &url else {
+            panic!("{url:?}");
+        };
+        let nodes: Vec<&str> = nodes.iter().map(Url::as_str).collect();
+        assert_eq!(
+            nodes,
+            [
+                "redis://u:SECRET@127.0.0.1:7001/?prefix=a:",
+                "redis://u:SECRET@127.0.0.1:7002/?prefix=a:"
+            ]
+        );
+        assert_eq!(
+            url.to_string(),
+            "redis+cluster://u:***@127.0.0.1:7001,127.0.0.1:7002/?prefix=a:"
+        );
+        assert_eq!(
+            cluster_text(url_nodes(&url), false),
+            "redis+cluster://u:SECRET@127.0.0.1:7001,127.0.0.1:7002/?prefix=a:"
+        );
+        let tls = StoreUrl::parse("rediss+cluster://h:1").unwrap();
+        assert_eq!(url_nodes(&tls)[0].scheme(), "rediss");
+        for (text, why) in [
+            ("redis+cluster://h:1,,h:2", "empty"),
+            ("redis+cluster://h:1/1", "database 0"),
+            ("redis+cluster://h:x", "not host:port"),
+            ("redis+cluster://:SECRET@h:1?prefx=a", "prefx"),
+        ] {
+            let message = config_error(text);
+            assert!(message.contains(why), "{text}: {message}");
+            assert!(!message.contains("SECRET"), "{message}");
+        }
+    }
+
+    fn url_nodes(url: &StoreUrl) -> &[Url] {
+        match url {
+            StoreUrl::RedisCluster(nodes) => nodes,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    #[test]
+    fn the_prefix_comes_out_of_a_cluster_url() {
+        let (nodes, prefix) =
+            redis_cluster_parts("redis+cluster://h:1,h:2?prefix=x:&protocol=resp3").unwrap();
+        assert_eq!(
+            nodes,
+            ["redis://h:1?protocol=resp3", "redis://h:2?protocol=resp3"]
+        );
+        assert_eq!(prefix.as_deref(), Some("x:"));
     }
 
     #[test]

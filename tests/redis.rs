@@ -9,111 +9,35 @@
 mod conformance;
 mod jobs;
 mod lifecycle;
+mod redis_support;
 mod skips;
 mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use conformance::{EVENT_DEADLINE, Fixture, standard_ttl};
 use futures_util::StreamExt;
+use redis_support::{Server, Setup};
 use serde_json::json;
 use support::watch_feed::check_last_watch_stops_its_feed;
 use syncstatus::redis::RedisStorage;
 use syncstatus::{
-    CleanupOptions, Error, ListFilter, ManualClock, PutMode, Record, SyncStorage, SyncStorageExt,
-    TtlPolicy, WatchEvent, WatchOptions, WatchSelector, WatchStream,
+    CleanupOptions, Error, ListFilter, PutMode, Record, SyncStorage, SyncStorageExt, TtlPolicy,
+    WatchEvent, WatchOptions, WatchSelector, WatchStream,
 };
 
 fn redis_url() -> String {
     std::env::var("SYNCSTATUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
-fn unique_prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("syncstatus-test:{name}:{}:{nanos}:", std::process::id())
-}
-
-/// Deletes every key under the prefix when dropped.
-struct KeyCleanup {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for KeyCleanup {
-    fn drop(&mut self) {
-        let url = self.url.clone();
-        let pattern = format!("{}*", glob_escape(&self.prefix));
-        // A plain thread with a blocking connection: drop cannot await.
-        let result = std::thread::spawn(move || -> redis::RedisResult<()> {
-            let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-            let keys: Vec<String> = redis::cmd("SCAN")
-                .cursor_arg(0)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone()
-                .iter(&mut conn)?
-                .collect::<redis::RedisResult<_>>()?;
-            for chunk in keys.chunks(500) {
-                redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
-            }
-            Ok(())
-        })
-        .join();
-        if !matches!(result, Ok(Ok(()))) {
-            eprintln!("could not remove the test keys under {}", self.prefix);
-        }
+fn server() -> Server {
+    Server {
+        url: redis_url(),
+        nodes: vec![redis_url()],
+        enable: "start redis-server, or point SYNCSTATUS_REDIS_URL at one",
     }
-}
-
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A store on a fresh prefix with a manual clock, or `None` (after saying so) when there is
-/// no server and none is required.
-async fn store_on(prefix: &str, clock: &ManualClock, ttl: TtlPolicy) -> Option<RedisStorage> {
-    let url = redis_url();
-    match RedisStorage::builder(&url)
-        .with_prefix(prefix)
-        .with_ttl(ttl)
-        .with_clock(Arc::new(clock.clone()))
-        .build()
-        .await
-    {
-        Ok(store) => Some(store),
-        Err(error @ Error::Backend { .. }) => {
-            skips::skip(
-                &format!(
-                    "Redis at {} is unreachable ({error})",
-                    skips::redacted(&url)
-                ),
-                "start redis-server, or point SYNCSTATUS_REDIS_URL at one",
-            );
-            None
-        }
-        Err(error) => panic!("could not open a redis store: {error}"),
-    }
-}
-
-struct Setup {
-    store: RedisStorage,
-    clock: ManualClock,
-    prefix: String,
-    guard: KeyCleanup,
 }
 
 async fn setup(name: &str) -> Option<Setup> {
@@ -121,29 +45,12 @@ async fn setup(name: &str) -> Option<Setup> {
 }
 
 async fn setup_with(name: &str, ttl: TtlPolicy) -> Option<Setup> {
-    let prefix = unique_prefix(name);
-    let clock = ManualClock::starting_now();
-    let store = store_on(&prefix, &clock, ttl).await?;
-    Some(Setup {
-        store,
-        clock,
-        guard: KeyCleanup {
-            url: redis_url(),
-            prefix: prefix.clone(),
-        },
-        prefix,
-    })
+    redis_support::setup_with(&server(), name, ttl).await
 }
 
 async fn make(name: &str) -> Option<Fixture> {
-    let setup = setup(name).await?;
-    let other = store_on(&setup.prefix, &setup.clock, standard_ttl()).await?;
-    let seeding = setup.store.clone();
-    Some(Fixture {
-        other: Arc::new(other),
-        store: Arc::new(setup.store),
-        clock: setup.clock,
-        seed_max_version: Some(Box::new(move |id| {
+    redis_support::fixture(&server(), name, |seeding| {
+        Some(Box::new(move |id| {
             let store = seeding.clone();
             Box::pin(async move {
                 // Written, then its version changed by hand: no store API gets there.
@@ -169,9 +76,9 @@ async fn make(name: &str) -> Option<Fixture> {
                     .unwrap();
                 u64::MAX
             })
-        })),
-        _guard: Box::new(setup.guard),
+        }))
     })
+    .await
 }
 
 all_conformance_tests!(make);
@@ -814,4 +721,68 @@ async fn another_process_shares_the_store() {
         s.get("shared") == Some(&(2 * UPDATES_PER_PROCESS))
     })
     .await;
+}
+
+/// On Redis 7 and later an update writes one key: the expiry time is the key's own (`PXAT`
+/// at the store clock's expiry, read back with `PEXPIRETIME`) and the index entry, written
+/// when the id was new, is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_on_redis_7_keep_the_expiry_in_the_key_and_leave_the_index() {
+    let Some(s) = setup("pexpiretime").await else {
+        return;
+    };
+    let mut conn = raw().await;
+    let version: String = redis::cmd("EVAL")
+        .arg("return redis.REDIS_VERSION or ''")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if version.is_empty() {
+        // Before Redis 7 the index score holds the expiry time, as the write script's
+        // other branch does.
+        return;
+    }
+    let key = s.store.key_of("job").unwrap();
+    let index = format!("{}.ids", s.store.key_prefix());
+    let mut written = None;
+    for n in 0..3 {
+        s.clock.advance(Duration::from_secs(7));
+        let record = s
+            .store
+            .put(
+                "job",
+                json!({"state": "running", "n": n}),
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        let expires_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ttl = standard_ttl().ttl_for(&record.status).unwrap();
+        assert_eq!(
+            expires_at as u64,
+            record.updated_at.as_millis() + ttl.as_millis() as u64
+        );
+        let score: String = redis::cmd("ZSCORE")
+            .arg(&index)
+            .arg("job")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(score, "inf", "the index entry of a new id, never rewritten");
+        written = Some(record);
+    }
+    assert_eq!(written.unwrap().version, 3);
+    // Expired by the store's clock while Redis still holds the key: a write starts again.
+    s.clock.advance(Duration::from_secs(3600));
+    let again = s
+        .store
+        .put("job", json!({"state": "running"}), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1);
 }

@@ -9,7 +9,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use super::client::Conn;
 
 use super::{command_error, scripts};
 use crate::error::Result;
@@ -21,7 +21,7 @@ const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);
 
 /// [`try_lock`] for the trait: the guard releases when dropped.
 pub(super) async fn try_lock_guard(
-    conn: ConnectionManager,
+    conn: Conn,
     key: String,
     lease: Duration,
 ) -> Result<Option<LockGuard>> {
@@ -30,7 +30,7 @@ pub(super) async fn try_lock_guard(
 
 /// Takes the lock at `key` unless someone holds it.
 pub(super) async fn try_lock(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     key: String,
     lease: Duration,
 ) -> Result<Option<HeldLock>> {
@@ -62,13 +62,7 @@ pub(super) async fn try_lock(
     }))
 }
 
-async fn renew(
-    mut conn: ConnectionManager,
-    key: String,
-    token: String,
-    lease_ms: u64,
-    period: Duration,
-) {
+async fn renew(mut conn: Conn, key: String, token: String, lease_ms: u64, period: Duration) {
     loop {
         tokio::time::sleep(period).await;
         let renewed: redis::RedisResult<i64> = scripts::RENEW
@@ -92,7 +86,7 @@ async fn renew(
 /// A lock this process holds. Dropping it releases the lock in the background;
 /// [`HeldLock::release`] releases it before returning.
 pub(super) struct HeldLock {
-    release: Option<(ConnectionManager, String, String)>,
+    release: Option<(Conn, String, String)>,
     runtime: tokio::runtime::Handle,
     _renewal: AbortOnDrop,
 }
@@ -106,7 +100,7 @@ impl HeldLock {
     }
 }
 
-async fn unlock(mut conn: ConnectionManager, key: String, token: String) {
+async fn unlock(mut conn: Conn, key: String, token: String) {
     let released: redis::RedisResult<i64> = scripts::UNLOCK
         .key(&key)
         .arg(&token)

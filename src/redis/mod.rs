@@ -3,28 +3,37 @@
 //! ```text
 //! <prefix><id>            the record, the same JSON envelope as a file store's file
 //!                         (`redis-cli GET 'syncstatus:job-1'`), with Redis's own expiry
-//! <prefix>.ids            sorted set of the ids, scored by expiry time (ms; `+inf`: never)
+//! <prefix>.ids            sorted set of the ids (on Redis 7 and later written only when an
+//!                         id is new, scored `+inf`; before, scored by expiry time in ms)
 //! <prefix>.lock:<name>    store-wide locks (`SET NX PX` with a unique token)
 //! <prefix>.events         pub/sub channel: `<id> <version>` per write (`0`: removed)
 //! ```
 //!
 //! Ids never start with `.`, so the store's own keys cannot collide with a record.
 //!
+//! On a Redis Cluster (`redis+cluster://`, feature `redis-cluster`) every key starts with
+//! [`RedisStorage::key_prefix`], the prefix within a hash tag (`{syncstatus:}job-1`), so that a
+//! store's keys share one slot: a script may touch only keys of one slot. The watch subscribes
+//! on any node, since a classic `PUBLISH` reaches every node.
+//!
 //! Watching needs Redis 6 or later: the watch connection speaks RESP3, so that it can name
 //! itself (`CLIENT SETNAME syncstatus-watch:<prefix>`) and learn at once when it is cut.
 //!
 //! Every write (put, delete, cleanup removal) runs in one Lua script that checks its condition,
 //! writes, keeps the index and publishes, so compare-and-set happens inside Redis and watchers
-//! on any machine see every write. Expiry is twofold: Redis expires keys by itself (`PX`
-//! refreshed on every write from the TTL policy of the written state), and every read judges
-//! expiry by the store's clock, so an injected clock is obeyed. Stores that share a prefix
-//! should share their TTL policy: writers judge an older record's expiry by the expiry time
-//! recorded when it was written.
+//! on any machine see every write. Expiry is twofold: Redis expires keys by itself (set on
+//! every write from the TTL policy of the written state: `PXAT` at the expiry time by the
+//! store's clock on Redis 7 and later, `PX` before), and every read judges expiry by the
+//! store's clock, so an injected clock is obeyed. Stores that share a prefix should share
+//! their TTL policy: writers judge an older record's expiry by the expiry time recorded when
+//! it was written (the key's `PEXPIRETIME`; before Redis 7, the index score).
 
 mod client;
 mod lock;
 mod scripts;
 mod watch;
+
+use client::Conn;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -32,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -155,7 +164,8 @@ impl RedisStorageBuilder {
 
     /// Uses the application's own connection manager for commands instead of opening one.
     /// It must talk to the same server and database as the client the builder was made
-    /// with; the watch still opens a connection of its own from that client.
+    /// with; the watch still opens a connection of its own from that client. Not for a
+    /// cluster URL ([`build`](Self::build) refuses it).
     pub fn with_connection_manager(mut self, connection: ConnectionManager) -> Self {
         self.connection = Some(connection);
         self
@@ -170,6 +180,10 @@ impl RedisStorageBuilder {
 
     /// The clock expiry is judged by on read (default: the system clock). Tests pass a
     /// [`ManualClock`](crate::ManualClock).
+    ///
+    /// On Redis 7 and later the key's own expiry is set at the expiry time by this clock
+    /// (`PXAT`), so that writers can judge it from the key alone: a clock that lags the
+    /// server's by more than a TTL makes Redis drop the records it writes at once.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
@@ -179,22 +193,7 @@ impl RedisStorageBuilder {
     /// too) or prefix and with
     /// [`Error::Backend`] when the server cannot be reached.
     pub async fn build(self) -> Result<RedisStorage> {
-        let (client, url_prefix, shown) = match &self.source {
-            client::Source::Url { url, tls_ca } => {
-                let (url, url_prefix) = crate::store_url::redis_parts(url)?;
-                let shown = redact(&url);
-                (
-                    client::open(&url, tls_ca.as_ref(), &shown)?,
-                    url_prefix,
-                    shown,
-                )
-            }
-            client::Source::Client(client) => (
-                client.clone(),
-                None,
-                format!("{:?}", client.get_connection_info().addr()),
-            ),
-        };
+        let (target, url_prefix, shown) = client::Target::of(&self.source)?;
         let prefix = self
             .prefix
             .or(url_prefix)
@@ -204,36 +203,30 @@ impl RedisStorageBuilder {
                 "redis key prefix {prefix:?} contains control characters"
             )));
         }
-        let info = client.get_connection_info().clone();
-        // The watch connection speaks RESP3 so that it can subscribe and still take
-        // ordinary commands (CLIENT SETNAME), and so that a lost connection is reported.
-        let watch_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let watch_client = redis::Client::open(info.set_redis_settings(watch_settings))
-            .map_err(|error| Error::Config(format!("invalid redis URL `{shown}`: {error}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = match self.connection {
-            Some(conn) => conn,
-            None => ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|error| {
-                    let error = command_error("connect to", &shown)(error);
-                    #[cfg(feature = "redis-tls")]
-                    let error = crate::tls::clarify(error, &format!("Redis at {shown}"));
-                    error
-                })?,
+        let keys = Keys::new(prefix, target.is_cluster())?;
+        let watch_clients = client::WatchClients::new(target.nodes(), &shown)?;
+        let timeouts = client::Timeouts {
+            connection: CONNECTION_TIMEOUT,
+            response: RESPONSE_TIMEOUT,
         };
-        let keys = Keys::new(prefix);
+        let conn = match self.connection {
+            Some(_) if target.is_cluster() => {
+                return Err(Error::Config(format!(
+                    "a connection manager talks to one server, and `{shown}` is a cluster"
+                )));
+            }
+            Some(conn) => Conn::Single(conn),
+            None => target.connect(timeouts).await.map_err(|error| {
+                let error = command_error("connect to", &shown)(error);
+                #[cfg(feature = "redis-tls")]
+                let error = crate::tls::clarify(error, &format!("Redis at {shown}"));
+                error
+            })?,
+        };
         Ok(RedisStorage {
             inner: Arc::new(Inner {
                 conn,
-                watch_client,
+                watch_clients,
                 watch_name: keys.watch_connection_name(),
                 keys,
                 ttl: self.ttl,
@@ -248,26 +241,35 @@ impl RedisStorageBuilder {
 /// The names of a store's keys.
 #[derive(Debug)]
 struct Keys {
+    /// The prefix the store was given.
     prefix: String,
+    /// What every key starts with: the prefix, on a cluster within a hash tag.
+    key_prefix: String,
     index: String,
     channel: String,
 }
 
 impl Keys {
-    fn new(prefix: String) -> Self {
-        Keys {
-            index: format!("{prefix}.ids"),
-            channel: format!("{prefix}.events"),
+    fn new(prefix: String, cluster: bool) -> Result<Self> {
+        let key_prefix = if cluster {
+            slot_prefix(&prefix)?
+        } else {
+            prefix.clone()
+        };
+        Ok(Keys {
+            index: format!("{key_prefix}.ids"),
+            channel: format!("{key_prefix}.events"),
+            key_prefix,
             prefix,
-        }
+        })
     }
 
     fn record(&self, id: &str) -> String {
-        format!("{}{id}", self.prefix)
+        format!("{}{id}", self.key_prefix)
     }
 
     fn lock(&self, name: &str) -> String {
-        format!("{}.lock:{name}", self.prefix)
+        format!("{}.lock:{name}", self.key_prefix)
     }
 
     /// `CLIENT SETNAME` allows only printable ASCII without spaces.
@@ -277,6 +279,27 @@ impl Keys {
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect()
     }
+}
+
+/// The start of the keys of a store on a cluster: the scripts touch a record and the index in
+/// one call, and a cluster runs a script only on keys of one slot. Redis hashes only the part
+/// of a key within its first `{...}`, so every key that starts with the returned text hashes
+/// alike: `prefix` itself when it holds a non-empty hash tag, else `{prefix}`.
+fn slot_prefix(prefix: &str) -> Result<String> {
+    if let Some(open) = prefix.find('{')
+        && let Some(len) = prefix[open + 1..].find('}')
+        && len > 0
+    {
+        return Ok(prefix.to_string());
+    }
+    if prefix.is_empty() {
+        return Err(Error::Config(
+            "a store on a Redis Cluster needs a key prefix: it becomes the hash tag that keeps \
+             the store's keys in one slot"
+                .into(),
+        ));
+    }
+    Ok(format!("{{{prefix}}}"))
 }
 
 /// A store on Redis, shared by every process and machine that opens the same prefix.
@@ -294,8 +317,8 @@ pub struct RedisStorage {
 }
 
 struct Inner {
-    conn: ConnectionManager,
-    watch_client: redis::Client,
+    conn: Conn,
+    watch_clients: client::WatchClients,
     watch_name: String,
     keys: Keys,
     ttl: TtlPolicy,
@@ -357,6 +380,12 @@ impl RedisStorage {
         &self.inner.keys.prefix
     }
 
+    /// What every key of this store starts with: [`prefix`](Self::prefix), on a cluster
+    /// within a hash tag (`{myapp:jobs:}job-1`) unless the prefix holds one.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.keys.key_prefix
+    }
+
     /// The key that holds the record of `id`.
     pub fn key_of(&self, id: &str) -> Result<String> {
         validate_id(id)?;
@@ -369,7 +398,7 @@ impl RedisStorage {
         &self.inner.watch_name
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
@@ -719,10 +748,37 @@ mod tests {
 
     #[test]
     fn watch_connection_names_are_valid() {
-        let keys = Keys::new("my app:\tjobs:".to_string());
+        let keys = Keys::new("my app:\tjobs:".to_string(), false).unwrap();
         assert_eq!(
             keys.watch_connection_name(),
             "syncstatus-watch:my_app:_jobs:"
         );
+    }
+
+    #[test]
+    fn keys_of_a_cluster_store_share_one_hash_tag() {
+        let plain = Keys::new("app:".into(), false).unwrap();
+        assert_eq!(plain.record("job"), "app:job");
+        let keys = Keys::new("app:".into(), true).unwrap();
+        assert_eq!(
+            (keys.record("job"), keys.index.as_str(), keys.lock("sweep")),
+            (
+                "{app:}job".to_string(),
+                "{app:}.ids",
+                "{app:}.lock:sweep".to_string()
+            )
+        );
+        // A prefix with a tag of its own is kept as it is.
+        let tagged = Keys::new("app:{jobs}:".into(), true).unwrap();
+        assert_eq!(tagged.record("job"), "app:{jobs}:job");
+        // An empty or unclosed tag in the prefix would let the id choose the slot.
+        for prefix in ["a{}b:", "a{b:"] {
+            let keys = Keys::new(prefix.into(), true).unwrap();
+            assert_eq!(keys.record("x"), format!("{{{prefix}}}x"), "{prefix}");
+        }
+        assert!(matches!(
+            Keys::new(String::new(), true),
+            Err(Error::Config(_))
+        ));
     }
 }

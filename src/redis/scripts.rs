@@ -5,8 +5,14 @@
 //! check and the write, and no watcher can miss a write.
 //!
 //! Keys and arguments are documented on each script. Expiry by the store's clock is judged from
-//! the index score (the expiry time in ms the writer computed from its TTL policy), so a
-//! record expired by the clock is absent for writers exactly as for readers.
+//! the expiry time in ms the writer computed from its TTL policy, so a record expired by the
+//! clock is absent for writers exactly as for readers. On Redis 7 and later that time is the
+//! key's own (`SET … PXAT`, read back with `PEXPIRETIME`), and the index is written only when
+//! an id is new, so an update touches one key; before Redis 7 it is the index score, written
+//! on every write.
+//!
+//! Writers of one prefix should run the same version of this crate: one from before this
+//! layout judges expiry by index scores that newer writers no longer refresh.
 
 use std::sync::LazyLock;
 
@@ -20,8 +26,9 @@ pub(super) const MAX_VERSION: u64 = (1 << 53) - 1;
 ///
 /// KEYS: record key, index key.
 /// ARGV: id, status JSON, now (RFC 3339), now (ms), mode (`o` overwrite, `c` create, `u`
-/// update), expected version, PX in ms (empty: no native expiry), index score (expiry ms or
-/// `+inf`), channel, `expires_at` as JSON (an RFC 3339 string or `null`).
+/// update), expected version, PX in ms (empty: no native expiry), expiry time in ms by the
+/// store's clock (`PXAT`, and the index score before Redis 7; `+inf`: never), channel,
+/// `expires_at` as JSON (an RFC 3339 string or `null`).
 ///
 /// Returns `{kind, number, text}`: `{"ok", new version, created_at as JSON}`,
 /// `{"exists", version, ""}`, `{"conflict", version or -1, ""}`, `{"exhausted", 0, version as
@@ -33,9 +40,19 @@ pub(super) const MAX_VERSION: u64 = (1 << 53) - 1;
 pub(super) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local modern = redis.REDIS_VERSION_NUM ~= nil
 local current = redis.call('GET', KEYS[1])
+local stored = current
 if current then
-  local expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  local expires
+  if modern then
+    expires = redis.call('PEXPIRETIME', KEYS[1])
+    if expires < 0 then
+      expires = nil
+    end
+  else
+    expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  end
   if expires and expires <= tonumber(ARGV[4]) then
     current = false
   end
@@ -89,10 +106,19 @@ local record = '{"id":"' .. ARGV[1] .. '","version":' .. text .. ',"created_at":
   .. ',"updated_at":"' .. ARGV[3] .. '","expires_at":' .. ARGV[10] .. ',"status":' .. ARGV[2] .. '}'
 if ARGV[7] == '' then
   redis.call('SET', KEYS[1], record)
+elseif modern then
+  redis.call('SET', KEYS[1], record, 'PXAT', ARGV[8])
 else
   redis.call('SET', KEYS[1], record, 'PX', ARGV[7])
 end
-redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+if not modern then
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+elseif not stored then
+  -- A stored key is indexed already: every writer indexes an id it creates, and only the
+  -- scripts that delete the key remove its entry. `+inf` keeps the score-judging writers of
+  -- older versions from taking the record for expired.
+  redis.call('ZADD', KEYS[2], '+inf', ARGV[1])
+end
 redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. text)
 return {'ok', version, created}
 "#,
@@ -112,7 +138,15 @@ local current = redis.call('GET', KEYS[1])
 local live = 0
 if current then
   live = 1
-  local expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  local expires
+  if redis.REDIS_VERSION_NUM ~= nil then
+    expires = redis.call('PEXPIRETIME', KEYS[1])
+    if expires < 0 then
+      expires = nil
+    end
+  else
+    expires = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+  end
   if expires and expires <= tonumber(ARGV[2]) then
     live = 0
   end

@@ -108,8 +108,8 @@ async fn subscribe(store: &RedisStorage, signals: &Arc<Signals>) -> Result<Multi
         });
     let inner = &store.inner;
     let mut conn = inner
-        .watch_client
-        .get_multiplexed_async_connection_with_config(&config)
+        .watch_clients
+        .connect(&config)
         .await
         .map_err(command_error("connect for watching", &inner.keys.channel))?;
     // The name only helps people find the connection; a server that refuses it (an ACL, a

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use syncstatus::{
     CleanupOptions, CleanupReport, DynSyncStorage, ListFilter, Listing, LockGuard, PutMode, Record,
-    Result, SharedClock, SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream,
+    Result, ScanFn, SharedClock, SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream,
 };
 
 /// What a test changes of the store it wraps. Each method gets the inner store; the
@@ -77,6 +77,9 @@ impl<H: Hooks> SyncStorage for Hooked<H> {
     }
     async fn list(&self, filter: &ListFilter) -> Result<Listing> {
         self.inner.list(filter).await
+    }
+    async fn scan(&self, filter: &ListFilter, visit: &mut ScanFn<'_>) -> Result<()> {
+        self.inner.scan(filter, visit).await
     }
     async fn count_by_state(&self) -> Result<BTreeMap<String, u64>> {
         self.inner.count_by_state().await

@@ -1,9 +1,10 @@
-//! The watch machinery shared by every backend.
+//! The subscribers' side of a watch.
 //!
-//! A backend feeds a [`WatchHub`] with what it learns (one id re-read, or a full rescan after
-//! lost continuity); the hub keeps the last state it published per id, drops repeats, and fans
-//! events out to every subscriber. Subscribers that fall behind get a resync built from the
-//! hub's state under the same lock that publishes, so nothing falls between the two.
+//! The reconciler (or a store's own write) feeds a [`WatchHub`] with what it learns (one id
+//! re-read, or a full rescan after lost continuity); the hub keeps the last state it published
+//! per id, drops repeats, and fans events out to every subscriber. Subscribers that fall behind
+//! get a resync built from the hub's state under the same lock that publishes, so nothing falls
+//! between the two.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -11,13 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use super::reconciler::Changes;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
-
-/// How often sources without an expiry timer of their own look for records that expired
-/// (by the store's clock, which tests move by hand) while they hold any.
-pub(crate) const EXPIRY_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many events a subscriber may fall behind before it gets a resync instead.
 const SUBSCRIBER_BUFFER: usize = 4096;
@@ -92,8 +90,7 @@ impl WatchHub {
     /// Publishes the current state of one id (`None`: gone). Repeats are dropped; a record
     /// made again after a removal the source did not see is published as that removal
     /// followed by the new record, so subscribers never mistake it for the old one.
-    /// Publishes the current state of one id (`None`: gone), as read from the source.
-    /// Repeats are dropped.
+    #[cfg(test)]
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
         Self::apply_locked(&mut self.lock(), id, current);
     }
@@ -129,8 +126,9 @@ impl WatchHub {
         Self::apply_locked(&mut state, id, current);
     }
 
-    /// Like [`Self::replace_all`] for a scan that started at `epoch`: ids this process wrote
-    /// since keep the state it published.
+    /// Replaces the whole state after lost continuity and sends every subscriber a resync,
+    /// from a scan that started at `epoch`: ids this process wrote since keep the state it
+    /// published.
     pub(crate) fn replace_all_read(&self, mut records: Vec<Record>, epoch: u64) {
         let mut state = self.lock();
         let newer: Vec<String> = state
@@ -175,15 +173,6 @@ impl WatchHub {
         let _ = state.tx.send(HubMessage::Event(Arc::new(event)));
     }
 
-    /// Replaces the whole state after lost continuity and sends every subscriber a resync.
-    #[cfg_attr(
-        not(any(feature = "redis", feature = "postgres")),
-        allow(dead_code, reason = "used by the server backends")
-    )]
-    pub(crate) fn replace_all(&self, records: Vec<Record>) {
-        Self::replace_all_locked(&mut self.lock(), records);
-    }
-
     fn replace_all_locked(state: &mut HubState, records: Vec<Record>) {
         state.records = records
             .iter()
@@ -198,27 +187,6 @@ impl WatchHub {
     pub(crate) fn report(&self, error: Error) {
         let state = self.lock();
         let _ = state.tx.send(HubMessage::Problem(Arc::new(error)));
-    }
-
-    /// The ids of published records that have expired at `now` under `ttl`: expiry changes
-    /// nothing a source could hear of, so sources look for it themselves.
-    pub(crate) fn expired_ids(
-        &self,
-        ttl: &crate::ttl::TtlPolicy,
-        now: crate::record::Timestamp,
-    ) -> Vec<String> {
-        self.lock()
-            .records
-            .values()
-            .filter(|record| ttl.is_expired(record, now))
-            .map(|record| record.id.clone())
-            .collect()
-    }
-
-    /// Whether the hub holds any record.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().records.is_empty()
     }
 
     /// The ids the hub currently holds.
@@ -359,6 +327,9 @@ pub(crate) struct SharedHub {
 /// A running hub and its source; dropping it stops the source.
 pub(crate) struct HubHandle {
     pub(crate) hub: Arc<WatchHub>,
+    /// Where the store's own writes tell the reconciler what changed, when its change feed
+    /// does not (the memory store has none).
+    pub(crate) changes: Arc<Changes>,
     pub(crate) _source: Box<dyn Send + Sync>,
 }
 

@@ -171,7 +171,7 @@ async fn wait_for(
             WatchEvent::Removed { .. } => Vec::new(),
         };
         for record in records.into_iter().filter(|r| r.id == id) {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
+            let status: SyncStatus = serde_json::from_value(record.status.clone()).unwrap();
             if done(&status) {
                 return status;
             }

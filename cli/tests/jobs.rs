@@ -90,7 +90,7 @@ async fn wait_for(store: &DynSyncStorage, id: &str, done: impl Fn(&SyncStatus) -
             WatchEvent::Removed { .. } => Vec::new(),
         };
         for record in records {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
+            let status: SyncStatus = serde_json::from_value(record.status.clone()).unwrap();
             if done(&status) {
                 return;
             }

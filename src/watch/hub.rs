@@ -29,7 +29,9 @@ pub(crate) enum HubMessage {
 
 #[derive(Debug)]
 struct HubState {
-    records: HashMap<String, Record>,
+    /// Shared with every event and snapshot that carries them: a subscriber costs a pointer
+    /// per record it is sent, never a copy.
+    records: HashMap<String, Arc<Record>>,
     tx: broadcast::Sender<HubMessage>,
     /// Counts writes this process published itself ([`WatchHub::apply_local`]).
     local_epoch: u64,
@@ -70,7 +72,7 @@ impl WatchHub {
             state: Mutex::new(HubState {
                 records: initial
                     .into_iter()
-                    .map(|record| (record.id.clone(), record))
+                    .map(|record| (record.id.clone(), Arc::new(record)))
                     .collect(),
                 tx,
                 local_epoch: 0,
@@ -129,7 +131,8 @@ impl WatchHub {
     /// Replaces the whole state after lost continuity and sends every subscriber a resync,
     /// from a scan that started at `epoch`: ids this process wrote since keep the state it
     /// published.
-    pub(crate) fn replace_all_read(&self, mut records: Vec<Record>, epoch: u64) {
+    pub(crate) fn replace_all_read(&self, records: Vec<Record>, epoch: u64) {
+        let mut records: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
         let mut state = self.lock();
         let newer: Vec<String> = state
             .local_marks
@@ -160,6 +163,7 @@ impl WatchHub {
                             })));
                     }
                 }
+                let record = Arc::new(record);
                 state.records.insert(id.to_string(), record.clone());
                 WatchEvent::Upsert(record)
             }
@@ -173,7 +177,7 @@ impl WatchHub {
         let _ = state.tx.send(HubMessage::Event(Arc::new(event)));
     }
 
-    fn replace_all_locked(state: &mut HubState, records: Vec<Record>) {
+    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) {
         state.records = records
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
@@ -194,8 +198,8 @@ impl WatchHub {
         self.lock().records.keys().cloned().collect()
     }
 
-    fn snapshot(state: &HubState, selector: &WatchSelector) -> Vec<Record> {
-        let mut records: Vec<Record> = state
+    fn snapshot(state: &HubState, selector: &WatchSelector) -> Vec<Arc<Record>> {
+        let mut records: Vec<Arc<Record>> = state
             .records
             .values()
             .filter(|record| selector.matches(&record.id))
@@ -448,7 +452,7 @@ mod tests {
             published(&mut rx),
             vec![
                 WatchEvent::Removed { id: "job".into() },
-                WatchEvent::Upsert(record(1, 40, 40))
+                WatchEvent::Upsert(record(1, 40, 40).into())
             ]
         );
     }
@@ -464,8 +468,8 @@ mod tests {
         assert_eq!(
             published(&mut rx),
             vec![
-                WatchEvent::Upsert(record(2, 10, 20)),
-                WatchEvent::Resync(vec![record(2, 10, 20)])
+                WatchEvent::Upsert(record(2, 10, 20).into()),
+                WatchEvent::Resync(vec![record(2, 10, 20).into()])
             ]
         );
         // A read that starts after the write is believed again.
@@ -473,7 +477,7 @@ mod tests {
         hub.apply_read("job", Some(record(3, 10, 30)), epoch);
         assert_eq!(
             published(&mut rx),
-            vec![WatchEvent::Upsert(record(3, 10, 30))]
+            vec![WatchEvent::Upsert(record(3, 10, 30).into())]
         );
     }
 
@@ -489,9 +493,9 @@ mod tests {
         assert_eq!(
             published(&mut rx),
             vec![
-                WatchEvent::Upsert(record(4, 10, 35)),
-                WatchEvent::Upsert(record(0, 50, 50)),
-                WatchEvent::Upsert(record(0, 60, 60)),
+                WatchEvent::Upsert(record(4, 10, 35).into()),
+                WatchEvent::Upsert(record(0, 50, 50).into()),
+                WatchEvent::Upsert(record(0, 60, 60).into()),
             ]
         );
     }

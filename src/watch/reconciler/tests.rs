@@ -172,8 +172,8 @@ async fn changes_heard_before_the_reconciler_runs_are_one_read_of_each_id() {
     assert_eq!(
         seen,
         [
-            WatchEvent::Upsert(record("a", 3, START)),
-            WatchEvent::Upsert(record("b", 1, START))
+            WatchEvent::Upsert(record("a", 3, START).into()),
+            WatchEvent::Upsert(record("b", 1, START).into())
         ]
     );
     assert_eq!(f.next_within(Duration::from_secs(5)).await, None);
@@ -213,7 +213,10 @@ async fn an_overflow_brings_a_resync_of_everything() {
     f.changes.rescan();
     assert_eq!(
         f.next().await,
-        WatchEvent::Resync(vec![record("a", 2, START), record("b", 1, START)])
+        WatchEvent::Resync(vec![
+            record("a", 2, START).into(),
+            record("b", 1, START).into()
+        ])
     );
     assert_eq!(f.next_within(Duration::from_secs(5)).await, None);
     let backend = locked(&f.backend);
@@ -234,7 +237,7 @@ async fn a_lost_feed_is_reported_then_restarted_with_growing_pauses_then_resynce
     assert!(matches!(failed, Some(Err(_))), "{failed:?}");
     assert_eq!(
         f.next().await,
-        WatchEvent::Resync(vec![record("a", 2, START)])
+        WatchEvent::Resync(vec![record("a", 2, START).into()])
     );
     let gaps = |connects: &[Instant]| -> Vec<Duration> {
         connects.windows(2).map(|w| w[1] - w[0]).collect()
@@ -251,7 +254,7 @@ async fn a_lost_feed_is_reported_then_restarted_with_growing_pauses_then_resynce
     assert!(matches!(failed, Some(Err(_))), "{failed:?}");
     assert_eq!(
         f.next().await,
-        WatchEvent::Resync(vec![record("a", 2, START)])
+        WatchEvent::Resync(vec![record("a", 2, START).into()])
     );
     let connects = locked(&f.backend).connects.clone();
     assert_eq!(gaps(&connects[5..]), [FIRST]);

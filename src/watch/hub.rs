@@ -499,4 +499,30 @@ mod tests {
             ]
         );
     }
+
+    #[tokio::test]
+    async fn every_stream_is_handed_the_hub_records_not_copies() {
+        let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+        let keep_alive: Arc<dyn Send + Sync> = Arc::new(());
+        let snapshot = || WatchOptions {
+            snapshot: true,
+            ..WatchOptions::default()
+        };
+        let mut a = hub.subscribe(WatchSelector::All, snapshot(), keep_alive.clone());
+        let mut b = hub.subscribe(WatchSelector::All, snapshot(), keep_alive);
+        let (Some(Ok(WatchEvent::Resync(a0))), Some(Ok(WatchEvent::Resync(b0)))) =
+            (a.next().await, b.next().await)
+        else {
+            panic!("no snapshots");
+        };
+        assert!(Arc::ptr_eq(&a0[0], &b0[0]));
+        hub.apply("job", Some(record(2, 10, 20)));
+        let (Some(Ok(WatchEvent::Upsert(a1))), Some(Ok(WatchEvent::Upsert(b1)))) =
+            (a.next().await, b.next().await)
+        else {
+            panic!("no upserts");
+        };
+        assert!(Arc::ptr_eq(&a1, &b1));
+        assert_eq!(*a1, record(2, 10, 20));
+    }
 }

@@ -1,8 +1,10 @@
 //! How fast and how completely the file store's watch reports writes of another store, next
-//! to a bare `notify` watcher seeing the same writes, and what a watch of 100,000 records
-//! costs in memory.
+//! to a bare `notify` watcher seeing the same writes, what a watch of 100,000 records costs in
+//! memory, and (`watch/fanout.rs`) what 1,000 streams starting with a snapshot cost and what
+//! 1,000 live subscribers cost a writer of the same store.
 //!
-//! `cargo bench --all-features --bench watch`. Everything that is compared runs in one
+//! `cargo bench --all-features --bench watch`; `SECTIONS=fanout,snapshots` runs only those
+//! (all by default: `latency,memory,fanout,snapshots`); `ROUNDS` sets the rounds of those two. Everything that is compared runs in one
 //! process on one monotonic clock: a writer thread writes through a second `FileStorage` on
 //! the same directory (so its writes reach the subscriber through the file system, not the
 //! in-process shortcut), while a subscriber task and a bare notify watcher timestamp what
@@ -14,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+
+#[path = "watch/fanout.rs"]
+mod fanout;
+use fanout::load_average;
 use notify::Watcher;
 use serde_json::json;
 use syncstatus::{
@@ -291,7 +297,7 @@ fn burst_round() -> Burst {
                     match item {
                         Ok(Some(Ok(WatchEvent::Upsert(r)))) => {
                             events += 1;
-                            mirror.insert(r.id, r.version);
+                            mirror.insert(r.id.clone(), r.version);
                         }
                         Ok(Some(Ok(WatchEvent::Removed { id }))) => {
                             events += 1;
@@ -299,7 +305,7 @@ fn burst_round() -> Burst {
                         }
                         Ok(Some(Ok(WatchEvent::Resync(records)))) => {
                             resyncs += 1;
-                            mirror = records.into_iter().map(|r| (r.id, r.version)).collect();
+                            mirror = records.iter().map(|r| (r.id.clone(), r.version)).collect();
                         }
                         Ok(Some(Err(error))) => eprintln!("watch error: {error}"),
                         Ok(None) => panic!("the watch ended"),
@@ -456,9 +462,35 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 
 fn main() {
     if let Ok(what) = std::env::var(CHILD) {
-        rss_child(&what);
+        if let Some(n) = what.strip_prefix("fanout:") {
+            fanout::fanout_child(n.parse().expect("subscriber count"));
+        } else if let Some(n) = what.strip_prefix("snapshots:") {
+            fanout::snapshots_child(n.parse().expect("stream count"));
+        } else {
+            rss_child(&what);
+        }
         return;
     }
+    let sections =
+        std::env::var("SECTIONS").unwrap_or_else(|_| "latency,memory,fanout,snapshots".into());
+    let wanted = |name: &str| sections.split(',').any(|s| s.trim() == name);
+    println!("load average at start: {}", load_average());
+    if wanted("latency") {
+        latency_and_burst();
+    }
+    if wanted("memory") {
+        memory_of_many_records();
+    }
+    if wanted("fanout") {
+        fanout::fanout();
+    }
+    if wanted("snapshots") {
+        fanout::snapshots();
+    }
+    println!("load average at end: {}", load_average());
+}
+
+fn latency_and_burst() {
     println!(
         "file store watch: {PACED_WRITES} paced writes (one every {PACE:?}) through a second \
          store on the same directory, {ROUNDS} rounds; latency from the writer's put returning \
@@ -551,7 +583,9 @@ fn main() {
             burst.resyncs
         );
     }
+}
 
+fn memory_of_many_records() {
     println!();
     let cases: Vec<(&str, Option<Rss>)> = vec![
         ("watch (started, live)", rss("watch")),

@@ -16,9 +16,8 @@ use crate::storage::{
     PutMode, SyncStorage, UpdateFn, WatchOptions, WatchSelector, WatchStream, check_record_size,
     json_len,
 };
-use crate::task::AbortOnDrop;
 use crate::ttl::TtlPolicy;
-use crate::watch::{EXPIRY_LOOK, HubHandle, SharedHub, WatchHub};
+use crate::watch::{Backoff, ChangeSource, Reads, Scan, Settings, SharedHub};
 
 /// Keeps records in memory. Cloning gives another handle on the same records.
 #[derive(Clone, Debug)]
@@ -85,10 +84,12 @@ impl MemoryStorage {
     }
 
     /// Publishes the state of `id` to watchers; called with the records lock held so that
-    /// watchers see writes in the order they happened.
+    /// watchers see writes in the order they happened. The store's writes are its change
+    /// feed: the reconciler re-reads the id only to learn when it expires.
     fn publish(&self, records: &HashMap<String, Record>, id: &str) {
         if let Some(handle) = self.inner.hub.running() {
-            handle.hub.apply(id, self.live(records, id).cloned());
+            handle.hub.apply_local(id, self.live(records, id).cloned());
+            handle.changes.changed(id);
         }
     }
 
@@ -284,21 +285,23 @@ impl SyncStorage for MemoryStorage {
         let records = self.records();
         let handle = self.inner.hub.get_or_start_sync(|| {
             let now = self.inner.clock.now();
-            let hub = WatchHub::new(
-                records
-                    .values()
-                    .filter(|record| !self.inner.ttl.is_expired(record, now))
-                    .cloned(),
-            );
-            let hub = Arc::new(hub);
-            let expiry = tokio::spawn(report_expiry(
-                Arc::downgrade(&self.inner),
-                Arc::downgrade(&hub),
-            ));
-            Ok(HubHandle {
-                hub,
-                _source: Box::new(AbortOnDrop(expiry)),
-            })
+            let seed = records
+                .values()
+                .filter(|record| !self.inner.ttl.is_expired(record, now))
+                .cloned()
+                .collect();
+            let settings = Settings {
+                ttl: self.inner.ttl.clone(),
+                clock: self.inner.clock.clone(),
+                // Reading memory cannot fail; nothing is ever retried.
+                backoff: Backoff::fixed(Duration::from_secs(1)),
+                scan_after_loss: false,
+            };
+            let source = MemorySource(Arc::downgrade(&self.inner));
+            let changes = Arc::default();
+            Ok(crate::watch::start_seeded(
+                source, changes, settings, seed, true,
+            ))
         })?;
         drop(records);
         Ok(SharedHub::subscribe(handle, selector, options))
@@ -311,28 +314,59 @@ impl SyncStorage for MemoryStorage {
     }
 }
 
-/// Tells watchers about records that expired: expiry writes nothing, so nothing else would.
-/// Runs while the hub lives (its handle aborts it) and looks every [`EXPIRY_LOOK`].
-async fn report_expiry(inner: Weak<Inner>, hub: Weak<WatchHub>) {
-    loop {
-        tokio::time::sleep(EXPIRY_LOOK).await;
-        let (Some(inner), Some(hub)) = (inner.upgrade(), hub.upgrade()) else {
-            return;
+/// The memory store's side of the reconciler. It has no feed but its own writes, which
+/// publish directly; the reconciler reads through it when a record's expiry time comes.
+struct MemorySource(Weak<Inner>);
+
+impl MemorySource {
+    fn live(&self, mut select: impl FnMut(&HashMap<String, Record>) -> Vec<Record>) -> Vec<Record> {
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
         };
-        // Under the records lock, like every write's publication, so a record written again
-        // meanwhile is seen live and not reported removed.
         let records = inner
             .records
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = inner.clock.now();
-        for id in hub.expired_ids(&inner.ttl, now) {
-            let live = records
-                .get(&id)
-                .filter(|record| !inner.ttl.is_expired(record, now))
-                .cloned();
-            hub.apply(&id, live);
-        }
+        select(&records)
+            .into_iter()
+            .filter(|record| !inner.ttl.is_expired(record, now))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ChangeSource for MemorySource {
+    async fn connect(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn disconnect(&mut self) {}
+
+    async fn read(&mut self, ids: Vec<String>) -> Result<Reads> {
+        let mut live: HashMap<String, Record> = self
+            .live(|records| {
+                ids.iter()
+                    .filter_map(|id| records.get(id).cloned())
+                    .collect()
+            })
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let current = live.remove(&id);
+                (id, Ok(current))
+            })
+            .collect())
+    }
+
+    async fn scan(&mut self) -> Result<Scan> {
+        Ok((
+            self.live(|records| records.values().cloned().collect()),
+            Vec::new(),
+        ))
     }
 }
 

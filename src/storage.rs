@@ -188,8 +188,9 @@ pub struct WatchOptions {
 #[derive(Clone, Debug, PartialEq)]
 pub enum WatchEvent {
     /// A record was created or written. Intermediate versions may be skipped; the last one
-    /// always arrives.
-    Upsert(Record),
+    /// always arrives. Shared: every subscriber of a store gets the same allocation, so a
+    /// thousand streams cost one record, not a thousand copies.
+    Upsert(Arc<Record>),
     /// A record was deleted or expired.
     Removed {
         /// Its id.
@@ -197,8 +198,8 @@ pub enum WatchEvent {
     },
     /// Every selected record as it is now. Sent at the start when asked for, and whenever
     /// continuity was broken (overflow, lag, reconnect): the receiver should replace what it
-    /// holds with this.
-    Resync(Vec<Record>),
+    /// holds with this. The records are shared with the watch's own state, not copied.
+    Resync(Vec<Arc<Record>>),
 }
 
 impl WatchEvent {

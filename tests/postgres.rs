@@ -517,11 +517,11 @@ async fn watch_recovers_after_listener_is_killed() {
                 reported = true;
             }
             Ok(WatchEvent::Resync(records)) => {
-                state = records.into_iter().map(|r| (r.id, r.version)).collect();
+                state = records.iter().map(|r| (r.id.clone(), r.version)).collect();
                 break;
             }
             Ok(WatchEvent::Upsert(record)) => {
-                state.insert(record.id, record.version);
+                state.insert(record.id.clone(), record.version);
             }
             Ok(WatchEvent::Removed { id }) => {
                 state.remove(&id);

@@ -104,7 +104,7 @@ enum Seen {
 async fn step(stream: &mut WatchStream, state: &mut HashMap<String, u64>) -> Seen {
     match tokio::time::timeout(EVENT_DEADLINE, stream.next()).await {
         Ok(Some(Ok(WatchEvent::Upsert(record)))) => {
-            state.insert(record.id, record.version);
+            state.insert(record.id.clone(), record.version);
             Seen::Change
         }
         Ok(Some(Ok(WatchEvent::Removed { id }))) => {
@@ -112,7 +112,7 @@ async fn step(stream: &mut WatchStream, state: &mut HashMap<String, u64>) -> See
             Seen::Change
         }
         Ok(Some(Ok(WatchEvent::Resync(records)))) => {
-            *state = records.into_iter().map(|r| (r.id, r.version)).collect();
+            *state = records.iter().map(|r| (r.id.clone(), r.version)).collect();
             Seen::Resync
         }
         Ok(Some(Err(_))) => Seen::Error,

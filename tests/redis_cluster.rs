@@ -174,10 +174,10 @@ async fn a_watch_subscribed_on_another_node_hears_every_write() {
             .unwrap();
         match event {
             WatchEvent::Upsert(record) if record.version == written.version => {
-                assert_eq!(record, written);
+                assert_eq!(*record, written);
                 break;
             }
-            WatchEvent::Resync(records) if records.contains(&written) => break,
+            WatchEvent::Resync(records) if records.iter().any(|r| **r == written) => break,
             _ => {}
         }
     }

@@ -71,6 +71,7 @@ impl Mirror {
             None => panic!("the watch stream ended while the store still exists"),
             Some(Err(error)) => self.errors.push(format!("{error:?}")),
             Some(Ok(WatchEvent::Upsert(record))) => {
+                let record = std::sync::Arc::unwrap_or_clone(record);
                 self.upserts += 1;
                 self.log.push((record.id.clone(), Some(record.clone())));
                 self.records.insert(record.id.clone(), record);
@@ -81,7 +82,10 @@ impl Mirror {
             }
             Some(Ok(WatchEvent::Resync(records))) => {
                 self.resyncs += 1;
-                self.records = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+                self.records = records
+                    .into_iter()
+                    .map(|r| (r.id.clone(), std::sync::Arc::unwrap_or_clone(r)))
+                    .collect();
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal, Write};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use futures_util::StreamExt;
@@ -180,7 +180,7 @@ enum JsonEvent<'a> {
         id: &'a str,
     },
     Resync {
-        records: &'a [Record],
+        records: &'a [Arc<Record>],
     },
 }
 

@@ -121,7 +121,7 @@ fn single_event(item: Result<WatchEvent>) -> Event {
         Ok(WatchEvent::Resync(records)) => {
             let id = records
                 .first()
-                .map_or_else(|| "0".to_string(), incarnation_id);
+                .map_or_else(|| "0".to_string(), |record| incarnation_id(record));
             json_event("resync", &records).id(id)
         }
         Err(error) => error_event(&error),
@@ -136,7 +136,7 @@ fn resumed(held: Held, id: String) -> impl FnMut(Result<WatchEvent>) -> Option<R
     move |item| match (held.take(), item) {
         (Some(held), Ok(WatchEvent::Resync(mut records))) => {
             let current = records.pop();
-            if held.is(current.as_ref()) {
+            if held.is(current.as_deref()) {
                 None
             } else {
                 Some(Ok(match current {

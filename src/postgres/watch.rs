@@ -1,76 +1,31 @@
 //! Watching a PostgreSQL store: `LISTEN` on a dedicated connection; notifications are hints
-//! naming ids, and a reconciler re-reads those rows and publishes them to the store's hub.
+//! naming ids, and the shared reconciler (`crate::watch`) re-reads those rows.
 //!
 //! The connection's messages are polled by a task of their own, which records the ids it
 //! hears of and wakes the reconciler. When the connection is lost, the reconciler reports it,
 //! reconnects with bounded backoff, listens again and resyncs from a full scan.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 
 use super::{PostgresStorage, backend_error};
 use crate::error::{Error, Result};
 use crate::id::validate_id;
+use crate::record::Record;
 use crate::task::AbortOnDrop;
-use crate::watch::{EXPIRY_LOOK, HubHandle, WatchHub};
+use crate::watch::{Backoff, ChangeSource, Changes, Duty, HubHandle, Reads, Scan, Settings};
 
-/// The first pause before reconnecting; doubled after every failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The first pause before reconnecting is 100 ms, doubled after every failure up to 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// Idle time after which the listening connection is probed, so a silently dead network is
 /// noticed instead of waiting forever for notifications.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Default)]
-struct Signals {
-    dirty: Mutex<HashSet<String>>,
-    lost: Mutex<Option<Error>>,
-    wake: Notify,
-}
-
-impl Signals {
-    fn take_dirty(&self) -> HashSet<String> {
-        std::mem::take(
-            &mut *self
-                .dirty
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-    }
-
-    fn take_lost(&self) -> Option<Error> {
-        self.lost
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    }
-
-    fn on_payload(&self, payload: &str) {
-        // `<id>:<version>`; anything else on the channel is not ours and is ignored.
-        let id = payload.rsplit_once(':').map_or(payload, |(id, _)| id);
-        if validate_id(id).is_ok() {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(id.to_string());
-            self.wake.notify_one();
-        }
-    }
-
-    fn on_lost(&self, error: Error) {
-        *self
-            .lost
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
-        self.wake.notify_one();
-    }
-}
 
 /// A listening connection: the client (kept so the connection stays open), the task
 /// polling its messages, and its registration (which makes writers notify).
@@ -110,8 +65,17 @@ impl Drop for Listener {
     }
 }
 
+/// What the listening connection's messages say. `<id>:<version>`; anything else on the
+/// channel is not ours and is ignored.
+fn on_payload(changes: &Changes, payload: &str) {
+    let id = payload.rsplit_once(':').map_or(payload, |(id, _)| id);
+    if validate_id(id).is_ok() {
+        changes.changed(id);
+    }
+}
+
 impl Listener {
-    async fn connect(store: &PostgresStorage, signals: &Arc<Signals>) -> Result<Listener> {
+    async fn connect(store: &PostgresStorage, changes: &Arc<Changes>) -> Result<Listener> {
         let mut config = store.inner.listener_config.clone();
         config.keepalives_idle(KEEPALIVE_IDLE);
         let (client, mut messages) = store
@@ -120,23 +84,23 @@ impl Listener {
             .connect(&config)
             .await
             .map_err(backend_error)?;
-        let driver_signals = Arc::downgrade(signals);
+        let driver_changes: Weak<Changes> = Arc::downgrade(changes);
         let driver = tokio::spawn(async move {
             let end = loop {
-                let Some(signals) = driver_signals.upgrade() else {
+                let Some(changes) = driver_changes.upgrade() else {
                     return;
                 };
                 match messages.next().await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
-                        signals.on_payload(notification.payload());
+                        on_payload(&changes, notification.payload());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => break backend_error(error),
                     None => break backend_error("the listening connection was closed"),
                 }
             };
-            if let Some(signals) = driver_signals.upgrade() {
-                signals.on_lost(end);
+            if let Some(changes) = driver_changes.upgrade() {
+                changes.lost(Some(end));
             }
         });
         let mut listener = Listener {
@@ -188,142 +152,94 @@ async fn renew(client: &tokio_postgres::Client, store: &PostgresStorage) -> Resu
 /// Starts listening, then seeds the hub with a full scan taken after `LISTEN` is active, so
 /// no write falls between the two.
 pub(super) async fn start(store: PostgresStorage) -> Result<HubHandle> {
-    let signals = Arc::new(Signals::default());
-    let listener = Listener::connect(&store, &signals).await?;
-    let (records, unreadable) = store.scan().await?;
-    // Nobody is subscribed yet to be told; the rows stay out of the hub until they are fixed.
-    for error in unreadable {
-        tracing::warn!(%error, "unreadable row left out of the watch");
-    }
-    let hub = Arc::new(WatchHub::new(records));
+    let changes = Arc::new(Changes::default());
+    let settings = Settings {
+        ttl: store.inner.ttl.clone(),
+        clock: store.inner.clock.clone(),
+        backoff: BACKOFF,
+        scan_after_loss: false,
+    };
     let renew_every = store.inner.watch_lease / 3;
-    let reconciler = Reconciler {
+    let source = PostgresSource {
         store,
-        hub: Arc::downgrade(&hub),
-        signals,
-        listener: Some(listener),
-        resync: false,
+        changes: changes.clone(),
+        listener: None,
         renew_every,
         renew_at: Instant::now() + renew_every,
     };
-    let task = tokio::spawn(reconciler.run());
-    Ok(HubHandle {
-        hub,
-        _source: Box::new(AbortOnDrop(task)),
-    })
+    crate::watch::start(source, changes, settings).await
 }
 
-struct Reconciler {
+/// The PostgreSQL store's side of the reconciler: `LISTEN` as the feed, rows as the records,
+/// and the renewal of the listener's lease as its timed duty.
+struct PostgresSource {
     store: PostgresStorage,
-    hub: Weak<WatchHub>,
-    signals: Arc<Signals>,
-    /// Dropped with the task, which closes the connection and stops its driver.
+    changes: Arc<Changes>,
+    /// Dropped with the reconciler's task, which closes the connection and stops its driver.
     listener: Option<Listener>,
-    /// Continuity was lost: publish a full scan as a resync before anything else.
-    resync: bool,
     /// How often the listener's lease is renewed, and when next.
     renew_every: Duration,
     renew_at: Instant,
 }
 
-impl Reconciler {
-    async fn run(mut self) {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            if self.listener.is_some() && !self.resync {
-                // Expiry sends no notification: while the hub holds records, look for
-                // expired ones at least every EXPIRY_LOOK. The lease is renewed in time
-                // either way.
-                let holds_records = self.hub.upgrade().is_some_and(|hub| !hub.is_empty());
-                let mut until = self.renew_at;
-                if holds_records {
-                    until = until.min(Instant::now() + EXPIRY_LOOK);
-                }
-                let _ = tokio::time::timeout_at(until, self.signals.wake.notified()).await;
-            }
-            let Some(hub) = self.hub.upgrade() else {
-                return;
-            };
-            match self.step(&hub).await {
-                Ok(()) => backoff = FIRST_BACKOFF,
-                Err(error) => {
-                    hub.report(error);
-                    drop(hub);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+#[async_trait]
+impl ChangeSource for PostgresSource {
+    async fn connect(&mut self) -> Result<bool> {
+        self.listener = None;
+        self.listener = Some(Listener::connect(&self.store, &self.changes).await?);
+        self.renew_at = Instant::now() + self.renew_every;
+        Ok(true)
     }
 
-    async fn step(&mut self, hub: &WatchHub) -> Result<()> {
-        if let Some(cause) = self.signals.take_lost() {
-            self.listener = None;
-            self.resync = true;
-            return Err(cause);
-        }
-        if self.listener.is_none() {
-            self.listener = Some(Listener::connect(&self.store, &self.signals).await?);
-            self.renew_at = Instant::now() + self.renew_every;
-            self.resync = true;
-        }
-        if let Some(listener) = &self.listener
-            && Instant::now() >= self.renew_at
-        {
-            let (_, was_running) = renew(&listener._client, &self.store).await?;
-            self.renew_at = Instant::now() + self.renew_every;
-            if !was_running {
-                // Writers saw no registration for a while and may not have notified: wait
-                // out those still in flight, then rescan.
-                listener
-                    ._client
-                    .batch_execute(&self.store.inner.statements.wait_for_writers)
-                    .await
-                    .map_err(backend_error)?;
-                tracing::debug!("the watch lease had run out; resyncing");
-                self.resync = true;
-            }
-        }
-        if self.resync {
-            // Everything dirty is covered by the scan, which starts after LISTEN is active.
-            self.signals.take_dirty();
-            let (records, unreadable) = self.store.scan().await?;
-            for error in unreadable {
-                hub.report(error);
-            }
-            hub.replace_all(records);
-            self.resync = false;
-            return Ok(());
-        }
-        let mut dirty = self.signals.take_dirty();
-        dirty.extend(hub.expired_ids(&self.store.inner.ttl, self.store.inner.clock.now()));
-        let dirty: Vec<String> = dirty.into_iter().collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        let (records, unreadable) = match self.store.fetch_many(&dirty).await {
-            Ok(found) => found,
-            Err(error) => {
-                // Those ids' changes are not published: only a resync can make up for it.
-                self.resync = true;
-                return Err(error);
-            }
-        };
-        let mut absent: HashSet<&str> = dirty.iter().map(String::as_str).collect();
+    fn disconnect(&mut self) {
+        self.listener = None;
+    }
+
+    async fn read(&mut self, ids: Vec<String>) -> Result<Reads> {
+        let (records, unreadable) = self.store.fetch_many(&ids).await?;
+        let mut found: HashMap<String, Result<Option<Record>>> =
+            ids.into_iter().map(|id| (id, Ok(None))).collect();
         for error in unreadable {
-            if let Error::Corrupt { id, .. } = &error {
-                absent.remove(id.as_str());
+            match &error {
+                Error::Corrupt { id, .. } if found.contains_key(id) => {
+                    let id = id.clone();
+                    found.insert(id, Err(error));
+                }
+                // A row whose id cannot be read names none of ours: told, the rest go on.
+                _ => self.changes.report(error),
             }
-            hub.report(error);
         }
         for record in records {
-            absent.remove(record.id.as_str());
-            let id = record.id.clone();
-            hub.apply(&id, Some(record));
+            found.insert(record.id.clone(), Ok(Some(record)));
         }
-        for id in absent {
-            hub.apply(id, None);
+        Ok(found.into_iter().collect())
+    }
+
+    async fn scan(&mut self) -> Result<Scan> {
+        self.store.scan().await
+    }
+
+    fn next_duty(&self) -> Option<Instant> {
+        self.listener.as_ref().map(|_| self.renew_at)
+    }
+
+    async fn duty(&mut self) -> Result<Duty> {
+        let Some(listener) = &self.listener else {
+            return Ok(Duty::Nothing);
+        };
+        let (_, was_running) = renew(&listener._client, &self.store).await?;
+        self.renew_at = Instant::now() + self.renew_every;
+        if was_running {
+            return Ok(Duty::Nothing);
         }
-        Ok(())
+        // Writers saw no registration for a while and may not have notified: wait out those
+        // still in flight, then rescan.
+        listener
+            ._client
+            .batch_execute(&self.store.inner.statements.wait_for_writers)
+            .await
+            .map_err(backend_error)?;
+        tracing::debug!("the watch lease had run out; resyncing");
+        Ok(Duty::Resync)
     }
 }

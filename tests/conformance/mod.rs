@@ -561,13 +561,13 @@ pub async fn follow_until(
     while !done(state) {
         match next_event(stream).await {
             WatchEvent::Upsert(record) => {
-                state.insert(record.id, record.version);
+                state.insert(record.id.clone(), record.version);
             }
             WatchEvent::Removed { id } => {
                 state.remove(&id);
             }
             WatchEvent::Resync(records) => {
-                *state = records.into_iter().map(|r| (r.id, r.version)).collect();
+                *state = records.iter().map(|r| (r.id.clone(), r.version)).collect();
             }
         }
     }

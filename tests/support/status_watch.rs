@@ -45,7 +45,7 @@ pub async fn wait_for_status(
             WatchEvent::Removed { .. } => Vec::new(),
         };
         for record in records.into_iter().filter(|record| record.id == id) {
-            let status: SyncStatus = serde_json::from_value(record.status).unwrap();
+            let status: SyncStatus = serde_json::from_value(record.status.clone()).unwrap();
             if done(&status) {
                 return status;
             }

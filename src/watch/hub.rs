@@ -1,9 +1,10 @@
-//! The watch machinery shared by every backend.
+//! The subscribers' side of a watch.
 //!
-//! A backend feeds a [`WatchHub`] with what it learns (one id re-read, or a full rescan after
-//! lost continuity); the hub keeps the last state it published per id, drops repeats, and fans
-//! events out to every subscriber. Subscribers that fall behind get a resync built from the
-//! hub's state under the same lock that publishes, so nothing falls between the two.
+//! The reconciler (or a store's own write) feeds a [`WatchHub`] with what it learns (one id
+//! re-read, or a full rescan after lost continuity); the hub keeps the last state it published
+//! per id, drops repeats, and fans events out to every subscriber. Subscribers that fall behind
+//! get a resync built from the hub's state under the same lock that publishes, so nothing falls
+//! between the two.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -11,13 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use super::reconciler::Changes;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
-
-/// How often sources without an expiry timer of their own look for records that expired
-/// (by the store's clock, which tests move by hand) while they hold any.
-pub(crate) const EXPIRY_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many events a subscriber may fall behind before it gets a resync instead.
 const SUBSCRIBER_BUFFER: usize = 4096;
@@ -31,7 +29,9 @@ pub(crate) enum HubMessage {
 
 #[derive(Debug)]
 struct HubState {
-    records: HashMap<String, Record>,
+    /// Shared with every event and snapshot that carries them: a subscriber costs a pointer
+    /// per record it is sent, never a copy.
+    records: HashMap<String, Arc<Record>>,
     tx: broadcast::Sender<HubMessage>,
     /// Counts writes this process published itself ([`WatchHub::apply_local`]).
     local_epoch: u64,
@@ -72,7 +72,7 @@ impl WatchHub {
             state: Mutex::new(HubState {
                 records: initial
                     .into_iter()
-                    .map(|record| (record.id.clone(), record))
+                    .map(|record| (record.id.clone(), Arc::new(record)))
                     .collect(),
                 tx,
                 local_epoch: 0,
@@ -92,8 +92,7 @@ impl WatchHub {
     /// Publishes the current state of one id (`None`: gone). Repeats are dropped; a record
     /// made again after a removal the source did not see is published as that removal
     /// followed by the new record, so subscribers never mistake it for the old one.
-    /// Publishes the current state of one id (`None`: gone), as read from the source.
-    /// Repeats are dropped.
+    #[cfg(test)]
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
         Self::apply_locked(&mut self.lock(), id, current);
     }
@@ -129,9 +128,11 @@ impl WatchHub {
         Self::apply_locked(&mut state, id, current);
     }
 
-    /// Like [`Self::replace_all`] for a scan that started at `epoch`: ids this process wrote
-    /// since keep the state it published.
-    pub(crate) fn replace_all_read(&self, mut records: Vec<Record>, epoch: u64) {
+    /// Replaces the whole state after lost continuity and sends every subscriber a resync,
+    /// from a scan that started at `epoch`: ids this process wrote since keep the state it
+    /// published.
+    pub(crate) fn replace_all_read(&self, records: Vec<Record>, epoch: u64) {
+        let mut records: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
         let mut state = self.lock();
         let newer: Vec<String> = state
             .local_marks
@@ -162,6 +163,7 @@ impl WatchHub {
                             })));
                     }
                 }
+                let record = Arc::new(record);
                 state.records.insert(id.to_string(), record.clone());
                 WatchEvent::Upsert(record)
             }
@@ -175,16 +177,7 @@ impl WatchHub {
         let _ = state.tx.send(HubMessage::Event(Arc::new(event)));
     }
 
-    /// Replaces the whole state after lost continuity and sends every subscriber a resync.
-    #[cfg_attr(
-        not(any(feature = "redis", feature = "postgres")),
-        allow(dead_code, reason = "used by the server backends")
-    )]
-    pub(crate) fn replace_all(&self, records: Vec<Record>) {
-        Self::replace_all_locked(&mut self.lock(), records);
-    }
-
-    fn replace_all_locked(state: &mut HubState, records: Vec<Record>) {
+    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) {
         state.records = records
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
@@ -200,34 +193,13 @@ impl WatchHub {
         let _ = state.tx.send(HubMessage::Problem(Arc::new(error)));
     }
 
-    /// The ids of published records that have expired at `now` under `ttl`: expiry changes
-    /// nothing a source could hear of, so sources look for it themselves.
-    pub(crate) fn expired_ids(
-        &self,
-        ttl: &crate::ttl::TtlPolicy,
-        now: crate::record::Timestamp,
-    ) -> Vec<String> {
-        self.lock()
-            .records
-            .values()
-            .filter(|record| ttl.is_expired(record, now))
-            .map(|record| record.id.clone())
-            .collect()
-    }
-
-    /// Whether the hub holds any record.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().records.is_empty()
-    }
-
     /// The ids the hub currently holds.
     pub(crate) fn known_ids(&self) -> Vec<String> {
         self.lock().records.keys().cloned().collect()
     }
 
-    fn snapshot(state: &HubState, selector: &WatchSelector) -> Vec<Record> {
-        let mut records: Vec<Record> = state
+    fn snapshot(state: &HubState, selector: &WatchSelector) -> Vec<Arc<Record>> {
+        let mut records: Vec<Arc<Record>> = state
             .records
             .values()
             .filter(|record| selector.matches(&record.id))
@@ -359,6 +331,9 @@ pub(crate) struct SharedHub {
 /// A running hub and its source; dropping it stops the source.
 pub(crate) struct HubHandle {
     pub(crate) hub: Arc<WatchHub>,
+    /// Where the store's own writes tell the reconciler what changed, when its change feed
+    /// does not (the memory store has none).
+    pub(crate) changes: Arc<Changes>,
     pub(crate) _source: Box<dyn Send + Sync>,
 }
 
@@ -478,7 +453,7 @@ mod tests {
             published(&mut rx),
             vec![
                 WatchEvent::Removed { id: "job".into() },
-                WatchEvent::Upsert(record(1, 40, 40))
+                WatchEvent::Upsert(record(1, 40, 40).into())
             ]
         );
     }
@@ -494,8 +469,8 @@ mod tests {
         assert_eq!(
             published(&mut rx),
             vec![
-                WatchEvent::Upsert(record(2, 10, 20)),
-                WatchEvent::Resync(vec![record(2, 10, 20)])
+                WatchEvent::Upsert(record(2, 10, 20).into()),
+                WatchEvent::Resync(vec![record(2, 10, 20).into()])
             ]
         );
         // A read that starts after the write is believed again.
@@ -503,7 +478,7 @@ mod tests {
         hub.apply_read("job", Some(record(3, 10, 30)), epoch);
         assert_eq!(
             published(&mut rx),
-            vec![WatchEvent::Upsert(record(3, 10, 30))]
+            vec![WatchEvent::Upsert(record(3, 10, 30).into())]
         );
     }
 
@@ -519,10 +494,36 @@ mod tests {
         assert_eq!(
             published(&mut rx),
             vec![
-                WatchEvent::Upsert(record(4, 10, 35)),
-                WatchEvent::Upsert(record(0, 50, 50)),
-                WatchEvent::Upsert(record(0, 60, 60)),
+                WatchEvent::Upsert(record(4, 10, 35).into()),
+                WatchEvent::Upsert(record(0, 50, 50).into()),
+                WatchEvent::Upsert(record(0, 60, 60).into()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn every_stream_is_handed_the_hub_records_not_copies() {
+        let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+        let keep_alive: Arc<dyn Send + Sync> = Arc::new(());
+        let snapshot = || WatchOptions {
+            snapshot: true,
+            ..WatchOptions::default()
+        };
+        let mut a = hub.subscribe(WatchSelector::All, snapshot(), keep_alive.clone());
+        let mut b = hub.subscribe(WatchSelector::All, snapshot(), keep_alive);
+        let (Some(Ok(WatchEvent::Resync(a0))), Some(Ok(WatchEvent::Resync(b0)))) =
+            (a.next().await, b.next().await)
+        else {
+            panic!("no snapshots");
+        };
+        assert!(Arc::ptr_eq(&a0[0], &b0[0]));
+        hub.apply("job", Some(record(2, 10, 20)));
+        let (Some(Ok(WatchEvent::Upsert(a1))), Some(Ok(WatchEvent::Upsert(b1)))) =
+            (a.next().await, b.next().await)
+        else {
+            panic!("no upserts");
+        };
+        assert!(Arc::ptr_eq(&a1, &b1));
+        assert_eq!(*a1, record(2, 10, 20));
     }
 }

@@ -1,0 +1,342 @@
+//! Many subscribers of one store: the memory of 1,000 streams that each start with a snapshot,
+//! and what 1,000 live subscribers cost the delivery of a write and the writer itself. Every
+//! case runs in a fresh process (peak RSS of one case cannot hide another's), rounds
+//! interleaved with the order of the cases rotated.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use syncstatus::{
+    FileStorage, PutMode, SyncStorage, TtlPolicy, WatchEvent, WatchOptions, WatchSelector,
+};
+
+use super::{CHILD, DEADLINE, median, percentile, runtime, status_kib};
+
+const SUBSCRIBER_CASES: [usize; 3] = [0, 1, 1_000];
+const PACED: usize = 500;
+const PACED_EVERY: Duration = Duration::from_millis(2);
+const FAST_WRITES: usize = 2_000;
+const FAST_IDS: usize = 100;
+const STREAM_CASES: [usize; 2] = [1, 1_000];
+const SNAPSHOT_RECORDS: usize = 1_000;
+
+fn rounds() -> usize {
+    std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+}
+
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn open(dir: &std::path::Path) -> FileStorage {
+    FileStorage::builder(dir)
+        .with_ttl(TtlPolicy::never())
+        .with_lazy_sweep(None)
+        .build()
+        .expect("open the store")
+}
+
+/// A status of the size a job's status has (about 300 bytes of JSON).
+fn status(n: usize) -> serde_json::Value {
+    json!({
+        "state": "running",
+        "progress": {"done": n, "total": 1000},
+        "message": format!("page {n} of the nightly import from the billing system"),
+        "started_at": "2026-12-02T00:00:00.000Z",
+        "heartbeat_at": "2026-12-02T00:10:00.000Z",
+        "attempt": 1,
+        "result": {"rows": n, "skipped": 0, "source": "s3://bucket/exports/2026-12-01/part-0001.csv"}
+    })
+}
+
+fn child<T>(what: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let output = std::process::Command::new(std::env::current_exe().ok()?)
+        .env(CHILD, what)
+        .output()
+        .ok()?;
+    parse(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// In a process of its own: `n` streams on a store of 1,000 records, each asked for a
+/// snapshot; the first item of every stream (the snapshot) is held, as 1,000 SSE responses
+/// hold theirs while they write it out. Prints VmHWM before the streams and after.
+pub(crate) fn snapshots_child(n: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = runtime();
+    let store = open(dir.path());
+    rt.block_on(async {
+        for i in 0..SNAPSHOT_RECORDS {
+            store
+                .put(&format!("s{i:04}"), status(i), PutMode::Overwrite)
+                .await
+                .expect("write");
+        }
+    });
+    // The watch itself (the hub's one copy of every record) is in the baseline.
+    let first = rt
+        .block_on(store.watch(WatchSelector::All, WatchOptions::default()))
+        .expect("watch");
+    let before = status_kib("VmHWM:");
+    let held = rt.block_on(async {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let options = WatchOptions {
+                snapshot: true,
+                ..WatchOptions::default()
+            };
+            let mut stream = store
+                .watch(WatchSelector::All, options)
+                .await
+                .expect("watch");
+            let snapshot = stream.next().await;
+            held.push((stream, snapshot));
+        }
+        held
+    });
+    let complete = held.iter().all(|(_, snapshot)| {
+        matches!(snapshot, Some(Ok(WatchEvent::Resync(records))) if records.len() == SNAPSHOT_RECORDS)
+    });
+    let after = status_kib("VmHWM:");
+    println!("{before} {after} {complete}");
+    drop((held, first));
+}
+
+pub(crate) fn snapshots() {
+    let rounds = rounds();
+    println!();
+    println!(
+        "snapshots: N streams (watch with snapshot) on a store of {SNAPSHOT_RECORDS} records of \
+         about {} bytes, the first item of each held; peak RSS (VmHWM) growth over a process \
+         holding one watch, each case in a fresh process, {rounds} rounds, order rotated",
+        serde_json::to_vec(&status(500)).map_or(0, |v| v.len())
+    );
+    println!(
+        "{:<6} {:>8} {:>14} {:>10}",
+        "round", "streams", "extra peak", "complete"
+    );
+    let mut extra: Vec<Vec<f64>> = vec![Vec::new(); STREAM_CASES.len()];
+    for round in 0..rounds {
+        for k in 0..STREAM_CASES.len() {
+            let case = (k + round) % STREAM_CASES.len();
+            let n = STREAM_CASES[case];
+            let measured = child(&format!("snapshots:{n}"), |out| {
+                let mut f = out.split_whitespace();
+                let before: u64 = f.next()?.parse().ok()?;
+                let after: u64 = f.next()?.parse().ok()?;
+                let complete: bool = f.next()?.parse().ok()?;
+                Some((after.saturating_sub(before), complete))
+            });
+            match measured {
+                Some((kib, complete)) => {
+                    println!(
+                        "{:<6} {:>8} {:>10.1} MiB {:>10}",
+                        round + 1,
+                        n,
+                        kib as f64 / 1024.0,
+                        complete
+                    );
+                    extra[case].push(kib as f64 / 1024.0);
+                }
+                None => println!("{:<6} {:>8} the measuring process failed", round + 1, n),
+            }
+        }
+    }
+    for (case, values) in extra.into_iter().enumerate() {
+        if values.is_empty() {
+            continue;
+        }
+        let (med, min, max) = median(values);
+        println!(
+            "{:>5} streams: extra peak median {med:.1} MiB (min {min:.1}, max {max:.1})",
+            STREAM_CASES[case]
+        );
+    }
+}
+
+/// In a process of its own, with `n` subscribers (each a task with its own `watch(All)`
+/// stream) on one file store, writes made through that same store: first 500 paced writes
+/// (one every 2 ms, each a new id), timed from the START of each `put` to each subscriber's
+/// receipt; then 2,000 writes over 100 ids as fast as one writer task goes. Prints
+/// `p50_us p99_us max_us missing writes_per_s`.
+pub(crate) fn fanout_child(n: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = runtime();
+    let store = open(dir.path());
+    let (p50, p99, max, missing, rate) = rt.block_on(async {
+        let mut subscribers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut stream = store
+                .watch(WatchSelector::All, WatchOptions::default())
+                .await
+                .expect("watch");
+            subscribers.push(tokio::spawn(async move {
+                let mut seen = vec![None; PACED];
+                while let Some(item) = stream.next().await {
+                    let at = Instant::now();
+                    if let Ok(WatchEvent::Upsert(record)) = item {
+                        if record.id == "end" {
+                            break;
+                        }
+                        if let Some(k) = record
+                            .id
+                            .strip_prefix('p')
+                            .and_then(|k| k.parse::<usize>().ok())
+                            && k < PACED
+                            && seen[k].is_none()
+                        {
+                            seen[k] = Some(at);
+                        }
+                    }
+                }
+                seen
+            }));
+        }
+        let writer = store.clone();
+        let paced = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut starts = Vec::with_capacity(PACED);
+            for k in 0..PACED {
+                tokio::time::sleep_until(start + PACED_EVERY * k as u32).await;
+                starts.push(Instant::now());
+                writer
+                    .put(&format!("p{k:04}"), status(k), PutMode::Overwrite)
+                    .await
+                    .expect("paced write");
+            }
+            starts
+        })
+        .await
+        .expect("paced writer");
+        let writer = store.clone();
+        let rate = tokio::spawn(async move {
+            let began = Instant::now();
+            for k in 0..FAST_WRITES {
+                writer
+                    .put(
+                        &format!("t{:03}", k % FAST_IDS),
+                        status(k),
+                        PutMode::Overwrite,
+                    )
+                    .await
+                    .expect("fast write");
+            }
+            FAST_WRITES as f64 / began.elapsed().as_secs_f64()
+        })
+        .await
+        .expect("fast writer");
+        store
+            .put("end", json!({"state": "completed"}), PutMode::Overwrite)
+            .await
+            .expect("last write");
+        let mut micros = Vec::with_capacity(n * PACED);
+        let mut missing = 0;
+        for subscriber in subscribers {
+            let seen = tokio::time::timeout(DEADLINE, subscriber)
+                .await
+                .expect("subscriber ended")
+                .expect("subscriber task");
+            for (k, at) in seen.into_iter().enumerate() {
+                match at {
+                    Some(at) => micros.push((at - paced[k]).as_secs_f64() * 1e6),
+                    None => missing += 1,
+                }
+            }
+        }
+        micros.sort_by(f64::total_cmp);
+        (
+            percentile(&micros, 50.0),
+            percentile(&micros, 99.0),
+            micros.last().copied().unwrap_or(f64::NAN),
+            missing,
+            rate,
+        )
+    });
+    println!("{p50} {p99} {max} {missing} {rate}");
+}
+
+struct Fanout {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    missing: usize,
+    rate: f64,
+}
+
+pub(crate) fn fanout() {
+    let rounds = rounds();
+    println!();
+    println!(
+        "fan-out: N subscribers on one file store, writes through that same store; delivery \
+         from the START of put to each subscriber ({PACED} paced writes, one per {PACED_EVERY:?}), \
+         then {FAST_WRITES} writes over {FAST_IDS} ids as fast as one writer task goes; each case \
+         in a fresh process, {rounds} rounds, order rotated; load average {}",
+        load_average()
+    );
+    println!(
+        "{:<6} {:>6} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "round", "subs", "p50 µs", "p99 µs", "max µs", "missing", "writes/s"
+    );
+    let mut by_round: Vec<Vec<Option<Fanout>>> = Vec::new();
+    for round in 0..rounds {
+        let mut results: Vec<Option<Fanout>> = (0..SUBSCRIBER_CASES.len()).map(|_| None).collect();
+        for k in 0..SUBSCRIBER_CASES.len() {
+            let case = (k + round) % SUBSCRIBER_CASES.len();
+            let n = SUBSCRIBER_CASES[case];
+            let measured = child(&format!("fanout:{n}"), |out| {
+                let mut f = out.split_whitespace();
+                Some(Fanout {
+                    p50: f.next()?.parse().ok()?,
+                    p99: f.next()?.parse().ok()?,
+                    max: f.next()?.parse().ok()?,
+                    missing: f.next()?.parse().ok()?,
+                    rate: f.next()?.parse().ok()?,
+                })
+            });
+            match &measured {
+                Some(r) => println!(
+                    "{:<6} {:>6} {:>10.0} {:>10.0} {:>10.0} {:>9} {:>10.0}",
+                    round + 1,
+                    n,
+                    r.p50,
+                    r.p99,
+                    r.max,
+                    r.missing,
+                    r.rate
+                ),
+                None => println!("{:<6} {:>6} the measuring process failed", round + 1, n),
+            }
+            results[case] = measured;
+        }
+        by_round.push(results);
+    }
+    let ratio = |pick: &dyn Fn(&[Option<Fanout>]) -> Option<f64>| -> Vec<f64> {
+        by_round.iter().filter_map(|round| pick(round)).collect()
+    };
+    let show = |name: &str, values: Vec<f64>| {
+        if values.is_empty() {
+            println!("{name:<40} no complete round");
+            return;
+        }
+        let (med, min, max) = median(values);
+        println!("{name:<40} median {med:>7.2}x (min {min:.2}, max {max:.2})");
+    };
+    println!();
+    show(
+        "p99 delivery, 1000 subscribers / 1",
+        ratio(&|r| Some(r[2].as_ref()?.p99 / r[1].as_ref()?.p99)),
+    );
+    show(
+        "writes/s, 1000 subscribers / none",
+        ratio(&|r| Some(r[2].as_ref()?.rate / r[0].as_ref()?.rate)),
+    );
+    show(
+        "writes/s, 1 subscriber / none",
+        ratio(&|r| Some(r[1].as_ref()?.rate / r[0].as_ref()?.rate)),
+    );
+}

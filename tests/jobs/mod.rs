@@ -16,7 +16,7 @@ use crate::conformance::Fixture;
 use crate::support::status_watch::wait_for_status;
 
 /// Longest wait for a job to reach a state; far above what any check needs.
-pub const JOB_DEADLINE: Duration = Duration::from_secs(30);
+pub const JOB_DEADLINE: Duration = Duration::from_secs(120);
 /// The store-clock time after which a silent job is stale.
 const STALE_AFTER: Duration = Duration::from_secs(60);
 

@@ -1,5 +1,6 @@
 //! `syncstatus`: read, write, clean up and watch job status from the shell.
 
+mod batch;
 mod failure;
 mod fields;
 mod jobs;
@@ -380,7 +381,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             if json {
                 pretty(&listing.records)?
             } else {
-                render::table(&listing.records, store.now())
+                render::table(&batch::fold(&listing.records), store.now())
             }
         }
         Command::Rm { id } => {
@@ -528,6 +529,8 @@ struct StatsOutput<'a> {
     counts: std::collections::BTreeMap<&'a str, u64>,
     no_state: u64,
     total: u64,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    batches: &'a std::collections::BTreeMap<String, u64>,
     stale_running: &'a [String],
     oldest_age_ms: Option<u64>,
     unreadable: u64,
@@ -545,6 +548,7 @@ impl<'a> From<&'a syncstatus::Stats> for StatsOutput<'a> {
                 .collect(),
             no_state: stats.counts.get("").copied().unwrap_or(0),
             total: stats.total,
+            batches: &stats.batches,
             stale_running: &stats.stale_running,
             oldest_age_ms: stats.oldest_age_ms,
             unreadable: stats.unreadable,
@@ -563,6 +567,7 @@ fn stats_text(stats: &syncstatus::Stats, stale_after: Duration) -> String {
         };
         out.push_str(&format!("  {state}: {count}\n"));
     }
+    out.push_str(&batch::stats_text(stats));
     if let Some(age) = stats.oldest_age_ms {
         out.push_str(&format!(
             "oldest: {}\n",

@@ -54,8 +54,8 @@ mod history;
 mod runtime;
 
 pub use batch::{
-    BatchRollup, FailurePolicy, StateCounts, cancel_batch, reconcile_batch, retry_batch,
-    retry_child, submit_batch,
+    BatchRollup, FailurePolicy, StateCounts, cancel_batch, child_id, child_progress,
+    reconcile_batch, retry_batch, retry_child, submit_batch,
 };
 pub use control::{cancel, retry, submit};
 pub use handle::{JobHandle, StopReason};

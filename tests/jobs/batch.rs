@@ -195,18 +195,19 @@ pub async fn check_batch_cancel_keeps_completed_children(f: Fixture) {
     .await;
     let asked = parse(&cancel_batch(&*f.other, "halt").await.unwrap());
     assert!(asked.cancel_requested, "{asked:?}");
-    assert_eq!(asked.state, State::Running, "{asked:?}");
-    // The pending ones at once; the running ones are asked to stop.
+    // The pending ones at once; the running ones are asked to stop (and may have already).
+    let at_cancel = counts(&asked);
     assert_eq!(
-        counts(&asked),
-        StateCounts {
-            running: 2,
-            completed: 1,
-            cancelled: 3,
-            ..StateCounts::default()
-        },
+        (at_cancel.pending, at_cancel.completed),
+        (0, 1),
         "{asked:?}"
     );
+    assert!(at_cancel.cancelled >= 3, "{asked:?}");
+    assert_eq!(at_cancel.running + at_cancel.cancelled, 5, "{asked:?}");
+    if at_cancel.running > 0 {
+        assert_eq!(asked.state, State::Running, "{asked:?}");
+        assert!(asked.message.as_deref().unwrap().ends_with("stopping"), "{asked:?}");
+    }
     let ended = wait_for_status(&f.store, "halt", "the batch to be cancelled", |s| {
         s.is_terminal()
     })

@@ -55,7 +55,9 @@ async fn prepare(store: &DynSyncStorage) {
     for n in 1..=CHILDREN {
         let mut child = finished(now, Some("batch"));
         if n % 3 == 0 {
-            child = SyncStatus::pending().start(now).with_progress(Progress::new(5, 12));
+            child = SyncStatus::pending()
+                .start(now)
+                .with_progress(Progress::new(5, 12));
             child.parent = Some("batch".into());
         }
         store
@@ -104,7 +106,11 @@ async fn read_children(store: &DynSyncStorage, lists: usize) -> f64 {
 fn spread(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
 }
 
 async fn sitting(name: &str, store: DynSyncStorage, rounds: usize, gets: usize, lists: usize) {
@@ -126,9 +132,7 @@ async fn sitting(name: &str, store: DynSyncStorage, rounds: usize, gets: usize, 
         }
         ratio.push(job[round] / batch[round]);
     }
-    println!(
-        "\n{name} store: job record {single} B, batch parent {size} B ({CHILDREN} children)"
-    );
+    println!("\n{name} store: job record {single} B, batch parent {size} B ({CHILDREN} children)");
     println!("| variant | median | min–max |");
     println!("|---|---|---|");
     for (what, rates) in [
@@ -150,7 +154,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "batch status reads: {rounds} rounds, {gets} reads and {lists} child listings per variant per round; load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

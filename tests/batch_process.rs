@@ -33,7 +33,7 @@ fn counts(status: &SyncStatus) -> StateCounts {
     status.batch.as_ref().expect("a batch's parent").counts
 }
 
-async fn children(store: &DynSyncStorage, batch: &str) -> Vec<(String, SyncStatus)> {
+async fn read_children(store: &DynSyncStorage, batch: &str) -> Vec<(String, SyncStatus)> {
     let listing = store
         .list(&ListFilter {
             state: None,
@@ -76,7 +76,7 @@ async fn check_never_ahead(store: DynSyncStorage, batch: &'static str) -> usize 
         };
         for record in records.into_iter().filter(|r| r.id == batch) {
             let parent: SyncStatus = serde_json::from_value(record.status).unwrap();
-            let now = children(&store, batch).await;
+            let now = read_children(&store, batch).await;
             let completed = now
                 .iter()
                 .filter(|(_, c)| c.state == State::Completed)
@@ -127,9 +127,13 @@ async fn a_batch_of_600_done_by_four_processes_is_never_ahead_and_survives_a_kil
         &[("JOBS_WORKER_MAX_JOBS", &hung.to_string())],
     );
     let lease_of_doomed = format!("{:x}-", doomed.0.id());
-    wait_for_within(&store, "invoices", "the doomed worker's claims", LONG, |s| {
-        counts(s).running == hung
-    })
+    wait_for_within(
+        &store,
+        "invoices",
+        "the doomed worker's claims",
+        LONG,
+        |s| counts(s).running == hung,
+    )
     .await;
     let fast = [("JOBS_WORKER_PAGE_MS", "2")];
     let workers: Vec<Worker> = (0..3)
@@ -161,7 +165,7 @@ async fn a_batch_of_600_done_by_four_processes_is_never_ahead_and_survives_a_kil
     );
     assert!(checked >= 3, "the watcher saw only {checked} versions");
     // The children the killed worker held were recovered and completed by the others.
-    let all = children(&store, "invoices").await;
+    let all = read_children(&store, "invoices").await;
     assert_eq!(all.len() as u64, size);
     let recovered: Vec<&SyncStatus> = all
         .iter()
@@ -206,14 +210,18 @@ async fn a_batch_cancelled_and_retried_from_another_process() {
     let asked: SyncStatus =
         serde_json::from_value(cancel_batch(&*store, "halt").await.unwrap().status).unwrap();
     assert!(asked.cancel_requested, "{asked:?}");
-    assert_eq!(counts(&asked).pending, 0, "pending children at once: {asked:?}");
+    assert_eq!(
+        counts(&asked).pending,
+        0,
+        "pending children at once: {asked:?}"
+    );
     assert!(counts(&asked).running <= 6, "{asked:?}");
     let ended = wait_for_within(&store, "halt", "the cancel", LONG, |s| s.is_terminal()).await;
     assert_eq!(ended.state, State::Cancelled, "{ended:?}");
     let c = counts(&ended);
     assert!(c.completed >= counts(&asked).completed, "{ended:?}");
     assert_eq!(c.completed + c.cancelled, size, "{ended:?}");
-    let kept: Vec<String> = children(&store, "halt")
+    let kept: Vec<String> = read_children(&store, "halt")
         .await
         .into_iter()
         .filter(|(_, c)| c.state == State::Completed)
@@ -229,7 +237,7 @@ async fn a_batch_cancelled_and_retried_from_another_process() {
     drop(workers);
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert_eq!(counts(&done).completed, size);
-    for (id, child) in children(&store, "halt").await {
+    for (id, child) in read_children(&store, "halt").await {
         if kept.contains(&id) {
             assert_eq!(child.attempt, 1, "{id} was run again");
         } else {

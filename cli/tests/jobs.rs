@@ -184,12 +184,19 @@ async fn a_batch_in_get_ls_stats_cancel_and_retry() {
     );
     let retried = cli(&["retry", "imp"]).await.unwrap();
     assert!(retried.starts_with("imp: batch pending"), "{retried}");
-    let runtime = Runtime::start(store.clone(), RuntimeConfig::default(), |job: JobHandle| async move {
-        job.set_progress(Progress::new(4, 4)).await?;
-        Ok::<Value, jobs::BoxError>(json!("done"))
-    });
+    let runtime = Runtime::start(
+        store.clone(),
+        RuntimeConfig::default(),
+        |job: JobHandle| async move {
+            job.set_progress(Progress::new(4, 4)).await?;
+            Ok::<Value, jobs::BoxError>(json!("done"))
+        },
+    );
     wait_for(&store, "imp", |s| s.state == State::Completed).await;
     runtime.shutdown().await;
     let get = cli(&["get", "imp"]).await.unwrap();
-    assert!(get.contains("3 (3 completed)") && get.contains("12/12"), "{get}");
+    assert!(
+        get.contains("3 (3 completed)") && get.contains("12/12"),
+        "{get}"
+    );
 }

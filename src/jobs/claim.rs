@@ -47,8 +47,7 @@ pub(crate) async fn claim(
             let record = current.ok_or_else(|| Error::NotFound { id: id.to_string() })?;
             let status = status_of(record)?;
             // A batch's parent runs nothing itself: its children are the jobs.
-            if status.state != State::Pending || status.cancel_requested || status.batch.is_some()
-            {
+            if status.state != State::Pending || status.cancel_requested || status.batch.is_some() {
                 return Err(Error::InvalidTransition {
                     id: id.to_string(),
                     action: "claim",

@@ -66,9 +66,14 @@ pub async fn check_batch_rolls_up_its_children_in_one_record(f: Fixture) {
         assert_eq!(child.data.unwrap()["pages"], json!(n));
     }
     // Submitting again changes nothing.
-    let again = submit_batch(&*f.other, "bat", vec![child("ok", 9)], FailurePolicy::FailFast)
-        .await
-        .unwrap();
+    let again = submit_batch(
+        &*f.other,
+        "bat",
+        vec![child("ok", 9)],
+        FailurePolicy::FailFast,
+    )
+    .await
+    .unwrap();
     assert_eq!(rollup(&parse(&again)).size, 5);
     assert_eq!(rollup(&parse(&again)).policy, FailurePolicy::Continue);
 
@@ -104,9 +109,14 @@ pub async fn check_batch_submit_refuses_bad_batches(f: Fixture) {
         .unwrap_err();
     assert!(matches!(empty, Error::InvalidStatus { .. }), "{empty:?}");
     let long = "b".repeat(101);
-    let refused = submit_batch(&*f.store, &long, vec![child("ok", 1)], FailurePolicy::Continue)
-        .await
-        .unwrap_err();
+    let refused = submit_batch(
+        &*f.store,
+        &long,
+        vec![child("ok", 1)],
+        FailurePolicy::Continue,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(refused, Error::InvalidId { .. }), "{refused:?}");
     // A child id held by a job of no batch.
     jobs::submit(&*f.store, "taken.2", SyncStatus::pending())
@@ -126,9 +136,14 @@ pub async fn check_batch_submit_refuses_bad_batches(f: Fixture) {
     );
     assert!(f.store.get("taken").await.unwrap().is_none());
     // An id held by a job that is not a batch.
-    let job = submit_batch(&*f.store, "taken.2", vec![child("ok", 1)], FailurePolicy::Continue)
-        .await
-        .unwrap_err();
+    let job = submit_batch(
+        &*f.store,
+        "taken.2",
+        vec![child("ok", 1)],
+        FailurePolicy::Continue,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(job, Error::AlreadyExists { .. }), "{job:?}");
     let not_a_batch = reconcile_batch(&*f.store, "taken.2").await.unwrap_err();
     assert!(
@@ -141,7 +156,9 @@ pub async fn check_batch_end_states_follow_the_children(f: Fixture) {
     let runtime = Runtime::start(f.store.clone(), fast(), kind_job);
     let go_on = FailurePolicy::Continue;
     let mixed = vec![child("ok", 1), child("fail", 1), child("ok", 2)];
-    submit_batch(&*f.store, "mixed", mixed, go_on).await.unwrap();
+    submit_batch(&*f.store, "mixed", mixed, go_on)
+        .await
+        .unwrap();
     let doomed = vec![child("fail", 1), child("fail", 1)];
     submit_batch(&*f.store, "doomed", doomed, go_on)
         .await
@@ -154,7 +171,10 @@ pub async fn check_batch_end_states_follow_the_children(f: Fixture) {
 
     let partial = wait_for_status(&f.store, "mixed", "mixed to end", |s| s.is_terminal()).await;
     assert_eq!(partial.state, State::Partial, "{partial:?}");
-    assert_eq!((counts(&partial).completed, counts(&partial).failed), (2, 1));
+    assert_eq!(
+        (counts(&partial).completed, counts(&partial).failed),
+        (2, 1)
+    );
     assert!(
         partial.error.as_deref().unwrap().contains("1 of 3"),
         "{partial:?}"
@@ -166,7 +186,10 @@ pub async fn check_batch_end_states_follow_the_children(f: Fixture) {
     let stopped = wait_for_status(&f.store, "strict", "strict to end", |s| s.is_terminal()).await;
     runtime.shutdown().await;
     assert_eq!(stopped.state, State::Failed, "{stopped:?}");
-    assert_eq!((counts(&stopped).failed, counts(&stopped).cancelled), (1, 3));
+    assert_eq!(
+        (counts(&stopped).failed, counts(&stopped).cancelled),
+        (1, 3)
+    );
     for n in 2..=4 {
         let sibling = parse(&f.store.get(&format!("strict.{n}")).await.unwrap().unwrap());
         assert_eq!(sibling.state, State::Cancelled, "strict.{n}: {sibling:?}");
@@ -206,7 +229,10 @@ pub async fn check_batch_cancel_keeps_completed_children(f: Fixture) {
     assert_eq!(at_cancel.running + at_cancel.cancelled, 5, "{asked:?}");
     if at_cancel.running > 0 {
         assert_eq!(asked.state, State::Running, "{asked:?}");
-        assert!(asked.message.as_deref().unwrap().ends_with("stopping"), "{asked:?}");
+        assert!(
+            asked.message.as_deref().unwrap().ends_with("stopping"),
+            "{asked:?}"
+        );
     }
     let ended = wait_for_status(&f.store, "halt", "the batch to be cancelled", |s| {
         s.is_terminal()

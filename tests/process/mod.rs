@@ -214,4 +214,3 @@ impl Random {
 pub fn open(dir: &Path) -> DynSyncStorage {
     Arc::new(FileStorage::open(dir).unwrap())
 }
-

@@ -130,12 +130,18 @@ pub fn child_id(batch: &str, n: u64) -> String {
 
 /// Whether `record` is a batch's parent.
 pub fn is_batch(record: &Record) -> bool {
-    record.status.get("batch").is_some_and(|batch| batch.is_object())
+    record
+        .status
+        .get("batch")
+        .is_some_and(|batch| batch.is_object())
 }
 
 /// The batch `record` is a child of, if it is one.
 pub(crate) fn parent_of(record: &Record) -> Option<&str> {
-    record.status.get("parent").and_then(|parent| parent.as_str())
+    record
+        .status
+        .get("parent")
+        .and_then(|parent| parent.as_str())
 }
 
 /// The name of the store lock held by the runtime reconciling `batch`.

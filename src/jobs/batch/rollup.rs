@@ -136,7 +136,11 @@ pub(crate) fn rolled_up(
         )),
         _ => None,
     };
-    parent.message = Some(summary(&counts, rollup.size, stopping && !state.is_terminal()));
+    parent.message = Some(summary(
+        &counts,
+        rollup.size,
+        stopping && !state.is_terminal(),
+    ));
     parent.state = state;
     parent.progress = Some(Progress::new(done, total));
     parent.batch = Some(BatchRollup { counts, ..rollup });

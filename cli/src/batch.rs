@@ -17,21 +17,7 @@ fn rollup_of(status: &Value) -> Option<BatchRollup> {
 /// The `children` line of `get` for a batch: its size and counts by state.
 pub fn rollup_view(status: &Value) -> Option<String> {
     let rollup = rollup_of(status)?;
-    let c = rollup.counts;
-    let mut text = format!("{} ({} completed", rollup.size, c.completed);
-    for (n, what) in [
-        (c.running, "running"),
-        (c.pending, "pending"),
-        (c.failed, "failed"),
-        (c.cancelled, "cancelled"),
-        (c.missing, "missing"),
-    ] {
-        if n > 0 {
-            let _ = write!(text, ", {n} {what}");
-        }
-    }
-    text.push(')');
-    Some(text)
+    Some(format!("{} ({})", rollup.size, rollup.counts))
 }
 
 /// The records of an `ls` with each batch's children left out when the batch is listed:

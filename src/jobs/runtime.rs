@@ -153,6 +153,9 @@ pub struct Runtime {
     stop: watch::Sender<bool>,
     supervisor: Option<JoinHandle<()>>,
     batches: Option<JoinHandle<()>>,
+    /// Stops the batch reconciler, after the supervisor: its last round counts the jobs the
+    /// shutdown requeued.
+    stop_batches: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -193,8 +196,10 @@ impl Runtime {
             every: config.batch_every,
             lease: config.stale_after,
             owned: HashMap::new(),
+            active: Default::default(),
         };
-        let batches = tokio::spawn(reconciler.run(stopped.clone()));
+        let (stop_batches, batches_stopped) = watch::channel(false);
+        let batches = tokio::spawn(reconciler.run(batches_stopped));
         let supervisor = Supervisor {
             store: store.clone(),
             config,
@@ -210,6 +215,7 @@ impl Runtime {
             stop,
             supervisor: Some(tokio::spawn(supervisor.run(stopped))),
             batches: Some(batches),
+            stop_batches,
         }
     }
 
@@ -224,7 +230,8 @@ impl Runtime {
     }
 
     /// Stops claiming, asks every running job to stop, gives each back to pending (no failure
-    /// counted) once it returned or its grace ran out, and waits for all of that.
+    /// counted) once it returned or its grace ran out, rolls up the batches it was working on
+    /// once more, and waits for all of that.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(supervisor) = self.supervisor.take()
@@ -232,6 +239,7 @@ impl Runtime {
         {
             tracing::error!(%error, "the job supervisor failed");
         }
+        let _ = self.stop_batches.send(true);
         if let Some(batches) = self.batches.take()
             && let Err(error) = batches.await
         {

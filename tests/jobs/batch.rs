@@ -348,3 +348,20 @@ pub async fn check_batch_parent_is_never_claimed_nor_recovered(f: Fixture) {
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert!(done.history.is_empty() && done.lease.is_none(), "{done:?}");
 }
+
+pub async fn check_batch_shutdown_rolls_up_the_requeued_children(f: Fixture) {
+    let children = vec![child("endless", 1), child("endless", 1)];
+    submit_batch(&*f.store, "pause", children, FailurePolicy::Continue)
+        .await
+        .unwrap();
+    let runtime = Runtime::start(f.store.clone(), fast(), kind_job);
+    wait_for_status(&f.store, "pause", "both children running", |s| {
+        counts(s).running == 2
+    })
+    .await;
+    runtime.shutdown().await;
+    // No runtime is left to roll it up: the stopping one did, after requeueing.
+    let parent = parse(&f.store.get("pause").await.unwrap().unwrap());
+    assert_eq!(parent.state, State::Pending, "{parent:?}");
+    assert_eq!(counts(&parent).pending, 2, "{parent:?}");
+}

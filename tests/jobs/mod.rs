@@ -505,6 +505,7 @@ macro_rules! all_jobs_tests {
             one!(check_batch_cancel_keeps_completed_children);
             one!(check_batch_retry_one_child_then_all_failed);
             one!(check_batch_parent_is_never_claimed_nor_recovered);
+            one!(check_batch_shutdown_rolls_up_the_requeued_children);
         }
     };
 }

@@ -108,6 +108,26 @@ impl StateCounts {
     }
 }
 
+impl std::fmt::Display for StateCounts {
+    /// `412 completed, 20 running, 165 pending, 3 failed`: completed always, the others when
+    /// not zero.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} completed", self.completed)?;
+        for (n, what) in [
+            (self.running, "running"),
+            (self.pending, "pending"),
+            (self.failed, "failed"),
+            (self.cancelled, "cancelled"),
+            (self.missing, "missing"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a batch's parent record holds beside its state and summed progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRollup {

@@ -70,23 +70,33 @@ pub(crate) struct BatchReconciler {
     /// How long a lock outlives a holder that died, on backends that cannot tell.
     pub(crate) lease: Duration,
     pub(crate) owned: HashMap<String, LockGuard>,
+    /// The batches this process last rolled up as not ended: a stop rolls them up once more,
+    /// so the writes of the stopping runtime (its requeued children) are counted.
+    pub(crate) active: BTreeSet<String>,
 }
 
 impl BatchReconciler {
+    /// Runs until `stopped` says so (then rolls up the active batches once more), or until
+    /// its sender is dropped (the runtime was dropped: it stops at once).
     pub(crate) async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut rounds = tokio::time::interval(self.every);
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let stop = loop {
             if self.dirty.is_empty() && self.owned.is_empty() {
                 tokio::select! {
                     _ = self.dirty.wake.notified() => {}
-                    _ = stopped.wait_for(|stop| *stop) => return,
+                    stop = stopped.wait_for(|stop| *stop) => break stop.is_ok(),
                 }
             }
             tokio::select! {
                 _ = rounds.tick() => {}
-                _ = stopped.wait_for(|stop| *stop) => return,
+                stop = stopped.wait_for(|stop| *stop) => break stop.is_ok(),
             }
+            self.round().await;
+        };
+        if stop {
+            let last = std::mem::take(&mut self.active);
+            self.dirty.lock().extend(last);
             self.round().await;
         }
     }
@@ -120,10 +130,14 @@ impl BatchReconciler {
                         .is_some_and(State::is_terminal);
                     if ended {
                         self.owned.remove(&id);
+                        self.active.remove(&id);
+                    } else {
+                        self.active.insert(id);
                     }
                 }
                 Err(Error::NotFound { .. } | Error::InvalidStatus { .. }) => {
                     self.owned.remove(&id);
+                    self.active.remove(&id);
                 }
                 Err(error) => {
                     tracing::warn!(batch = %id, %error, "could not roll the batch up; trying again");

@@ -148,22 +148,8 @@ pub(crate) fn rolled_up(
 }
 
 fn summary(counts: &StateCounts, size: u64, stopping: bool) -> String {
-    let mut text = format!("{} of {size} completed", counts.completed);
-    for (n, what) in [
-        (counts.running, "running"),
-        (counts.pending, "pending"),
-        (counts.failed, "failed"),
-        (counts.cancelled, "cancelled"),
-        (counts.missing, "missing"),
-    ] {
-        if n > 0 {
-            text.push_str(&format!(", {n} {what}"));
-        }
-    }
-    if stopping {
-        text.push_str("; stopping");
-    }
-    text
+    let stopping = if stopping { "; stopping" } else { "" };
+    format!("{size} children: {counts}{stopping}")
 }
 
 /// Rolls the children of batch `id` up into its parent record now and returns the parent.

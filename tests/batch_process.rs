@@ -164,25 +164,37 @@ async fn a_batch_of_600_done_by_four_processes_is_never_ahead_and_survives_a_kil
         Some(syncstatus::Progress::new(size * pages, size * pages))
     );
     assert!(checked >= 3, "the watcher saw only {checked} versions");
-    // The children the killed worker held were recovered and completed by the others.
+    // The children the killed worker held were recovered and completed by the others. (On a
+    // loaded machine its heartbeats can come late enough for a child to be recovered before
+    // the kill, and it then claims another: it held at least `hung`.)
     let all = read_children(&store, "invoices").await;
     assert_eq!(all.len() as u64, size);
-    let recovered: Vec<&SyncStatus> = all
+    let held: Vec<&SyncStatus> = all
         .iter()
         .map(|(_, c)| c)
         .filter(|c| {
-            c.history
-                .first()
-                .and_then(|a| a.lease.as_deref())
-                .is_some_and(|lease| lease.starts_with(&lease_of_doomed))
+            c.history.iter().any(|a| {
+                a.lease
+                    .as_deref()
+                    .is_some_and(|lease| lease.starts_with(&lease_of_doomed))
+            })
         })
         .collect();
-    assert_eq!(recovered.len() as u64, hung);
-    for child in recovered {
-        assert_eq!(child.history[0].outcome, Some(AttemptEnd::Interrupted));
+    assert!(held.len() as u64 >= hung, "{} held", held.len());
+    for child in held {
+        for attempt in &child.history {
+            if attempt
+                .lease
+                .as_deref()
+                .is_some_and(|lease| lease.starts_with(&lease_of_doomed))
+            {
+                assert_eq!(attempt.outcome, Some(AttemptEnd::Interrupted), "{child:?}");
+            }
+        }
         assert_eq!(
             child.history.last().unwrap().outcome,
-            Some(AttemptEnd::Completed)
+            Some(AttemptEnd::Completed),
+            "{child:?}"
         );
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::jobs::Attempt;
+use crate::jobs::{Attempt, BatchRollup};
 use crate::record::Timestamp;
 
 /// Where a job is in its life.
@@ -20,6 +20,8 @@ pub enum State {
     Running,
     /// Finished well.
     Completed,
+    /// A batch whose children ended some completed, some not (failed, cancelled or gone).
+    Partial,
     /// Finished badly.
     Failed,
     /// Stopped on request.
@@ -28,10 +30,11 @@ pub enum State {
 
 impl State {
     /// Every state, in life order.
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
         State::Pending,
         State::Running,
         State::Completed,
+        State::Partial,
         State::Failed,
         State::Cancelled,
     ];
@@ -42,14 +45,18 @@ impl State {
             State::Pending => "pending",
             State::Running => "running",
             State::Completed => "completed",
+            State::Partial => "partial",
             State::Failed => "failed",
             State::Cancelled => "cancelled",
         }
     }
 
-    /// Completed, failed or cancelled: nothing more will happen.
+    /// Completed, partial, failed or cancelled: nothing more will happen (unless retried).
     pub fn is_terminal(self) -> bool {
-        matches!(self, State::Completed | State::Failed | State::Cancelled)
+        matches!(
+            self,
+            State::Completed | State::Partial | State::Failed | State::Cancelled
+        )
     }
 }
 
@@ -68,7 +75,7 @@ impl FromStr for State {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown state {text:?} (expected pending, running, completed, failed or cancelled)"
+                    "unknown state {text:?} (expected pending, running, completed, partial, failed or cancelled)"
                 ))
             })
     }
@@ -207,6 +214,14 @@ pub struct SyncStatus {
     /// [`RuntimeConfig::with_history_limit`](crate::jobs::RuntimeConfig::with_history_limit)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+    /// Set on a batch's parent record: its children's counts by state, rolled up (see
+    /// [`jobs::submit_batch`](crate::jobs::submit_batch)). A parent is never claimed nor
+    /// recovered as a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRollup>,
+    /// Set on a batch's child: the id of its batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -243,6 +258,8 @@ impl SyncStatus {
             cancel_requested: false,
             crashes: 0,
             history: Vec::new(),
+            batch: None,
+            parent: None,
         }
     }
 

@@ -5,156 +5,19 @@
 //! `JOBS_WORKER_*` variables set.
 #![cfg(unix)]
 
-mod support;
+mod process;
 
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use syncstatus::jobs::{self, AttemptEnd, JobHandle, Runtime, RuntimeConfig};
-use syncstatus::{DynSyncStorage, FileStorage, Progress, State, SyncStatus};
+use process::{Random, Worker, open, wait_for};
+use serde_json::json;
+use syncstatus::jobs::{self, AttemptEnd};
+use syncstatus::{Progress, State, SyncStatus};
 
-use support::child;
-use support::status_watch::wait_for_status;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-const STALE_AFTER_MS: u64 = 400;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The worker side: runs until SIGTERM, then shuts the runtime down.
+/// The worker side: see [`process::run_worker`].
 #[test]
 fn worker_process() {
-    let Some((kind, dir)) = child::role() else {
-        return;
-    };
-    let page_ms = env_u64("JOBS_WORKER_PAGE_MS", 20);
-    let config = RuntimeConfig::default()
-        .with_stale_after(Duration::from_millis(STALE_AFTER_MS))
-        .with_heartbeat_every(Duration::from_millis(env_u64(
-            "JOBS_WORKER_HEARTBEAT_MS",
-            50,
-        )))
-        .with_history_limit(20);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async move {
-        let store: DynSyncStorage = Arc::new(FileStorage::open(dir).unwrap());
-        let job = move |job: JobHandle| {
-            let kind = kind.clone();
-            async move {
-                if kind == "hang" {
-                    std::future::pending::<()>().await;
-                }
-                let pages = job.data().and_then(|d| d["pages"].as_u64()).unwrap_or(10);
-                let mut page = job.checkpoint().and_then(Value::as_u64).unwrap_or(0);
-                while page < pages {
-                    tokio::time::sleep(Duration::from_millis(page_ms)).await;
-                    page += 1;
-                    if let Err(error) = job
-                        .save_checkpoint(json!(page), Some(Progress::new(page, pages)))
-                        .await
-                    {
-                        eprintln!("worker {}: write refused: {error}", std::process::id());
-                        return Err(error.into());
-                    }
-                }
-                Ok::<Value, jobs::BoxError>(json!({ "pages": pages, "pid": std::process::id() }))
-            }
-        };
-        let runtime = Runtime::start(store, config, job);
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        terminate.recv().await;
-        runtime.shutdown().await;
-    });
-}
-
-struct Worker(Child);
-
-impl Worker {
-    fn start(dir: &Path, kind: &str, log: Option<&Path>, env: &[(&str, &str)]) -> Worker {
-        let vars: Vec<(&str, String)> = env
-            .iter()
-            .map(|(name, value)| (*name, value.to_string()))
-            .collect();
-        let mut command = child::command("worker_process", kind, dir, &vars);
-        command.stdin(Stdio::null()).stdout(Stdio::null());
-        match log {
-            Some(log) => command.stderr(std::fs::File::create(log).unwrap()),
-            None => command.stderr(Stdio::null()),
-        };
-        Worker(command.spawn().expect("the worker starts"))
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.0.id()).unwrap();
-        // SAFETY: kill(2) has no memory effects; the pid is our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Waits until the kernel reports the process stopped (SIGSTOP is delivered
-    /// asynchronously).
-    fn wait_stopped(&self) {
-        let stat = format!("/proc/{}/stat", self.0.id());
-        let until = std::time::Instant::now() + DEADLINE;
-        loop {
-            let text = std::fs::read_to_string(&stat).unwrap_or_default();
-            // The state follows the parenthesised command name: `pid (name) T ...`.
-            let state = text
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next());
-            if matches!(state, Some('T' | 't')) || !Path::new("/proc/self/stat").exists() {
-                return;
-            }
-            assert!(std::time::Instant::now() < until, "the worker did not stop");
-            std::thread::yield_now();
-        }
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A small xorshift generator: random kill instants without a dependency.
-struct Random(u64);
-
-impl Random {
-    fn seeded() -> Random {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("random seed {seed}");
-        Random(seed)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
-fn open(dir: &Path) -> DynSyncStorage {
-    Arc::new(FileStorage::open(dir).unwrap())
+    process::run_worker();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +36,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
     let mut seen = 0;
     for attempt in 1..=10u32 {
         let worker = Worker::start(dir.path(), "steady", None, &[]);
-        let running = wait_for_status(&store, "steady", "the attempt to progress", |s| {
+        let running = wait_for(&store, "steady", "the attempt to progress", |s| {
             s.state == State::Running
                 && s.attempt == attempt
                 && s.progress.is_some_and(|p| p.done > seen)
@@ -192,7 +55,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
         seen = at_kill.progress.unwrap().done;
     }
     let worker = Worker::start(dir.path(), "steady", None, &[]);
-    let done = wait_for_status(&store, "steady", "completion", |s| s.is_terminal()).await;
+    let done = wait_for(&store, "steady", "completion", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert_eq!(done.progress, Some(Progress::new(pages, pages)));
@@ -221,14 +84,14 @@ async fn a_job_crashing_before_any_progress_three_times_ends_failed() {
         .unwrap();
     for attempt in 1..=3u32 {
         let worker = Worker::start(dir.path(), "hang", None, &[]);
-        wait_for_status(&store, "poison", "the attempt to start", |s| {
+        wait_for(&store, "poison", "the attempt to start", |s| {
             s.state == State::Running && s.attempt == attempt
         })
         .await;
         worker.kill();
     }
     let worker = Worker::start(dir.path(), "hang", None, &[]);
-    let failed = wait_for_status(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
+    let failed = wait_for(&store, "poison", "the job to fail", |s| s.is_terminal()).await;
     drop(worker);
     assert_eq!(failed.state, State::Failed, "{failed:?}");
     assert!(
@@ -265,7 +128,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     let mut first;
     let mut at_least = 2;
     loop {
-        first = wait_for_status(&store, "contested", "progress", |s| {
+        first = wait_for(&store, "contested", "progress", |s| {
             s.state == State::Running && s.progress.is_some_and(|p| p.done >= at_least)
         })
         .await;
@@ -283,7 +146,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     }
 
     let successor = Worker::start(dir.path(), "steady", None, &slow);
-    let second = wait_for_status(&store, "contested", "the successor's claim", |s| {
+    let second = wait_for(&store, "contested", "the successor's claim", |s| {
         s.state == State::Running && s.attempt == 2
     })
     .await;
@@ -292,7 +155,7 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
 
     // Every write from here on is the successor's, up to completion.
     let mut last_done = 0;
-    let done = wait_for_status(&store, "contested", "completion", |s| {
+    let done = wait_for(&store, "contested", "completion", |s| {
         if s.state == State::Running {
             assert_eq!(s.lease, second.lease, "a write by the frozen worker: {s:?}");
         }

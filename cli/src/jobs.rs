@@ -56,6 +56,9 @@ pub async fn run(store: &DynSyncStorage, command: JobCommand) -> Result<String, 
 }
 
 fn summary(record: &Record) -> String {
+    if let Some(line) = crate::batch::summary(record) {
+        return line;
+    }
     let state = record.state().unwrap_or("-");
     let asked = record.status.get("cancel_requested") == Some(&Value::Bool(true));
     if asked {

@@ -6,6 +6,7 @@
 //! `watch.rs` and `serve.rs`, the job commands in `jobs.rs`.
 
 mod args;
+mod batch;
 mod failure;
 mod fields;
 mod jobs;
@@ -226,7 +227,7 @@ async fn run(cli: Cli, out: &mut Output) -> Result<(), Failure> {
             if json {
                 pretty(&listing.records)?
             } else {
-                render::table(&listing.records, store.now())
+                render::table(&batch::fold(&listing.records), store.now())
             }
         }
         Command::Rm { id } => {

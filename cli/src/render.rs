@@ -115,10 +115,16 @@ pub fn record_view(record: &Record, now: Timestamp) -> String {
         ),
         ("created_at".into(), record.created_at.to_string()),
     ];
+    if let Some(children) = crate::batch::rollup_view(status) {
+        lines.insert(4, ("children".into(), children));
+    }
     match status {
         Value::Object(map) => {
             for (key, value) in map {
-                if matches!(key.as_str(), "state" | "progress" | "message" | "history") {
+                if matches!(
+                    key.as_str(),
+                    "state" | "progress" | "message" | "history" | "batch"
+                ) {
                     continue;
                 }
                 let text = match value {

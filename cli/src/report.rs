@@ -25,6 +25,8 @@ pub struct StatsOutput<'a> {
     counts: std::collections::BTreeMap<&'a str, u64>,
     no_state: u64,
     total: u64,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    batches: &'a std::collections::BTreeMap<String, u64>,
     stale_running: &'a [String],
     oldest_age_ms: Option<u64>,
     unreadable: u64,
@@ -42,6 +44,7 @@ impl<'a> From<&'a syncstatus::Stats> for StatsOutput<'a> {
                 .collect(),
             no_state: stats.counts.get("").copied().unwrap_or(0),
             total: stats.total,
+            batches: &stats.batches,
             stale_running: &stats.stale_running,
             oldest_age_ms: stats.oldest_age_ms,
             unreadable: stats.unreadable,
@@ -61,6 +64,7 @@ pub fn stats_text(stats: &syncstatus::Stats, stale_after: Duration) -> String {
         };
         out.push_str(&format!("  {state}: {count}\n"));
     }
+    out.push_str(&crate::batch::stats_text(stats));
     if let Some(age) = stats.oldest_age_ms {
         out.push_str(&format!(
             "oldest: {}\n",

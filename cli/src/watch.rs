@@ -249,7 +249,9 @@ impl Drop for ViewThread {
 }
 
 fn is_terminal_state(state: Option<&str>) -> bool {
-    matches!(state, Some("completed" | "failed" | "cancelled"))
+    state
+        .and_then(|state| state.parse::<syncstatus::State>().ok())
+        .is_some_and(syncstatus::State::is_terminal)
 }
 
 /// One line about a record, for finished jobs and for output that is not a terminal.

@@ -118,3 +118,58 @@ async fn cancel_from_another_process_stops_a_running_job_and_get_shows_its_histo
         "{view}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_get_ls_stats_cancel_and_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let store: DynSyncStorage = Arc::new(FileStorage::open(&d).unwrap());
+    let children = (0..3)
+        .map(|_| SyncStatus::pending().with_progress(Progress::new(0, 4)))
+        .collect();
+    jobs::submit_batch(&*store, "imp", children, jobs::FailurePolicy::Continue)
+        .await
+        .unwrap();
+    ok(&d, &["set", "other", "--state", "pending"]);
+    let cli = |args: &'static [&'static str]| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || ok(&d, args))
+    };
+
+    let get = cli(&["get", "imp"]).await.unwrap();
+    assert!(get.contains("children:"), "{get}");
+    assert!(get.contains("3 (0 completed, 3 pending)"), "{get}");
+    assert_eq!(get.matches('[').count(), 1, "one bar: {get}");
+    assert!(get.contains("0/12"), "{get}");
+    let ls = cli(&["ls"]).await.unwrap();
+    assert!(ls.contains("imp ") && ls.contains("other"), "{ls}");
+    assert!(!ls.contains("imp.1"), "children folded: {ls}");
+    let children = cli(&["ls", "--prefix", "imp."]).await.unwrap();
+    assert_eq!(children.lines().count(), 4, "{children}");
+    let stats = cli(&["stats"]).await.unwrap();
+    assert!(stats.contains("batches: 1\n  pending: 1\n"), "{stats}");
+    assert!(stats.contains("  pending: 4\n"), "{stats}");
+
+    let cancelled = cli(&["cancel", "imp"]).await.unwrap();
+    assert!(
+        cancelled.starts_with("imp: batch cancelled, 0 of 3 completed"),
+        "{cancelled}"
+    );
+    let retried = cli(&["retry", "imp"]).await.unwrap();
+    assert!(retried.starts_with("imp: batch pending"), "{retried}");
+    let runtime = Runtime::start(
+        store.clone(),
+        RuntimeConfig::default(),
+        |job: JobHandle| async move {
+            job.set_progress(Progress::new(4, 4)).await?;
+            Ok::<Value, jobs::BoxError>(json!("done"))
+        },
+    );
+    wait_for_status(&store, "imp", "completion", |s| s.state == State::Completed).await;
+    runtime.shutdown().await;
+    let get = cli(&["get", "imp"]).await.unwrap();
+    assert!(
+        get.contains("3 (3 completed)") && get.contains("12/12"),
+        "{get}"
+    );
+}

@@ -46,7 +46,8 @@ pub(crate) async fn claim(
         .update(id, &mut |current: Option<&Record>| {
             let record = current.ok_or_else(|| Error::NotFound { id: id.to_string() })?;
             let status = status_of(record)?;
-            if status.state != State::Pending || status.cancel_requested {
+            // A batch's parent runs nothing itself: its children are the jobs.
+            if status.state != State::Pending || status.cancel_requested || status.batch.is_some() {
                 return Err(Error::InvalidTransition {
                     id: id.to_string(),
                     action: "claim",

@@ -2,7 +2,7 @@
 //! submit, cancel, retry.
 
 use crate::error::{Error, Result};
-use crate::jobs::{status_of, value_of};
+use crate::jobs::{batch, status_of, value_of};
 use crate::record::Record;
 use crate::status::{State, SyncStatus};
 use crate::storage::{PutMode, SyncStorage};
@@ -36,11 +36,20 @@ pub async fn submit(store: &dyn SyncStorage, id: &str, status: SyncStatus) -> Re
 /// Cancels job `id`: a pending job becomes cancelled at once; a running one gets a cancel
 /// request that its worker sees within one heartbeat interval, and it ends cancelled with its
 /// progress kept (or recovery cancels it if the worker is gone). Cancelling a job already
-/// asked to cancel changes nothing more.
+/// asked to cancel changes nothing more. A batch's id cancels the batch
+/// ([`cancel_batch`](crate::jobs::batch::cancel_batch)).
 ///
 /// [`Error::NotFound`] if there is no such job, [`Error::InvalidTransition`] if it already
 /// ended, [`Error::InvalidStatus`] if the record is not a job status.
 pub async fn cancel(store: &dyn SyncStorage, id: &str) -> Result<Record> {
+    match store.get(id).await? {
+        Some(record) if batch::is_batch(&record) => batch::cancel_batch(store, id).await,
+        _ => cancel_job(store, id).await,
+    }
+}
+
+/// [`cancel`] of a job that is not a batch.
+pub(crate) async fn cancel_job(store: &dyn SyncStorage, id: &str) -> Result<Record> {
     let now = store.clock().now();
     store
         .update(id, &mut |current: Option<&Record>| {
@@ -52,7 +61,7 @@ pub async fn cancel(store: &dyn SyncStorage, id: &str) -> Result<Record> {
                     status.message = Some("cancelled before it ran".into());
                 }
                 State::Running => status.cancel_requested = true,
-                State::Completed | State::Failed | State::Cancelled => {
+                State::Completed | State::Partial | State::Failed | State::Cancelled => {
                     return Err(Error::InvalidTransition {
                         id: id.to_string(),
                         action: "cancel",
@@ -66,11 +75,30 @@ pub async fn cancel(store: &dyn SyncStorage, id: &str) -> Result<Record> {
 }
 
 /// Puts a failed or cancelled job `id` back to pending for a new attempt, with its history,
-/// progress and checkpoint kept and its count of crashes reset.
+/// progress and checkpoint kept and its count of crashes reset. A batch's id retries the
+/// batch's failed and cancelled children ([`retry_batch`](crate::jobs::batch::retry_batch));
+/// a batch child's id retries it as [`retry_child`](crate::jobs::batch::retry_child) does.
 ///
 /// [`Error::NotFound`] if there is no such job, [`Error::InvalidTransition`] if it is not
 /// failed or cancelled, [`Error::InvalidStatus`] if the record is not a job status.
 pub async fn retry(store: &dyn SyncStorage, id: &str) -> Result<Record> {
+    let record = store.get(id).await?;
+    if let Some(record) = &record {
+        if batch::is_batch(record) {
+            return batch::retry_batch(store, id).await;
+        }
+        if let Some(n) = batch::parent_of(record).and_then(|parent| {
+            let n = id.strip_prefix(parent)?.strip_prefix('.')?.parse().ok()?;
+            Some((parent.to_string(), n))
+        }) {
+            return batch::retry_child(store, &n.0, n.1).await;
+        }
+    }
+    retry_job(store, id).await
+}
+
+/// [`retry`] of one job, whatever batch it is in.
+pub(crate) async fn retry_job(store: &dyn SyncStorage, id: &str) -> Result<Record> {
     store
         .update(id, &mut |current: Option<&Record>| {
             let record = current.ok_or_else(|| Error::NotFound { id: id.to_string() })?;

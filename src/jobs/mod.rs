@@ -1,6 +1,7 @@
 //! The worker side of a job's life, on the [`SyncStorage`](crate::SyncStorage) trait so every
 //! backend gets it: submit, claim (fenced), heartbeat, progress and checkpoints, cancel, retry,
-//! graceful requeue, progress-aware give-up and an attempt history in the record.
+//! graceful requeue, progress-aware give-up and an attempt history in the record; and
+//! [batches](batch) whose parent rolls up its children.
 //!
 //! A [`Runtime`] runs one job function. Its supervisor claims pending jobs (woken by the
 //! store's watch), recovers jobs whose worker stopped heartbeating, and gives each claimed job
@@ -45,17 +46,22 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 mod claim;
 mod control;
 mod handle;
 mod history;
 mod runtime;
 
+pub use batch::{
+    BatchRollup, FailurePolicy, StateCounts, cancel_batch, child_id, child_progress,
+    reconcile_batch, retry_batch, retry_child, submit_batch,
+};
 pub use control::{cancel, retry, submit};
 pub use handle::{JobHandle, StopReason};
 pub(crate) use history::close_last;
 pub use history::{Attempt, AttemptEnd, DEFAULT_HISTORY_LIMIT};
-pub use runtime::{BoxError, Runtime, RuntimeConfig};
+pub use runtime::{BoxError, DEFAULT_BATCH_EVERY, Runtime, RuntimeConfig};
 
 use crate::error::{Error, Result};
 use crate::record::Record;

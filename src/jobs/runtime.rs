@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{Error, Result};
+use crate::jobs::batch::{BatchReconciler, DirtyBatches, is_batch};
 use crate::jobs::claim::claim;
 use crate::jobs::control;
 use crate::jobs::handle::{JobHandle, StopReason};
@@ -21,6 +22,9 @@ use crate::lifecycle::{RecoveryPolicy, last_heartbeat, recover_if_stale, recover
 use crate::record::{Record, Timestamp};
 use crate::status::{State, SyncStatus};
 use crate::storage::{DynSyncStorage, ListFilter, WatchEvent, WatchOptions, WatchSelector};
+
+/// How often a runtime rolls up a batch whose children change, unless told otherwise.
+pub const DEFAULT_BATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The error a job function returns: anything, kept as the job's `error` text.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,11 +41,13 @@ pub struct RuntimeConfig {
     history_limit: usize,
     grace: Option<Duration>,
     prefix: Option<String>,
+    batch_every: Duration,
 }
 
 impl Default for RuntimeConfig {
     /// Stale after 30 s, heartbeats every third of that, 16 jobs at once, give up after 3
-    /// crashes in a row without progress, the last 10 attempts kept.
+    /// crashes in a row without progress, the last 10 attempts kept, batches rolled up every
+    /// 250 ms.
     fn default() -> Self {
         RuntimeConfig {
             stale_after: Duration::from_secs(30),
@@ -51,6 +57,7 @@ impl Default for RuntimeConfig {
             history_limit: DEFAULT_HISTORY_LIMIT,
             grace: None,
             prefix: None,
+            batch_every: DEFAULT_BATCH_EVERY,
         }
     }
 }
@@ -98,6 +105,13 @@ impl RuntimeConfig {
         self
     }
 
+    /// A batch whose children this runtime sees change is rolled up at most this often
+    /// (default 250 ms; at least 1 ms): the parent's counts are at most this far behind.
+    pub fn with_batch_every(mut self, every: Duration) -> Self {
+        self.batch_every = every.max(Duration::from_millis(1));
+        self
+    }
+
     /// Only ids starting with this are jobs of this runtime.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
@@ -130,13 +144,18 @@ impl RuntimeConfig {
 /// The supervisor (a task the runtime owns) starts with a snapshot of the store through its
 /// watch, then claims pending jobs as the watch reports them and, every `stale_after / 2`,
 /// recovers the running jobs (of this or any other process) whose last heartbeat it saw is
-/// older than `stale_after`. An idle runtime reads nothing from the store but the watch. Dropping the runtime without
+/// older than `stale_after`. A second task rolls up the [batches](crate::jobs::batch) whose
+/// children it sees change. An idle runtime reads nothing from the store but the watch. Dropping the runtime without
 /// `shutdown` stops everything at once, like a crash: the jobs stay running in the store and
 /// are recovered as interrupted once stale.
 pub struct Runtime {
     store: DynSyncStorage,
     stop: watch::Sender<bool>,
     supervisor: Option<JoinHandle<()>>,
+    batches: Option<JoinHandle<()>>,
+    /// Stops the batch reconciler, after the supervisor: its last round counts the jobs the
+    /// shutdown requeued.
+    stop_batches: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -151,6 +170,9 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.abort();
+        }
+        if let Some(batches) = self.batches.take() {
+            batches.abort();
         }
     }
 }
@@ -167,6 +189,17 @@ impl Runtime {
     {
         let job: Arc<JobFn> = Arc::new(move |handle| Box::pin(job(handle)));
         let (stop, stopped) = watch::channel(false);
+        let dirty = Arc::new(DirtyBatches::default());
+        let reconciler = BatchReconciler {
+            store: store.clone(),
+            dirty: dirty.clone(),
+            every: config.batch_every,
+            lease: config.stale_after,
+            owned: HashMap::new(),
+            active: Default::default(),
+        };
+        let (stop_batches, batches_stopped) = watch::channel(false);
+        let batches = tokio::spawn(reconciler.run(batches_stopped));
         let supervisor = Supervisor {
             store: store.clone(),
             config,
@@ -175,11 +208,14 @@ impl Runtime {
             tasks: JoinSet::new(),
             missed: false,
             heartbeats: HashMap::new(),
+            batches: dirty,
         };
         Runtime {
             store,
             stop,
             supervisor: Some(tokio::spawn(supervisor.run(stopped))),
+            batches: Some(batches),
+            stop_batches,
         }
     }
 
@@ -194,13 +230,20 @@ impl Runtime {
     }
 
     /// Stops claiming, asks every running job to stop, gives each back to pending (no failure
-    /// counted) once it returned or its grace ran out, and waits for all of that.
+    /// counted) once it returned or its grace ran out, rolls up the batches it was working on
+    /// once more, and waits for all of that.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(supervisor) = self.supervisor.take()
             && let Err(error) = supervisor.await
         {
             tracing::error!(%error, "the job supervisor failed");
+        }
+        let _ = self.stop_batches.send(true);
+        if let Some(batches) = self.batches.take()
+            && let Err(error) = batches.await
+        {
+            tracing::error!(%error, "the batch reconciler failed");
         }
     }
 }
@@ -216,6 +259,8 @@ struct Supervisor {
     missed: bool,
     /// The running jobs of the store (any worker's) and their last heartbeat, as watched.
     heartbeats: HashMap<String, Timestamp>,
+    /// The batches whose children changed, for the batch reconciler.
+    batches: Arc<DirtyBatches>,
 }
 
 impl Supervisor {
@@ -309,7 +354,11 @@ impl Supervisor {
 
     /// Keeps the last heartbeat of every running job the watch shows.
     fn follow(&mut self, record: &Record) {
-        if record.state() == Some(State::Running.as_str()) && self.config.selects(&record.id) {
+        self.batches.note(record);
+        if record.state() == Some(State::Running.as_str())
+            && self.config.selects(&record.id)
+            && !is_batch(record)
+        {
             self.heartbeats
                 .insert(record.id.clone(), last_heartbeat(record));
         } else {
@@ -387,7 +436,10 @@ impl Supervisor {
 
     /// Claims `record` if it is a pending job of this runtime and a slot is free.
     async fn consider(&mut self, record: &Record) {
-        if record.state() != Some(State::Pending.as_str()) || !self.config.selects(&record.id) {
+        if record.state() != Some(State::Pending.as_str())
+            || !self.config.selects(&record.id)
+            || is_batch(record)
+        {
             return;
         }
         if self.running.values().any(|handle| handle.id() == record.id) {

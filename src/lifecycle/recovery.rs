@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::jobs::batch::is_batch;
 use crate::jobs::{Attempt, AttemptEnd, close_last};
 use crate::record::{Record, Timestamp};
 use crate::status::{Progress, State};
@@ -256,6 +257,9 @@ pub(crate) async fn recover_stale_matching(
     let now = store.clock().now();
     let why = stale_why(stale_after);
     for record in &listing.records {
+        if is_batch(record) {
+            continue;
+        }
         if last_heartbeat(record).age_at(now) < stale_after {
             report.alive += 1;
             continue;
@@ -297,6 +301,7 @@ pub(crate) async fn recover_if_stale(
     };
     let now = store.clock().now();
     if record.state() != Some(State::Running.as_str())
+        || is_batch(&record)
         || last_heartbeat(&record).age_at(now) < stale_after
     {
         return Ok(None);
@@ -317,6 +322,13 @@ pub async fn recover_job(
         .get(id)
         .await?
         .ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+    if is_batch(&record) {
+        return Err(Error::InvalidTransition {
+            id: id.to_string(),
+            action: "recover",
+            state: "a batch (its children are the jobs)".into(),
+        });
+    }
     if record.state() != Some(State::Running.as_str()) {
         return Err(Error::InvalidTransition {
             id: id.to_string(),
@@ -340,8 +352,11 @@ pub async fn recover_job(
 /// Counts and health of a store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
-    /// Live records per state (`""` for records without one).
+    /// Live records per state (`""` for records without one), batches' parents left out.
     pub counts: BTreeMap<String, u64>,
+    /// Batches (their parent records) per state; their children are counted in `counts`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub batches: BTreeMap<String, u64>,
     /// Live records in all.
     pub total: u64,
     /// Running jobs whose last heartbeat is older than the stale limit, sorted.
@@ -354,7 +369,8 @@ pub struct Stats {
     pub healthy: bool,
 }
 
-/// Counts by state, stale running jobs, the oldest record's age, and health.
+/// Counts by state (jobs and batches apart), stale running jobs, the oldest record's age,
+/// and health.
 ///
 /// One pass over the store with [`SyncStorage::scan`]: the memory it takes does not grow
 /// with the store (beyond the ids of stale running jobs) where the backend streams.
@@ -373,18 +389,21 @@ pub async fn stats(store: &dyn SyncStorage, stale_after: Duration) -> Result<Sta
 }
 
 fn count(stats: &mut Stats, record: &Record, now: Timestamp, stale_after: Duration) {
+    let counts = if is_batch(record) {
+        &mut stats.batches
+    } else {
+        &mut stats.counts
+    };
+    *counts
+        .entry(record.state().unwrap_or_default().to_string())
+        .or_insert(0) += 1;
+    stats.total += 1;
+    let age = u64::try_from(record.created_at.age_at(now).as_millis()).unwrap_or(u64::MAX);
+    stats.oldest_age_ms = Some(stats.oldest_age_ms.map_or(age, |oldest| oldest.max(age)));
+    if record.state() == Some(State::Running.as_str())
+        && !is_batch(record)
+        && last_heartbeat(record).age_at(now) >= stale_after
     {
-        *stats
-            .counts
-            .entry(record.state().unwrap_or_default().to_string())
-            .or_insert(0) += 1;
-        stats.total += 1;
-        let age = u64::try_from(record.created_at.age_at(now).as_millis()).unwrap_or(u64::MAX);
-        stats.oldest_age_ms = Some(stats.oldest_age_ms.map_or(age, |oldest| oldest.max(age)));
-        if record.state() == Some(State::Running.as_str())
-            && last_heartbeat(record).age_at(now) >= stale_after
-        {
-            stats.stale_running.push(record.id.clone());
-        }
+        stats.stale_running.push(record.id.clone());
     }
 }

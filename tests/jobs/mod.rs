@@ -1,5 +1,5 @@
 //! The worker runtime's checks (claim, fencing, heartbeats, graceful requeue, progress-aware
-//! give-up, history, cancel, retry) that every backend runs, with the conformance fixtures.
+//! give-up, history, cancel, retry, batches) that every backend runs, with the conformance fixtures.
 //! Crashes are a runtime dropped without `shutdown`; staleness comes from the manual clock.
 
 #![allow(dead_code)]
@@ -15,19 +15,22 @@ use tokio::sync::Notify;
 use crate::conformance::Fixture;
 use crate::support::status_watch::wait_for_status;
 
+mod batch;
+pub use batch::*;
+
 /// Longest wait for a job to reach a state; far above what any check needs.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(120);
 /// The store-clock time after which a silent job is stale.
-const STALE_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(60);
 
-fn config() -> RuntimeConfig {
+pub(crate) fn config() -> RuntimeConfig {
     RuntimeConfig::default()
         .with_stale_after(STALE_AFTER)
         .with_heartbeat_every(Duration::from_millis(50))
         .with_grace(Duration::from_secs(5))
 }
 
-fn parse(record: &syncstatus::Record) -> SyncStatus {
+pub(crate) fn parse(record: &syncstatus::Record) -> SyncStatus {
     serde_json::from_value(record.status.clone()).unwrap()
 }
 
@@ -449,6 +452,13 @@ macro_rules! all_jobs_tests {
             one!(check_a_worker_presumed_dead_cannot_write_over_the_new_owner);
             one!(check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled);
             one!(check_recovery_names_the_real_stale_limit);
+            one!(check_batch_rolls_up_its_children_in_one_record);
+            one!(check_batch_submit_refuses_bad_batches);
+            one!(check_batch_end_states_follow_the_children);
+            one!(check_batch_cancel_keeps_completed_children);
+            one!(check_batch_retry_one_child_then_all_failed);
+            one!(check_batch_parent_is_never_claimed_nor_recovered);
+            one!(check_batch_shutdown_rolls_up_the_requeued_children);
         }
     };
 }

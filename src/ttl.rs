@@ -62,6 +62,17 @@ impl TtlPolicy {
             .map(|ttl| updated_at.saturating_add(ttl))
     }
 
+    /// The shortest TTL of any state, if any state expires: no record written under this
+    /// policy expires sooner after its last write.
+    pub fn shortest(&self) -> Option<Duration> {
+        self.by_state
+            .values()
+            .copied()
+            .chain(std::iter::once(self.default))
+            .flatten()
+            .min()
+    }
+
     /// Whether `record` has expired at `now`.
     pub fn is_expired(&self, record: &Record, now: Timestamp) -> bool {
         self.expires_at(&record.status, record.updated_at)

@@ -113,7 +113,10 @@ fn write_envelope(dir: &Path, id: &str, version: u64, age: Duration, status: Val
     value.as_object_mut().unwrap().remove("expires_at");
     let mut bytes = serde_json::to_vec_pretty(&value).unwrap();
     bytes.push(b'\n');
-    fs::write(dir.join(format!("{id}.json")), bytes).unwrap();
+    let path = dir.join(format!("{id}.json"));
+    fs::write(&path, bytes).unwrap();
+    // The file's time says so too, as it would for a file written back then.
+    set_age(&path, age);
 }
 
 fn set_age(path: &Path, age: Duration) {
@@ -1671,4 +1674,40 @@ async fn a_put_reads_only_the_head_of_the_record_it_replaces() {
     assert_eq!(second.version, first.version + 1);
     assert_eq!(second.created_at, first.created_at);
     assert_eq!(store.get("big").await.unwrap().unwrap(), second);
+}
+
+#[tokio::test]
+async fn cleanup_skips_files_written_more_recently_than_the_shortest_ttl_without_reading_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStorage::builder(tmp.path())
+        .with_ttl(TtlPolicy::uniform(Duration::from_secs(300)))
+        .with_lazy_sweep(None)
+        .build()
+        .unwrap();
+    // Both expired by their content; only the second also has an old file time.
+    write_envelope(
+        tmp.path(),
+        "copied",
+        1,
+        Duration::from_secs(600),
+        json!({"state": "running"}),
+    );
+    write_envelope(
+        tmp.path(),
+        "old",
+        1,
+        Duration::from_secs(600),
+        json!({"state": "running"}),
+    );
+    // As `cp` without `-p` leaves it: old content, a new file time.
+    set_age(&tmp.path().join("copied.json"), Duration::ZERO);
+    // A damaged file with a fresh time is not even opened, so it is no problem to report.
+    fs::write(tmp.path().join("fresh-garbage.json"), b"not json").unwrap();
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(report.removed, ["old"]);
+    assert_eq!(report.kept, 2, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    // Reads judge by content all the same: the copied record is expired.
+    assert_eq!(store.get("copied").await.unwrap(), None);
+    assert!(tmp.path().join("copied.json").exists());
 }

@@ -95,6 +95,14 @@ async fn processes_sweeping_at_once_remove_each_record_exactly_once() {
             )
             .await
             .unwrap();
+        // The files' times say an hour ago too: sweeps skip files written more recently
+        // than the shortest TTL without reading them.
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(format!("old-{i:03}.json")))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
     }
     let fresh = FileStorage::builder(dir.path())
         .with_lazy_sweep(None)

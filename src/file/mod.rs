@@ -64,6 +64,7 @@ pub struct FileStorageBuilder {
     ttl: TtlPolicy,
     durability: Durability,
     clock: SharedClock,
+    wall_clock: bool,
     sweep_interval: Option<Duration>,
     watch_mode: WatchMode,
     create_dir: bool,
@@ -91,6 +92,7 @@ impl FileStorageBuilder {
     /// [`ManualClock`](crate::ManualClock).
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self.wall_clock = false;
         self
     }
 
@@ -159,6 +161,7 @@ impl FileStorageBuilder {
                 ttl: self.ttl,
                 durability: self.durability,
                 clock: self.clock,
+                wall_clock: self.wall_clock,
                 sweep_interval: self.sweep_interval,
                 last_sweep: Mutex::new(None),
                 id_locks: Mutex::new(HashMap::new()),
@@ -211,6 +214,8 @@ struct Inner {
     ttl: TtlPolicy,
     durability: Durability,
     clock: SharedClock,
+    /// Whether `clock` is the wall clock, so that file times can be compared with it.
+    wall_clock: bool,
     sweep_interval: Option<Duration>,
     last_sweep: Mutex<Option<Timestamp>>,
     id_locks: Mutex<IdLocks>,
@@ -226,6 +231,7 @@ impl FileStorage {
             ttl: TtlPolicy::default(),
             durability: Durability::default(),
             clock: Arc::new(SystemClock),
+            wall_clock: true,
             sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
             watch_mode: WatchMode::default(),
             create_dir: true,

@@ -533,7 +533,7 @@ async fn watch_recovers_after_listener_is_killed() {
     // The reconnect is tried at once, so its resync may have read the table before the
     // write made while the listener was down committed; that write then arrives on the new
     // listener. Either way it must arrive.
-    while state.get("during").is_none() {
+    while !state.contains_key("during") {
         let item = tokio::time::timeout(EVENT_DEADLINE, stream.next())
             .await
             .expect("the write made while the listener was down never arrived")

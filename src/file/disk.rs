@@ -151,6 +151,16 @@ pub(crate) enum Commit {
     LockLost,
 }
 
+/// The lock file of an id, as a sweep finds it.
+pub(crate) enum ExistingLock {
+    /// There is none.
+    Absent,
+    /// Someone holds it.
+    Held,
+    /// Now held by the sweep.
+    Locked(FileLock),
+}
+
 /// What stands for the commit lock where there is none to take.
 #[cfg(not(unix))]
 struct NoCommitLock;
@@ -302,6 +312,70 @@ impl Layout {
                 return Ok(Some(FileLock { file, path }));
             }
         }
+    }
+
+    /// Like [`Layout::try_lock`], but never makes the lock file: a sweep has no use for the
+    /// lock of an id nobody writes.
+    pub(crate) fn try_lock_existing(&self, name: &str) -> Result<ExistingLock> {
+        let path = self.lock_path(name);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        no_follow(&mut options);
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::OpenOptionsExt;
+            /// `FILE_SHARE_READ | FILE_SHARE_WRITE`, as in `open_lock_file`.
+            const SHARE_READ_WRITE: u32 = 0x1 | 0x2;
+            options.share_mode(SHARE_READ_WRITE);
+        }
+        let file = match options.open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(ExistingLock::Absent);
+            }
+            Err(error) => return Err(Error::io(&path, symlink_aware(error))),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(ExistingLock::Held),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        if is_same_file(&file, &path) {
+            Ok(ExistingLock::Locked(FileLock { file, path }))
+        } else {
+            // Removed by its holder between the open and the lock: there is none now.
+            Ok(ExistingLock::Absent)
+        }
+    }
+
+    /// Removes the record file of `id` if it is still the file read (`read`), without the
+    /// id's lock. Safe because every rename over a record file and every removal happens
+    /// under the commit lock after checking the file is still the one its writer read: a
+    /// writer that read the removed file starts over, and a file renamed in before this
+    /// check is not the one read, so it stays.
+    #[cfg(unix)]
+    pub(crate) fn remove_unlocked(
+        &self,
+        id: &str,
+        durability: Durability,
+        read: Option<ReadFile>,
+    ) -> Result<bool> {
+        let path = self.record_path(id);
+        let removed = {
+            let _commit = self.commit_lock()?;
+            if FileId::at(&path).map_err(|e| Error::io(&path, e))? != read.as_ref().map(|r| r.key) {
+                return Ok(false);
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => true,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+                Err(error) => return Err(Error::io(&path, error)),
+            }
+        };
+        if removed && durability == Durability::Fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
     }
 
     /// Opens the record file of `id` for reading: `None` when there is none. Only regular

@@ -325,15 +325,14 @@ impl FileStorage {
             let status = decide(current.as_ref())?;
             let head = current.as_ref().map(Head::of);
             let record = self.inner.next_record(id, head, status)?;
-            let written = record.clone();
-            let commit = self
+            // The record goes to the blocking step and comes back: no copy of its status.
+            let (commit, record) = self
                 .blocking(move |inner| {
-                    let commit =
-                        inner
-                            .layout
-                            .write(&written, inner.durability, &file_lock, read)?;
+                    let commit = inner
+                        .layout
+                        .write(&record, inner.durability, &file_lock, read)?;
                     drop(file_lock);
-                    Ok(commit)
+                    Ok((commit, record))
                 })
                 .await?;
             if let disk::Commit::Done = commit {
@@ -352,6 +351,9 @@ impl FileStorage {
         let id_owned = id.to_string();
         let record = self
             .blocking(move |inner| {
+                // Moved into the record, and back out should the write have to start over:
+                // a deep copy of a large status costs as much as parsing it.
+                let mut status = status;
                 loop {
                     let file_lock = inner.lock(&id_owned, started)?;
                     // Only the head of the old record: its status, possibly megabytes, is
@@ -372,7 +374,7 @@ impl FileStorage {
                         other => other?,
                     };
                     check_mode(&id_owned, mode, current.map(|head| head.version))?;
-                    let record = inner.next_record(&id_owned, current, status.clone())?;
+                    let record = inner.next_record(&id_owned, current, status)?;
                     let commit = inner
                         .layout
                         .write(&record, inner.durability, &file_lock, read)?;
@@ -380,6 +382,7 @@ impl FileStorage {
                     if let disk::Commit::Done = commit {
                         return Ok(record);
                     }
+                    status = record.status;
                 }
             })
             .await?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::disk::{self, Layout};
+use super::format::Head;
 use super::{FileStorage, Inner};
 use crate::error::{Error, Result};
 use crate::record::Timestamp;
@@ -308,22 +309,45 @@ impl Inner {
     /// Removes `id` if it is still expired once its locks are held; a lock someone holds
     /// means keep it (see [`Inner::cleanup`]).
     fn remove_if_expired(&self, id: &str, options: &CleanupOptions) -> Result<bool> {
+        // A task of this process writing the id holds its in-process lock. Looked up, not
+        // made: a sweep of many ids must not fill the map, and a writer that comes after
+        // the look is ordered by the file locks below like one of another process.
         let lock = self
             .id_locks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone();
-        let Ok(_in_process) = lock.try_lock() else {
-            return Ok(false);
+            .get(id)
+            .cloned();
+        let _in_process = match &lock {
+            Some(lock) => match lock.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(_) => return Ok(false),
+            },
+            None => None,
         };
-        let Some(file_lock) = self.layout.try_lock(id)? else {
-            return Ok(false);
+        let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
+        let file_lock = match self.layout.try_lock_existing(id)? {
+            disk::ExistingLock::Held => return Ok(false),
+            disk::ExistingLock::Locked(file_lock) => file_lock,
+            // No lock file, so nobody is writing the id (a writer makes it first). Making one
+            // only to remove it would double the cost of a removal; the commit lock orders
+            // this removal with a writer that starts now (see `Layout::remove_unlocked`).
+            #[cfg(unix)]
+            disk::ExistingLock::Absent => {
+                let (head, read) = self.layout.read_head_with_id(id)?;
+                if !head.is_some_and(|head| expired(&head)) {
+                    return Ok(false);
+                }
+                return self.layout.remove_unlocked(id, self.durability, read);
+            }
+            #[cfg(not(unix))]
+            disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
+                Some(file_lock) => file_lock,
+                None => return Ok(false),
+            },
         };
         let (head, read) = self.layout.read_head_with_id(id)?;
-        let still_expired = head.is_some_and(|head| head.is_expired(self.clock.now(), options.ttl));
-        if !still_expired {
+        if !head.is_some_and(|head| expired(&head)) {
             return Ok(false);
         }
         match self

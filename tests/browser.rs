@@ -582,3 +582,164 @@ fn the_status_page_holds_50_jobs_newest_first_with_filters_elapsed_and_eta() {
     std::fs::write(&shot, &png).unwrap();
     println!("status page screenshot: {}", shot.display());
 }
+
+/// What the page shows of the batch `imp` and the rows around it: every row in the table's
+/// order (id, class, parent, state, whether hidden), and the batch row's own cells.
+const BATCH_VIEW: &str = r##"(() => {
+    if (!document.getElementById("summary")) return null;
+    const rows = Array.from(document.querySelectorAll("#jobs tbody tr"));
+    const batch = document.querySelector('tr[data-id="imp"]');
+    return {
+        rows: rows.filter((row) => !row.hidden).map((row) => ({
+            id: row.dataset.id, child: row.classList.contains("child"),
+            parent: row.dataset.parent || null, state: row.dataset.state,
+            count: row.querySelector(".count").textContent,
+        })),
+        inDom: rows.length,
+        batch: batch && {
+            size: batch.dataset.batch,
+            open: batch.dataset.open,
+            expanded: batch.querySelector("button.toggle").getAttribute("aria-expanded"),
+            value: batch.querySelector("progress").value,
+            max: batch.querySelector("progress").max,
+            count: batch.querySelector(".count").textContent,
+            message: batch.querySelector("td.message").textContent,
+        },
+        summary: document.getElementById("summary").textContent,
+        hash: location.hash,
+    };
+})()"##;
+
+fn ids_of(view: &Value) -> Vec<String> {
+    view["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| row["id"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_status_page_shows_a_batch_as_one_row_that_opens_to_its_children() {
+    let Some(chromium) = chromium() else {
+        skip_without_chromium();
+        return;
+    };
+    use std::sync::Arc;
+    use syncstatus::jobs::{self, FailurePolicy};
+    use syncstatus::{MemoryStorage, Progress, PutMode, SyncStatus, SyncStorage, SyncStorageExt};
+
+    let store = Arc::new(MemoryStorage::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let children = (0..3)
+        .map(|_| SyncStatus::pending().with_progress(Progress::new(0, 4)))
+        .collect();
+    runtime
+        .block_on(jobs::submit_batch(
+            &*store,
+            "imp",
+            children,
+            FailurePolicy::Continue,
+        ))
+        .unwrap();
+    let set_child = |id: &str, state: &str, done: u64| {
+        runtime
+            .block_on(store.update_with(id, |record| {
+                let mut status = record.expect("the child exists").status.clone();
+                status["state"] = json!(state);
+                status["progress"] = json!({"done": done, "total": 4});
+                Ok(status)
+            }))
+            .unwrap();
+    };
+    set_child("imp.2", "completed", 4);
+    set_child("imp.3", "running", 2);
+    runtime
+        .block_on(jobs::reconcile_batch(&*store, "imp"))
+        .unwrap();
+    runtime
+        .block_on(store.put(
+            "solo",
+            json!({"state": "running", "progress": {"done": 1, "total": 2}}),
+            PutMode::Overwrite,
+        ))
+        .unwrap();
+    let server = serve_in_process(store.clone());
+    let workdir = tempfile::tempdir().unwrap();
+    let mut browser = Browser::launch(&chromium, &workdir.path().join("chromium"));
+    browser.open(&format!("http://{}/", server.addr));
+
+    // Closed: the batch is one row with its counts and one bar; no child row is even built.
+    let closed = wait_in_page(&mut browser, BATCH_VIEW, "the batch row", |view| {
+        ids_of(view).len() == 2
+    });
+    assert_eq!(ids_of(&closed), ["solo", "imp"], "{closed}");
+    assert_eq!(closed["inDom"], json!(2), "{closed}");
+    let batch = &closed["batch"];
+    assert_eq!(batch["size"], "3", "{closed}");
+    assert_eq!(batch["expanded"], "false", "{closed}");
+    assert_eq!(batch["value"], json!(6), "{closed}");
+    assert_eq!(batch["max"], json!(12), "{closed}");
+    assert_eq!(batch["count"], "6 / 12 (50%)", "{closed}");
+    assert_eq!(
+        batch["message"], "3 children: 1 completed, 1 running, 1 pending",
+        "{closed}"
+    );
+    assert_eq!(
+        closed["summary"], "2 jobs: 2 running; 1 batch holding 3 children",
+        "{closed}"
+    );
+
+    // Opened: the children right under it, in their order, each with its own state and bar.
+    browser.eval(r#"document.querySelector('tr[data-id="imp"] button.toggle').click()"#);
+    let open = wait_in_page(&mut browser, BATCH_VIEW, "the batch opened", |view| {
+        ids_of(view).len() == 5
+    });
+    assert_eq!(
+        ids_of(&open),
+        ["solo", "imp", "imp.1", "imp.2", "imp.3"],
+        "{open}"
+    );
+    let rows = open["rows"].as_array().unwrap();
+    for (row, state, count) in [
+        (&rows[2], "pending", "0 / 4 (0%)"),
+        (&rows[3], "completed", "4 / 4 (100%)"),
+        (&rows[4], "running", "2 / 4 (50%)"),
+    ] {
+        assert_eq!(row["child"], true, "{open}");
+        assert_eq!(row["parent"], "imp", "{open}");
+        assert_eq!(row["state"], state, "{open}");
+        assert_eq!(row["count"], count, "{open}");
+    }
+    assert_eq!(open["batch"]["expanded"], "true", "{open}");
+    assert_eq!(open["hash"], "#open=imp", "{open}");
+
+    // Live while open: a child completes, its row and the batch's counts follow.
+    set_child("imp.1", "completed", 4);
+    runtime
+        .block_on(jobs::reconcile_batch(&*store, "imp"))
+        .unwrap();
+    let moved = wait_in_page(&mut browser, BATCH_VIEW, "the rollup on the page", |view| {
+        view["batch"]["count"] == "10 / 12 (83%)" && view["rows"][2]["state"] == "completed"
+    });
+    assert_eq!(
+        moved["batch"]["message"], "3 children: 2 completed, 1 running",
+        "{moved}"
+    );
+    assert_eq!(ids_of(&moved).len(), 5, "{moved}");
+
+    // Closed again: the children leave the table.
+    browser.eval(r#"document.querySelector('tr[data-id="imp"] button.toggle').click()"#);
+    let closed = wait_in_page(&mut browser, BATCH_VIEW, "the batch closed", |view| {
+        view["inDom"] == json!(2)
+    });
+    assert_eq!(ids_of(&closed), ["solo", "imp"], "{closed}");
+    assert_eq!(closed["hash"], "", "{closed}");
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+}

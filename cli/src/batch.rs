@@ -1,5 +1,5 @@
-//! Batches in the CLI: the rolled-up counts in `get`, batches folded in `ls`, batches counted
-//! apart in `stats`, and the line `cancel` and `retry` print for a batch.
+//! Batches in the CLI: the rolled-up counts in `get`, batches folded in `ls` (and in `watch`,
+//! `cli/src/watch.rs`), batches counted apart in `stats`, and the line `cancel` and `retry` print for a batch.
 
 use std::fmt::Write;
 
@@ -20,6 +20,11 @@ pub fn rollup_view(status: &Value) -> Option<String> {
     Some(format!("{} ({})", rollup.size, rollup.counts))
 }
 
+/// The batch `record` says it is a child of, if any.
+pub fn parent_of(record: &Record) -> Option<&str> {
+    record.status.get("parent").and_then(Value::as_str)
+}
+
 /// The records of an `ls` with each batch's children left out when the batch is listed:
 /// its row (counts, one summed progress) stands for them. `ls --prefix BATCH.` lists them.
 pub fn fold(records: &[Record]) -> Vec<Record> {
@@ -30,13 +35,7 @@ pub fn fold(records: &[Record]) -> Vec<Record> {
         .collect();
     records
         .iter()
-        .filter(|record| {
-            record
-                .status
-                .get("parent")
-                .and_then(Value::as_str)
-                .is_none_or(|parent| !batches.contains(parent))
-        })
+        .filter(|record| parent_of(record).is_none_or(|parent| !batches.contains(parent)))
         .cloned()
         .collect()
 }

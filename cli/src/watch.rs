@@ -1,6 +1,9 @@
-//! `watch`: live progress bars, or one JSON line per event.
+//! `watch`: live progress bars, or one JSON line per event. A watched batch folds its
+//! children: its line or bar (whose message is the rollup's counts) stands for them, and on a
+//! terminal its unfinished children show as indented bars under it; the JSON lines carry
+//! every record as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -8,12 +11,13 @@ use std::thread;
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use syncstatus::jobs::batch::is_batch;
 use syncstatus::{DynSyncStorage, Record, WatchEvent, WatchOptions, WatchSelector};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::failure::{Failure, code, one_line};
-use crate::render;
+use crate::{batch, render};
 
 /// Follows the selected ids until Ctrl-C, SIGTERM or stdout closes.
 pub async fn run(
@@ -254,7 +258,9 @@ fn is_terminal_state(state: Option<&str>) -> bool {
         .is_some_and(syncstatus::State::is_terminal)
 }
 
-/// One line about a record, for finished jobs and for output that is not a terminal.
+/// One line about a record, for finished jobs and for output that is not a terminal. A
+/// batch's message is its children's counts (the rollup writes both at once), so its line
+/// stands for the children it folds.
 fn line(record: &Record) -> String {
     let mut line = format!(
         "{}  {}  {}  v{}",
@@ -270,6 +276,33 @@ fn line(record: &Record) -> String {
     line
 }
 
+/// Which records are children folded into a batch the view shows, as `ls` folds them: a
+/// child whose batch is not watched (`watch --prefix BATCH.`) stays a job of its own.
+#[derive(Debug, Default)]
+struct Folding {
+    batches: HashSet<String>,
+}
+
+impl Folding {
+    /// Notes a record the view now shows; a batch's later children fold into it.
+    fn saw(&mut self, record: &Record) {
+        if is_batch(record) {
+            self.batches.insert(record.id.clone());
+        } else {
+            self.batches.remove(&record.id);
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.batches.remove(id);
+    }
+
+    /// The batch `record` folds into, if the view shows it.
+    fn batch_of<'a>(&self, record: &'a Record) -> Option<&'a str> {
+        batch::parent_of(record).filter(|parent| self.batches.contains(*parent))
+    }
+}
+
 /// The live view: a bar per unfinished job; a line per finished one, printed once.
 struct View {
     /// `None` when stdout is not a terminal: then every change is printed as a line.
@@ -277,6 +310,11 @@ struct View {
     bars: HashMap<String, ProgressBar>,
     /// Finished jobs already printed, by the version printed.
     printed: HashMap<String, u64>,
+    folding: Folding,
+    /// Children whose bars sit under their batch's bar, by that batch.
+    under: HashMap<String, String>,
+    /// The child last put under each batch, so its children keep the order they came in.
+    last_under: HashMap<String, String>,
     with_total: ProgressStyle,
     without_total: ProgressStyle,
 }
@@ -296,6 +334,9 @@ impl View {
             multi,
             bars: HashMap::new(),
             printed: HashMap::new(),
+            folding: Folding::default(),
+            under: HashMap::new(),
+            last_under: HashMap::new(),
             with_total,
             without_total,
         }
@@ -303,11 +344,16 @@ impl View {
 
     fn apply(&mut self, event: WatchEvent) -> io::Result<()> {
         match event {
-            WatchEvent::Upsert(record) => self.upsert(&record),
-            WatchEvent::Removed { id } => self.removed(&id),
+            WatchEvent::Upsert(record) => {
+                self.folding.saw(&record);
+                self.upsert(&record)
+            }
+            WatchEvent::Removed { id } => {
+                self.folding.forget(&id);
+                self.removed(&id)
+            }
             WatchEvent::Resync(records) => {
-                let ids: std::collections::HashSet<&str> =
-                    records.iter().map(|record| record.id.as_str()).collect();
+                let ids: HashSet<&str> = records.iter().map(|record| record.id.as_str()).collect();
                 let gone: Vec<String> = self
                     .bars
                     .keys()
@@ -318,6 +364,9 @@ impl View {
                     self.removed(&id)?;
                 }
                 self.printed.retain(|id, _| ids.contains(id.as_str()));
+                // Every batch first, so that its children fold whatever the snapshot's order.
+                self.folding = Folding::default();
+                records.iter().for_each(|record| self.folding.saw(record));
                 records.iter().try_for_each(|record| self.upsert(record))
             }
         }
@@ -335,22 +384,37 @@ impl View {
     }
 
     fn upsert(&mut self, record: &Record) -> io::Result<()> {
-        let Some(multi) = &self.multi else {
+        let folded_into = self.folding.batch_of(record).map(str::to_string);
+        let Some(multi) = self.multi.clone() else {
+            // The batch's line, printed as its counts change, stands for the child.
+            if folded_into.is_some() {
+                return Ok(());
+            }
             if self.printed.insert(record.id.clone(), record.version) == Some(record.version) {
                 return Ok(());
             }
             return self.println(&line(record));
         };
         if is_terminal_state(record.state()) {
-            if let Some(bar) = self.bars.remove(&record.id) {
+            if let Some(bar) = self.take_bar(&record.id) {
                 multi.remove(&bar);
             }
-            if self.printed.insert(record.id.clone(), record.version) != Some(record.version) {
+            // A finished child is counted in its batch's bar; it needs no line of its own.
+            if folded_into.is_none()
+                && self.printed.insert(record.id.clone(), record.version) != Some(record.version)
+            {
                 self.println(&line(record))?;
             }
             return Ok(());
         }
         self.printed.remove(&record.id);
+        // A child shown before its batch was known moves under the batch's bar.
+        let misplaced = folded_into
+            .as_ref()
+            .is_some_and(|batch| self.under.get(&record.id) != Some(batch));
+        if misplaced && let Some(bar) = self.take_bar(&record.id) {
+            multi.remove(&bar);
+        }
         let (position, length) = match render::progress_of(&record.status) {
             Some((done, Some(total))) => (done.min(total), Some(total)),
             Some((done, None)) => (done, None),
@@ -360,8 +424,13 @@ impl View {
             Some(_) => &self.with_total,
             None => &self.without_total,
         };
+        let indent = if folded_into.is_some() {
+            "  \u{2514} "
+        } else {
+            ""
+        };
         let prefix = format!(
-            "{} {}",
+            "{indent}{} {}",
             render::escape(&record.id),
             render::state_of(record)
         );
@@ -386,17 +455,37 @@ impl View {
                     .with_prefix(prefix)
                     .with_message(message)
                     .with_position(position);
-                let bar = multi.add(bar);
+                let above = folded_into.as_ref().and_then(|batch| {
+                    self.last_under
+                        .get(batch)
+                        .and_then(|last| self.bars.get(last))
+                        .or_else(|| self.bars.get(batch))
+                });
+                let bar = match above {
+                    Some(above) => multi.insert_after(above, bar),
+                    None => multi.add(bar),
+                };
                 // A bar shows once it drew itself; nothing else would make it draw now.
                 bar.force_draw();
+                if let Some(batch) = folded_into {
+                    self.last_under.insert(batch.clone(), record.id.clone());
+                    self.under.insert(record.id.clone(), batch);
+                }
                 self.bars.insert(record.id.clone(), bar);
             }
         }
         Ok(())
     }
 
+    /// Takes the bar of `id` out of the view's books (the caller removes it from the screen).
+    fn take_bar(&mut self, id: &str) -> Option<ProgressBar> {
+        self.under.remove(id);
+        self.bars.remove(id)
+    }
+
     fn removed(&mut self, id: &str) -> io::Result<()> {
-        let had_bar = match (self.bars.remove(id), &self.multi) {
+        self.last_under.remove(id);
+        let had_bar = match (self.take_bar(id), &self.multi) {
             (Some(bar), Some(multi)) => {
                 multi.remove(&bar);
                 true
@@ -408,5 +497,39 @@ impl View {
             self.println(&format!("{}  removed", render::escape(id)))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use syncstatus::Timestamp;
+
+    fn record(id: &str, status: Value) -> Record {
+        Record {
+            id: id.into(),
+            version: 1,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+            expires_at: None,
+            status,
+        }
+    }
+
+    #[test]
+    fn children_fold_only_into_a_batch_the_view_shows() {
+        let mut folding = Folding::default();
+        let child = record("b.1", json!({"state": "running", "parent": "b"}));
+        assert_eq!(folding.batch_of(&child), None, "batch not seen yet");
+        folding.saw(&record(
+            "b",
+            json!({"state": "running", "batch": {"size": 1}}),
+        ));
+        assert_eq!(folding.batch_of(&child), Some("b"));
+        let stranger = record("c.1", json!({"state": "running", "parent": "c"}));
+        assert_eq!(folding.batch_of(&stranger), None);
+        folding.forget("b");
+        assert_eq!(folding.batch_of(&child), None, "batch removed");
     }
 }

@@ -1028,3 +1028,94 @@ fn stats_json_and_text_agree_on_records_without_a_state() {
     assert!(text.contains("(no state): 1"), "{text}");
     assert!(text.contains("running: 1"), "{text}");
 }
+
+/// `watch` folds a batch as `ls` does: one line for the batch, carrying its children's counts
+/// as they roll up, and no line for any child; a job beside it keeps its own line.
+#[test]
+fn watch_folds_a_batch_into_its_line_with_the_childrens_counts() {
+    use syncstatus::jobs::{self, FailurePolicy};
+    use syncstatus::{FileStorage, Progress, SyncStatus, SyncStorageExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = FileStorage::open(d).unwrap();
+    let children = (0..3)
+        .map(|_| SyncStatus::pending().with_progress(Progress::new(0, 4)))
+        .collect();
+    runtime
+        .block_on(jobs::submit_batch(
+            &store,
+            "imp",
+            children,
+            FailurePolicy::Continue,
+        ))
+        .unwrap();
+    ok(d, &["set", "other", "--state", "running"]);
+
+    let watcher = Watcher::start(d, &[]);
+    let mut lines = Vec::new();
+    let mut next_line = |what: &str| {
+        let line = watcher
+            .lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no line for {what}; so far: {lines:#?}"));
+        lines.push(line.clone());
+        line
+    };
+    // The snapshot: the batch and the other job, in either order, and nothing else.
+    let snapshot = [next_line("the snapshot"), next_line("the snapshot")];
+    let batch_line = snapshot
+        .iter()
+        .find(|line| line.starts_with("imp "))
+        .unwrap_or_else(|| panic!("no batch line: {snapshot:?}"));
+    assert!(
+        batch_line.contains("3 children: 0 completed, 3 pending"),
+        "{batch_line}"
+    );
+    assert!(batch_line.contains("0/12"), "{batch_line}");
+    assert!(
+        snapshot.iter().any(|line| line.starts_with("other ")),
+        "{snapshot:?}"
+    );
+
+    // A child completes and the batch rolls up: the batch's line follows, the child has none.
+    runtime
+        .block_on(store.update_with("imp.2", |record| {
+            let mut status = record.expect("the child exists").status.clone();
+            status["state"] = json!("completed");
+            status["progress"] = json!({"done": 4, "total": 4});
+            Ok(status)
+        }))
+        .unwrap();
+    runtime
+        .block_on(jobs::reconcile_batch(&store, "imp"))
+        .unwrap();
+    let rolled = loop {
+        let line = next_line("the rolled-up batch");
+        if line.starts_with("imp ") && line.contains("1 completed") {
+            break line;
+        }
+    };
+    assert!(
+        rolled.contains("3 children: 1 completed, 2 pending") && rolled.contains("4/12"),
+        "{rolled}"
+    );
+    // A write after the child's: once its line is out, the child's event is behind us.
+    ok(d, &["update", "other", "--state", "completed"]);
+    loop {
+        let line = next_line("the other job's completion");
+        if line.starts_with("other ") && line.contains("completed") {
+            break;
+        }
+    }
+    let children: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.starts_with("imp."))
+        .collect();
+    assert!(children.is_empty(), "children not folded: {lines:#?}");
+    drop(store);
+}

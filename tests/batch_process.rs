@@ -45,7 +45,12 @@ async fn read_children(store: &DynSyncStorage, batch: &str) -> Vec<(String, Sync
     listing
         .records
         .into_iter()
-        .map(|record| (record.id, serde_json::from_value(record.status.clone()).unwrap()))
+        .map(|record| {
+            (
+                record.id,
+                serde_json::from_value(record.status.clone()).unwrap(),
+            )
+        })
         .collect()
 }
 

@@ -132,12 +132,18 @@ impl WatchHub {
     }
 
     /// Hands what was just published to the fan-out task, or sends it here if none runs.
-    /// `first`: the event is the first unsent one, so the task is not already woken for it.
-    fn dispatch(&self, first: bool) {
+    /// `position`: where the publish's first event stands in the unsent queue (1: the first,
+    /// so the task is not woken for it yet; 0: nothing was queued). A task a subscriber's
+    /// whole buffer behind (a writer that never yields its thread) is not waited for: the
+    /// publisher sends, which keeps the queue bounded.
+    fn dispatch(&self, position: usize) {
+        if position == 0 {
+            return;
+        }
         match self.fanout.get() {
-            Some(notify) if first => notify.notify_one(),
-            Some(_) => {}
-            None => self.send_unsent(),
+            Some(notify) if position == 1 => notify.notify_one(),
+            Some(_) if position < SUBSCRIBER_BUFFER => {}
+            _ => self.send_unsent(),
         }
     }
 
@@ -168,8 +174,8 @@ impl WatchHub {
     /// followed by the new record, so subscribers never mistake it for the old one.
     #[cfg(test)]
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
-        let first = Self::apply_locked(&mut self.lock(), id, current);
-        self.dispatch(first);
+        let position = Self::apply_locked(&mut self.lock(), id, current);
+        self.dispatch(position);
     }
 
     /// Publishes a write this process just made. Re-reads that began before it are then
@@ -179,9 +185,9 @@ impl WatchHub {
         state.local_epoch += 1;
         let epoch = state.local_epoch;
         state.local_marks.insert(id.to_string(), epoch);
-        let first = Self::apply_locked(&mut state, id, current);
+        let position = Self::apply_locked(&mut state, id, current);
         drop(state);
-        self.dispatch(first);
+        self.dispatch(position);
     }
 
     /// The epoch to pass to [`Self::apply_read`] for a read that starts now.
@@ -202,9 +208,9 @@ impl WatchHub {
         if state.local_marks.get(id).is_some_and(|mark| *mark > epoch) {
             return;
         }
-        let first = Self::apply_locked(&mut state, id, current);
+        let position = Self::apply_locked(&mut state, id, current);
         drop(state);
-        self.dispatch(first);
+        self.dispatch(position);
     }
 
     /// Replaces the whole state after lost continuity and sends every subscriber a resync,
@@ -224,25 +230,25 @@ impl WatchHub {
             records.extend(newer.iter().filter_map(|id| state.records.get(id).cloned()));
             records.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        let first = Self::replace_all_locked(&mut state, records);
+        let position = Self::replace_all_locked(&mut state, records);
         drop(state);
-        self.dispatch(first);
+        self.dispatch(position);
     }
 
-    /// Queues `message` to be sent; true when it is the only unsent one.
-    fn queue(state: &mut HubState, message: HubMessage) -> bool {
+    /// Queues `message` to be sent; its position in the queue, from 1.
+    fn queue(state: &mut HubState, message: HubMessage) -> usize {
         state.unsent.push(message);
-        state.unsent.len() == 1
+        state.unsent.len()
     }
 
-    /// Publishes one id; true when that made the first unsent event (see [`Self::dispatch`]).
-    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) -> bool {
+    /// Publishes one id; the position of its first queued event (see [`Self::dispatch`]).
+    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) -> usize {
         let queued_before = state.unsent.len();
         let event = match current {
             Some(record) => {
                 if let Some(known) = state.records.get(id) {
                     if same_revision(known, &record) {
-                        return false;
+                        return 0;
                     }
                     if is_recreation(known, &record) {
                         Self::queue(
@@ -257,16 +263,16 @@ impl WatchHub {
             }
             None => {
                 if state.records.remove(id).is_none() {
-                    return false;
+                    return 0;
                 }
                 WatchEvent::Removed { id: id.to_string() }
             }
         };
         Self::queue(state, HubMessage::Event(Arc::new(event)));
-        queued_before == 0
+        queued_before + 1
     }
 
-    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) -> bool {
+    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) -> usize {
         state.records = records
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
@@ -279,8 +285,8 @@ impl WatchHub {
 
     /// Tells subscribers about a problem of the source (a resync follows when it is fixed).
     pub(crate) fn report(&self, error: Error) {
-        let first = Self::queue(&mut self.lock(), HubMessage::Problem(Arc::new(error)));
-        self.dispatch(first);
+        let position = Self::queue(&mut self.lock(), HubMessage::Problem(Arc::new(error)));
+        self.dispatch(position);
     }
 
     /// The ids the hub currently holds.
@@ -663,5 +669,18 @@ mod tests {
             panic!("no event after the snapshot");
         };
         assert_eq!(event, WatchEvent::Upsert(record(3, 10, 30).into()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_writer_that_never_yields_sends_once_a_buffer_is_queued() {
+        let hub = Arc::new(WatchHub::new([]));
+        let _fanout = hub.start_fanout();
+        let mut rx = hub.lock().tx.subscribe();
+        for version in 1..=SUBSCRIBER_BUFFER as u64 {
+            hub.apply_local("job", Some(record(version, 10, version * 10)));
+        }
+        // The fan-out task never ran on this thread; the queue did not grow past a buffer.
+        assert!(hub.lock().unsent.is_empty());
+        assert_eq!(published(&mut rx).len(), SUBSCRIBER_BUFFER);
     }
 }

@@ -463,7 +463,7 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 fn main() {
     if let Ok(what) = std::env::var(CHILD) {
         if let Some(n) = what.strip_prefix("fanout:") {
-            fanout::fanout_child(n.parse().expect("subscriber count"));
+            fanout::fanout_child(n);
         } else if let Some(n) = what.strip_prefix("snapshots:") {
             fanout::snapshots_child(n.parse().expect("stream count"));
         } else {

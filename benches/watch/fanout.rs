@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 use syncstatus::{
-    FileStorage, PutMode, SyncStorage, TtlPolicy, WatchEvent, WatchOptions, WatchSelector,
+    FileStorage, MemoryStorage, PutMode, SyncStorage, TtlPolicy, WatchEvent, WatchOptions,
+    WatchSelector,
 };
 
 use super::{CHILD, DEADLINE, median, percentile, runtime, status_kib};
@@ -159,15 +160,34 @@ pub(crate) fn snapshots() {
     }
 }
 
+/// The store a fan-out case writes to: `file` (the disk sets the write's pace) or `memory`
+/// (the write costs microseconds, so what is left is the fan-out).
+pub(crate) const STORES: [&str; 2] = ["file", "memory"];
+
+/// `fanout:STORE:N` in a child process.
+pub(crate) fn fanout_child(what: &str) {
+    let (store, n) = what.split_once(':').expect("fanout:STORE:N");
+    let n = n.parse().expect("subscriber count");
+    let dir = tempfile::tempdir().expect("temp dir");
+    match store {
+        "memory" => fanout_child_on(
+            MemoryStorage::with_options(
+                TtlPolicy::never(),
+                std::sync::Arc::new(syncstatus::SystemClock),
+            ),
+            n,
+        ),
+        _ => fanout_child_on(open(dir.path()), n),
+    }
+}
+
 /// In a process of its own, with `n` subscribers (each a task with its own `watch(All)`
-/// stream) on one file store, writes made through that same store: first 500 paced writes
+/// stream) on one store, writes made through that same store: first 500 paced writes
 /// (one every 2 ms, each a new id), timed from the START of each `put` to each subscriber's
 /// receipt; then 2,000 writes over 100 ids as fast as one writer task goes. Prints
 /// `p50_us p99_us max_us missing writes_per_s`.
-pub(crate) fn fanout_child(n: usize) {
-    let dir = tempfile::tempdir().expect("temp dir");
+fn fanout_child_on<S: SyncStorage + Clone + 'static>(store: S, n: usize) {
     let rt = runtime();
-    let store = open(dir.path());
     let (p50, p99, max, missing, rate) = rt.block_on(async {
         let mut subscribers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -269,10 +289,16 @@ struct Fanout {
 }
 
 pub(crate) fn fanout() {
+    for store in STORES {
+        fanout_on(store);
+    }
+}
+
+fn fanout_on(store: &str) {
     let rounds = rounds();
     println!();
     println!(
-        "fan-out: N subscribers on one file store, writes through that same store; delivery \
+        "fan-out: N subscribers on one {store} store, writes through that same store; delivery \
          from the START of put to each subscriber ({PACED} paced writes, one per {PACED_EVERY:?}), \
          then {FAST_WRITES} writes over {FAST_IDS} ids as fast as one writer task goes; each case \
          in a fresh process, {rounds} rounds, order rotated; load average {}",
@@ -288,7 +314,7 @@ pub(crate) fn fanout() {
         for k in 0..SUBSCRIBER_CASES.len() {
             let case = (k + round) % SUBSCRIBER_CASES.len();
             let n = SUBSCRIBER_CASES[case];
-            let measured = child(&format!("fanout:{n}"), |out| {
+            let measured = child(&format!("fanout:{store}:{n}"), |out| {
                 let mut f = out.split_whitespace();
                 Some(Fanout {
                     p50: f.next()?.parse().ok()?,
@@ -327,6 +353,7 @@ pub(crate) fn fanout() {
         println!("{name:<40} median {med:>7.2}x (min {min:.2}, max {max:.2})");
     };
     println!();
+    println!("{store} store:");
     show(
         "p99 delivery, 1000 subscribers / 1",
         ratio(&|r| Some(r[2].as_ref()?.p99 / r[1].as_ref()?.p99)),

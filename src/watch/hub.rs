@@ -5,17 +5,22 @@
 //! per id, drops repeats, and fans events out to every subscriber. Subscribers that fall behind
 //! get a resync built from the hub's state under the same lock that publishes, so nothing falls
 //! between the two.
+//!
+//! A write only records its event (in order, under the hub's lock); the hub's fan-out task
+//! makes the broadcast send, so the writer pays one wake per batch of writes instead of waking
+//! every waiting subscriber itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use super::reconciler::Changes;
 use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
+use crate::task::AbortOnDrop;
 
 /// How many events a subscriber may fall behind before it gets a resync instead.
 const SUBSCRIBER_BUFFER: usize = 4096;
@@ -38,12 +43,20 @@ struct HubState {
     /// The epoch of the last local write per id, so a re-read begun before it (and finished
     /// after it) is known to be stale.
     local_marks: HashMap<String, u64>,
+    /// Events published to `records` but not yet sent, oldest first.
+    unsent: Vec<HubMessage>,
 }
 
 /// The last published state of every id, and the fan-out to subscribers.
 #[derive(Debug)]
 pub(crate) struct WatchHub {
     state: Mutex<HubState>,
+    /// Held while sending, so sends keep the order of `unsent` and a new receiver is taken
+    /// only between two batches (never while one is half sent).
+    sending: Mutex<()>,
+    /// Wakes the fan-out task, once [`Self::start_fanout`] started it; until then whoever
+    /// publishes sends the event itself.
+    fanout: OnceLock<Arc<Notify>>,
 }
 
 /// Whether `a` and `b` are the same write. Version 0 is a file written by another tool as
@@ -77,8 +90,75 @@ impl WatchHub {
                 tx,
                 local_epoch: 0,
                 local_marks: HashMap::new(),
+                unsent: Vec::new(),
             }),
+            sending: Mutex::new(()),
+            fanout: OnceLock::new(),
         }
+    }
+
+    /// Starts the task that sends published events to subscribers; it stops when the returned
+    /// handle is dropped (with the hub's source) or the hub is gone.
+    pub(crate) fn start_fanout(self: &Arc<Self>) -> AbortOnDrop {
+        let notify = Arc::new(Notify::new());
+        let hub = Arc::downgrade(self);
+        let wake = notify.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                let Some(hub) = hub.upgrade() else { return };
+                hub.send_unsent();
+            }
+        });
+        // A hub has one source and so one fan-out task; events published before it existed
+        // were sent by their publishers.
+        let _ = self.fanout.set(notify);
+        AbortOnDrop(task)
+    }
+
+    /// Sends every published event not sent yet, in order.
+    fn send_unsent(&self) {
+        let _sending = self
+            .sending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tx, unsent) = {
+            let mut state = self.lock();
+            (state.tx.clone(), std::mem::take(&mut state.unsent))
+        };
+        for message in unsent {
+            let _ = tx.send(message);
+        }
+    }
+
+    /// Hands what was just published to the fan-out task, or sends it here if none runs.
+    /// `position`: where the publish's first event stands in the unsent queue (1: the first,
+    /// so the task is not woken for it yet; 0: nothing was queued). A task a subscriber's
+    /// whole buffer behind (a writer that never yields its thread) is not waited for: the
+    /// publisher sends, which keeps the queue bounded.
+    fn dispatch(&self, position: usize) {
+        if position == 0 {
+            return;
+        }
+        match self.fanout.get() {
+            Some(notify) if position == 1 => notify.notify_one(),
+            Some(_) if position < SUBSCRIBER_BUFFER => {}
+            _ => self.send_unsent(),
+        }
+    }
+
+    /// The hub's state with every published event sent: a snapshot and a receiver taken
+    /// while holding both guards agree (what is in the snapshot is not sent again).
+    fn lock_sent(&self) -> (MutexGuard<'_, ()>, MutexGuard<'_, HubState>) {
+        let sending = self
+            .sending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.lock();
+        for message in std::mem::take(&mut state.unsent) {
+            let _ = state.tx.send(message);
+        }
+        (sending, state)
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -94,7 +174,8 @@ impl WatchHub {
     /// followed by the new record, so subscribers never mistake it for the old one.
     #[cfg(test)]
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
-        Self::apply_locked(&mut self.lock(), id, current);
+        let position = Self::apply_locked(&mut self.lock(), id, current);
+        self.dispatch(position);
     }
 
     /// Publishes a write this process just made. Re-reads that began before it are then
@@ -104,7 +185,9 @@ impl WatchHub {
         state.local_epoch += 1;
         let epoch = state.local_epoch;
         state.local_marks.insert(id.to_string(), epoch);
-        Self::apply_locked(&mut state, id, current);
+        let position = Self::apply_locked(&mut state, id, current);
+        drop(state);
+        self.dispatch(position);
     }
 
     /// The epoch to pass to [`Self::apply_read`] for a read that starts now.
@@ -125,7 +208,9 @@ impl WatchHub {
         if state.local_marks.get(id).is_some_and(|mark| *mark > epoch) {
             return;
         }
-        Self::apply_locked(&mut state, id, current);
+        let position = Self::apply_locked(&mut state, id, current);
+        drop(state);
+        self.dispatch(position);
     }
 
     /// Replaces the whole state after lost continuity and sends every subscriber a resync,
@@ -145,22 +230,31 @@ impl WatchHub {
             records.extend(newer.iter().filter_map(|id| state.records.get(id).cloned()));
             records.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        Self::replace_all_locked(&mut state, records);
+        let position = Self::replace_all_locked(&mut state, records);
+        drop(state);
+        self.dispatch(position);
     }
 
-    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) {
+    /// Queues `message` to be sent; its position in the queue, from 1.
+    fn queue(state: &mut HubState, message: HubMessage) -> usize {
+        state.unsent.push(message);
+        state.unsent.len()
+    }
+
+    /// Publishes one id; the position of its first queued event (see [`Self::dispatch`]).
+    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) -> usize {
+        let queued_before = state.unsent.len();
         let event = match current {
             Some(record) => {
                 if let Some(known) = state.records.get(id) {
                     if same_revision(known, &record) {
-                        return;
+                        return 0;
                     }
                     if is_recreation(known, &record) {
-                        let _ = state
-                            .tx
-                            .send(HubMessage::Event(Arc::new(WatchEvent::Removed {
-                                id: id.to_string(),
-                            })));
+                        Self::queue(
+                            state,
+                            HubMessage::Event(Arc::new(WatchEvent::Removed { id: id.to_string() })),
+                        );
                     }
                 }
                 let record = Arc::new(record);
@@ -169,28 +263,30 @@ impl WatchHub {
             }
             None => {
                 if state.records.remove(id).is_none() {
-                    return;
+                    return 0;
                 }
                 WatchEvent::Removed { id: id.to_string() }
             }
         };
-        let _ = state.tx.send(HubMessage::Event(Arc::new(event)));
+        Self::queue(state, HubMessage::Event(Arc::new(event)));
+        queued_before + 1
     }
 
-    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) {
+    fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) -> usize {
         state.records = records
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
             .collect();
-        let _ = state
-            .tx
-            .send(HubMessage::Event(Arc::new(WatchEvent::Resync(records))));
+        Self::queue(
+            state,
+            HubMessage::Event(Arc::new(WatchEvent::Resync(records))),
+        )
     }
 
     /// Tells subscribers about a problem of the source (a resync follows when it is fixed).
     pub(crate) fn report(&self, error: Error) {
-        let state = self.lock();
-        let _ = state.tx.send(HubMessage::Problem(Arc::new(error)));
+        let position = Self::queue(&mut self.lock(), HubMessage::Problem(Arc::new(error)));
+        self.dispatch(position);
     }
 
     /// The ids the hub currently holds.
@@ -219,7 +315,7 @@ impl WatchHub {
     ) -> WatchStream {
         let mut pending = VecDeque::new();
         let rx = {
-            let state = self.lock();
+            let (_sending, state) = self.lock_sent();
             if options.snapshot {
                 pending.push_back(Ok(WatchEvent::Resync(Self::snapshot(&state, &selector))));
             } else if let Some(known) = &options.resume {
@@ -293,7 +389,7 @@ impl Subscriber {
                     // Fell behind: start again from the hub's state, taking the new receiver
                     // under the same lock so no event falls between snapshot and stream.
                     let hub = self.hub.upgrade()?;
-                    let state = hub.lock();
+                    let (_sending, state) = hub.lock_sent();
                     self.rx = state.tx.subscribe();
                     return Some(Ok(WatchEvent::Resync(WatchHub::snapshot(
                         &state,
@@ -525,5 +621,66 @@ mod tests {
         };
         assert!(Arc::ptr_eq(&a1, &b1));
         assert_eq!(*a1, record(2, 10, 20));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_local_write_leaves_the_send_to_the_fanout_task() {
+        let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+        let _fanout = hub.start_fanout();
+        let mut rx = hub.lock().tx.subscribe();
+        hub.apply_local("job", Some(record(2, 10, 20)));
+        hub.apply_local("job", Some(record(3, 10, 30)));
+        // On this one thread the fan-out task has not run yet: the writer sent nothing.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        for version in [2, 3] {
+            let Ok(Ok(HubMessage::Event(event))) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
+            else {
+                panic!("no event for version {version}");
+            };
+            assert_eq!(
+                *event,
+                WatchEvent::Upsert(record(version, 10, version * 10).into())
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_subscriber_joining_before_the_send_gets_each_write_once() {
+        let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+        let _fanout = hub.start_fanout();
+        hub.apply_local("job", Some(record(2, 10, 20)));
+        let options = WatchOptions {
+            snapshot: true,
+            ..WatchOptions::default()
+        };
+        let mut stream = hub.subscribe(WatchSelector::All, options, Arc::new(()));
+        let Some(Ok(WatchEvent::Resync(snapshot))) = stream.next().await else {
+            panic!("no snapshot");
+        };
+        assert_eq!(snapshot, vec![Arc::new(record(2, 10, 20))]);
+        hub.apply_local("job", Some(record(3, 10, 30)));
+        // The write already in the snapshot does not come again.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
+        let Ok(Some(Ok(event))) = next else {
+            panic!("no event after the snapshot");
+        };
+        assert_eq!(event, WatchEvent::Upsert(record(3, 10, 30).into()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_writer_that_never_yields_sends_once_a_buffer_is_queued() {
+        let hub = Arc::new(WatchHub::new([]));
+        let _fanout = hub.start_fanout();
+        let mut rx = hub.lock().tx.subscribe();
+        for version in 1..=SUBSCRIBER_BUFFER as u64 {
+            hub.apply_local("job", Some(record(version, 10, version * 10)));
+        }
+        // The fan-out task never ran on this thread; the queue did not grow past a buffer.
+        assert!(hub.lock().unsent.is_empty());
+        assert_eq!(published(&mut rx).len(), SUBSCRIBER_BUFFER);
     }
 }

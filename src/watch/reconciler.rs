@@ -190,10 +190,11 @@ pub(crate) fn start_seeded<S: ChangeSource>(
         reported: false,
     };
     let task = tokio::spawn(reconciler.run());
+    let fanout = hub.start_fanout();
     HubHandle {
         hub,
         changes,
-        _source: Box::new(AbortOnDrop(task)),
+        _source: Box::new((AbortOnDrop(task), fanout)),
     }
 }
 

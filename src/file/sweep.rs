@@ -262,30 +262,26 @@ impl Inner {
                 report.kept += 1;
                 continue;
             }
-            let now = self.clock.now();
-            // The head is enough to judge, and of most files only the first bytes are read.
-            let expired = match self.layout.read_head_with_id(&id) {
-                Ok((Some(head), _)) => head.is_expired(now, options.ttl),
-                Ok((None, _)) => continue,
-                Err(error) => {
-                    report.errors.push(CleanupProblem {
+            if !options.dry_run {
+                // Judged under the id's lock, by the one read that is needed anyway.
+                match self.remove_if_expired(&id, options) {
+                    Ok(Removal::Removed) => report.removed.push(id),
+                    Ok(Removal::Kept) => report.kept += 1,
+                    Ok(Removal::Gone) => {}
+                    Err(error) => report.errors.push(CleanupProblem {
                         id: Some(id.clone()),
                         message: error.to_string(),
-                    });
-                    continue;
+                    }),
                 }
-            };
-            if !expired {
-                report.kept += 1;
                 continue;
             }
-            if options.dry_run {
-                report.removed.push(id);
-                continue;
-            }
-            match self.remove_if_expired(&id, options) {
-                Ok(true) => report.removed.push(id),
-                Ok(false) => report.kept += 1,
+            // The head is enough to judge, and of most files only the first bytes are read.
+            match self.layout.read_head_with_id(&id) {
+                Ok((Some(head), _)) if head.is_expired(self.clock.now(), options.ttl) => {
+                    report.removed.push(id);
+                }
+                Ok((Some(_), _)) => report.kept += 1,
+                Ok((None, _)) => {}
                 Err(error) => report.errors.push(CleanupProblem {
                     id: Some(id.clone()),
                     message: error.to_string(),
@@ -308,7 +304,7 @@ impl Inner {
 
     /// Removes `id` if it is still expired once its locks are held; a lock someone holds
     /// means keep it (see [`Inner::cleanup`]).
-    fn remove_if_expired(&self, id: &str, options: &CleanupOptions) -> Result<bool> {
+    fn remove_if_expired(&self, id: &str, options: &CleanupOptions) -> Result<Removal> {
         // A task of this process writing the id holds its in-process lock. Looked up, not
         // made: a sweep of many ids must not fill the map, and a writer that comes after
         // the look is ordered by the file locks below like one of another process.
@@ -321,13 +317,13 @@ impl Inner {
         let _in_process = match &lock {
             Some(lock) => match lock.try_lock() {
                 Ok(guard) => Some(guard),
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(Removal::Kept),
             },
             None => None,
         };
         let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
         let file_lock = match self.layout.try_lock_existing(id)? {
-            disk::ExistingLock::Held => return Ok(false),
+            disk::ExistingLock::Held => return Ok(Removal::Kept),
             disk::ExistingLock::Locked(file_lock) => file_lock,
             // No lock file, so nobody is writing the id (a writer makes it first). Making one
             // only to remove it would double the cost of a removal; the commit lock orders
@@ -335,20 +331,28 @@ impl Inner {
             #[cfg(unix)]
             disk::ExistingLock::Absent => {
                 let (head, read) = self.layout.read_head_with_id(id)?;
-                if !head.is_some_and(|head| expired(&head)) {
-                    return Ok(false);
+                match head {
+                    None => return Ok(Removal::Gone),
+                    Some(head) if !expired(&head) => return Ok(Removal::Kept),
+                    Some(_) => {}
                 }
-                return self.layout.remove_unlocked(id, self.durability, read);
+                return Ok(if self.layout.remove_unlocked(id, self.durability, read)? {
+                    Removal::Removed
+                } else {
+                    Removal::Kept
+                });
             }
             #[cfg(not(unix))]
             disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
                 Some(file_lock) => file_lock,
-                None => return Ok(false),
+                None => return Ok(Removal::Kept),
             },
         };
         let (head, read) = self.layout.read_head_with_id(id)?;
-        if !head.is_some_and(|head| expired(&head)) {
-            return Ok(false);
+        match head {
+            None => return Ok(Removal::Gone),
+            Some(head) if !expired(&head) => return Ok(Removal::Kept),
+            Some(_) => {}
         }
         match self
             .layout
@@ -356,11 +360,20 @@ impl Inner {
         {
             Ok(_) => {}
             // Someone took the id meanwhile; leave it to them.
-            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(false),
+            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(Removal::Kept),
         }
         file_lock
             .remove()
             .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
-        Ok(true)
+        Ok(Removal::Removed)
     }
+}
+
+/// What a sweep did with one record.
+enum Removal {
+    Removed,
+    /// Live, or locked by a writer, or replaced meanwhile: left.
+    Kept,
+    /// There was no record by the time it was looked at.
+    Gone,
 }

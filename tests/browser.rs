@@ -631,7 +631,13 @@ fn the_status_page_shows_a_batch_as_one_row_that_opens_to_its_children() {
     use syncstatus::jobs::{self, FailurePolicy};
     use syncstatus::{MemoryStorage, Progress, PutMode, SyncStatus, SyncStorage, SyncStorageExt};
 
-    let store = Arc::new(MemoryStorage::new());
+    // A clock of the test's own, so that `solo` is surely created after the batch: the page
+    // lists newest first, and both could otherwise fall in one millisecond.
+    let clock = syncstatus::ManualClock::starting_now();
+    let store = Arc::new(MemoryStorage::with_options(
+        syncstatus::TtlPolicy::default(),
+        Arc::new(clock.clone()),
+    ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -662,6 +668,7 @@ fn the_status_page_shows_a_batch_as_one_row_that_opens_to_its_children() {
     runtime
         .block_on(jobs::reconcile_batch(&*store, "imp"))
         .unwrap();
+    clock.advance(std::time::Duration::from_secs(1));
     runtime
         .block_on(store.put(
             "solo",

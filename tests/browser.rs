@@ -279,8 +279,8 @@ fn row_expression(id: &str) -> String {
                 state: row.dataset.state,
                 value: bar.value,
                 max: bar.max,
-                count: row.querySelector(".count").textContent,
-                message: row.querySelector("td.message").textContent,
+                count: row.querySelector(".count")?.textContent,
+                message: row.querySelector("td.message")?.textContent,
                 html: bar.outerHTML,
                 connection: document.getElementById("connection").dataset.state,
             }};
@@ -410,7 +410,7 @@ fn the_status_page_follows_the_server_through_a_kill_and_restart() {
     assert_eq!(finished["value"], json!(pages), "{finished}");
     assert!(done_before < pages as f64);
     let attempt = browser.eval(&format!(
-        r#"document.querySelector('tr[data-id="{id}"] td.attempt').textContent"#
+        r#"document.querySelector('tr[data-id="{id}"] td.attempt')?.textContent"#
     ));
     assert_eq!(attempt, "2");
 }
@@ -501,9 +501,9 @@ fn the_status_page_holds_50_jobs_newest_first_with_filters_elapsed_and_eta() {
             tallest: Math.max(0, ...heights),
             lowest: Math.min(1e9, ...heights),
             pageWidth: document.documentElement.scrollWidth,
-            eta: rows.map((row) => row.querySelector("td.eta").textContent),
-            elapsed: rows.map((row) => row.querySelector("td.elapsed").textContent),
-            shown: document.getElementById("shown").textContent,
+            eta: rows.map((row) => row.querySelector("td.eta")?.textContent),
+            elapsed: rows.map((row) => row.querySelector("td.elapsed")?.textContent),
+            shown: document.getElementById("shown")?.textContent,
         };
     })()"##;
     let page = wait_in_page(&mut browser, layout, "50 jobs on the page", |page| {
@@ -593,7 +593,7 @@ const BATCH_VIEW: &str = r##"(() => {
         rows: rows.filter((row) => !row.hidden).map((row) => ({
             id: row.dataset.id, child: row.classList.contains("child"),
             parent: row.dataset.parent || null, state: row.dataset.state,
-            count: row.querySelector(".count").textContent,
+            count: row.querySelector(".count")?.textContent,
         })),
         inDom: rows.length,
         batch: batch && {
@@ -602,10 +602,10 @@ const BATCH_VIEW: &str = r##"(() => {
             expanded: batch.querySelector("button.toggle").getAttribute("aria-expanded"),
             value: batch.querySelector("progress").value,
             max: batch.querySelector("progress").max,
-            count: batch.querySelector(".count").textContent,
-            message: batch.querySelector("td.message").textContent,
+            count: batch.querySelector(".count")?.textContent,
+            message: batch.querySelector("td.message")?.textContent,
         },
-        summary: document.getElementById("summary").textContent,
+        summary: document.getElementById("summary")?.textContent,
         hash: location.hash,
     };
 })()"##;

@@ -7,6 +7,7 @@ pub mod forwarding;
 #[cfg(unix)]
 pub mod job_worker;
 pub mod listing;
+pub mod memory_fixture;
 pub mod status_watch;
 pub mod tls_server;
 pub mod watch_feed;

@@ -3,30 +3,30 @@
 //! version of the parent that it never counts more done than the children are. Cancel and
 //! retry come from this process while the workers run in others.
 //!
-//! The workers are this test binary run again as `worker_process` (see `process`).
+//! The workers are this test binary run again as `worker_process` (see
+//! `support::job_worker`).
 #![cfg(unix)]
 
-mod process;
+mod support;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use process::{Worker, open, wait_for_within};
 use serde_json::json;
+use support::job_worker::{self, Worker, open};
+use support::listing::readable_records;
+use support::status_watch::{StatusWatch, wait_for_status_within as wait_for_within};
 use syncstatus::jobs::{
     self, AttemptEnd, FailurePolicy, StateCounts, cancel_batch, child_progress, submit_batch,
 };
-use syncstatus::{
-    DynSyncStorage, ListFilter, State, SyncStatus, WatchEvent, WatchOptions, WatchSelector,
-};
+use syncstatus::{DynSyncStorage, ListFilter, State, SyncStatus};
 
 /// Longest wait for a whole batch on a shared two-core machine; far above what it needs.
 const LONG: Duration = Duration::from_secs(240);
 
-/// The worker side: see [`process::run_worker`].
+/// The worker side: see [`job_worker::run_worker`].
 #[test]
 fn worker_process() {
-    process::run_worker();
+    job_worker::run_worker();
 }
 
 fn counts(status: &SyncStatus) -> StateCounts {
@@ -34,16 +34,12 @@ fn counts(status: &SyncStatus) -> StateCounts {
 }
 
 async fn read_children(store: &DynSyncStorage, batch: &str) -> Vec<(String, SyncStatus)> {
-    let listing = store
-        .list(&ListFilter {
-            state: None,
-            prefix: Some(format!("{batch}.")),
-        })
+    let filter = ListFilter {
+        state: None,
+        prefix: Some(format!("{batch}.")),
+    };
+    readable_records(&**store, &filter)
         .await
-        .unwrap();
-    assert!(listing.errors.is_empty(), "{:?}", listing.errors);
-    listing
-        .records
         .into_iter()
         .map(|record| {
             (
@@ -57,55 +53,36 @@ async fn read_children(store: &DynSyncStorage, batch: &str) -> Vec<(String, Sync
 /// Follows the parent until it ends; at every version seen, the children read after it must
 /// hold at least as many completed and as much progress. Returns how many versions it checked.
 async fn check_never_ahead(store: DynSyncStorage, batch: &'static str) -> usize {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([batch]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
+    let mut watch = StatusWatch::start(&store, batch).await;
     let (mut checked, mut last_completed) = (0, 0);
     loop {
-        let event = tokio::time::timeout(LONG, events.next())
-            .await
-            .expect("the parent ends in time")
-            .expect("the watch goes on")
-            .expect("no watch error");
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => panic!("the parent was removed"),
+        let deadline = tokio::time::Instant::now() + LONG;
+        let (version, parent) = match watch.next("the parent to end", deadline).await {
+            Some(seen) => seen,
+            None => panic!("the parent was removed"),
         };
-        for record in records.into_iter().filter(|r| r.id == batch) {
-            let parent: SyncStatus = serde_json::from_value(record.status.clone()).unwrap();
-            let now = read_children(&store, batch).await;
-            let completed = now
-                .iter()
-                .filter(|(_, c)| c.state == State::Completed)
-                .count() as u64;
-            let done: u64 = now.iter().map(|(_, c)| child_progress(c).done).sum();
-            let shown = counts(&parent);
-            assert!(
-                shown.completed <= completed,
-                "the parent (v{}) counts {} completed, the children {completed}",
-                record.version,
-                shown.completed
-            );
-            let shown_done = parent.progress.unwrap().done;
-            assert!(
-                shown_done <= done,
-                "the parent (v{}) shows {shown_done} done, the children {done}",
-                record.version
-            );
-            assert!(shown.completed >= last_completed, "the count went back");
-            last_completed = shown.completed;
-            checked += 1;
-            if parent.is_terminal() {
-                return checked;
-            }
+        let now = read_children(&store, batch).await;
+        let completed = now
+            .iter()
+            .filter(|(_, c)| c.state == State::Completed)
+            .count() as u64;
+        let done: u64 = now.iter().map(|(_, c)| child_progress(c).done).sum();
+        let shown = counts(&parent);
+        assert!(
+            shown.completed <= completed,
+            "the parent (v{version}) counts {} completed, the children {completed}",
+            shown.completed
+        );
+        let shown_done = parent.progress.unwrap().done;
+        assert!(
+            shown_done <= done,
+            "the parent (v{version}) shows {shown_done} done, the children {done}"
+        );
+        assert!(shown.completed >= last_completed, "the count went back");
+        last_completed = shown.completed;
+        checked += 1;
+        if parent.is_terminal() {
+            return checked;
         }
     }
 }
@@ -129,7 +106,7 @@ async fn a_batch_of_600_done_by_four_processes_is_never_ahead_and_survives_a_kil
         dir.path(),
         "hang",
         None,
-        &[("JOBS_WORKER_MAX_JOBS", &hung.to_string())],
+        &[("JOBS_WORKER_MAX_JOBS", hung.to_string())],
     );
     let lease_of_doomed = format!("{:x}-", doomed.0.id());
     wait_for_within(
@@ -140,7 +117,7 @@ async fn a_batch_of_600_done_by_four_processes_is_never_ahead_and_survives_a_kil
         |s| counts(s).running == hung,
     )
     .await;
-    let fast = [("JOBS_WORKER_PAGE_MS", "2")];
+    let fast = [("JOBS_WORKER_PAGE_MS", "2".to_string())];
     let workers: Vec<Worker> = (0..3)
         .map(|_| Worker::start(dir.path(), "steady", None, &fast))
         .collect();
@@ -215,7 +192,10 @@ async fn a_batch_cancelled_and_retried_from_another_process() {
     submit_batch(&*store, "halt", children, FailurePolicy::Continue)
         .await
         .unwrap();
-    let slow = [("JOBS_WORKER_PAGE_MS", "50"), ("JOBS_WORKER_MAX_JOBS", "3")];
+    let slow = [
+        ("JOBS_WORKER_PAGE_MS", "50".to_string()),
+        ("JOBS_WORKER_MAX_JOBS", "3".to_string()),
+    ];
     let workers: Vec<Worker> = (0..2)
         .map(|_| Worker::start(dir.path(), "steady", None, &slow))
         .collect();

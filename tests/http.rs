@@ -1,6 +1,8 @@
 //! The axum router, driven request by request with `tower::ServiceExt::oneshot`.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,33 +11,16 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::memory_fixture::{Fixture, TTL, fixture};
 use syncstatus::http::{RouterConfig, router};
-use syncstatus::{
-    Clock, DynSyncStorage, ManualClock, MemoryStorage, PutMode, State, SyncStatus, SyncStorage,
-    SyncStorageExt, TtlPolicy,
-};
+use syncstatus::{Clock, DynSyncStorage, PutMode, State, SyncStatus, SyncStorage, SyncStorageExt};
 use tokio::time::timeout;
 use tower::ServiceExt;
 
 /// How long a test waits for something that should happen at once.
 const DEADLINE: Duration = Duration::from_secs(10);
 const KEY: &str = "correct horse battery staple";
-const TTL: Duration = Duration::from_secs(300);
 const STALE_AFTER: Duration = Duration::from_secs(60);
-
-struct Fixture {
-    store: DynSyncStorage,
-    clock: ManualClock,
-}
-
-fn fixture() -> Fixture {
-    let clock = ManualClock::starting_now();
-    let store = MemoryStorage::with_options(TtlPolicy::uniform(TTL), Arc::new(clock.clone()));
-    Fixture {
-        store: Arc::new(store),
-        clock,
-    }
-}
 
 impl Fixture {
     fn app(&self) -> Router {

@@ -1,23 +1,45 @@
 //! The worker runtime across real processes on one file store: workers killed with SIGKILL at
 //! random instants, crashing before any progress, frozen with SIGSTOP past `stale_after`.
 //!
-//! The worker is this test binary run again with `worker_process` as the only test and the
-//! `JOBS_WORKER_*` variables set.
+//! The worker is this test binary run again as `worker_process` (see `support::job_worker`).
 #![cfg(unix)]
 
-mod process;
+mod support;
 
 use std::time::Duration;
 
-use process::{Random, Worker, open, wait_for};
 use serde_json::json;
+use support::job_worker::{self, Worker, open};
+use support::status_watch::wait_for_status as wait_for;
 use syncstatus::jobs::{self, AttemptEnd};
 use syncstatus::{Progress, State, SyncStatus};
 
-/// The worker side: see [`process::run_worker`].
+/// The worker side: see [`job_worker::run_worker`].
 #[test]
 fn worker_process() {
-    process::run_worker();
+    job_worker::run_worker();
+}
+
+/// A small xorshift generator: random kill instants without a dependency.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Random {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("random seed {seed}");
+        Random(seed)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,8 +138,8 @@ async fn a_worker_frozen_past_stale_after_cannot_write_over_the_new_owner() {
     .await
     .unwrap();
     let slow = [
-        ("JOBS_WORKER_PAGE_MS", "100"),
-        ("JOBS_WORKER_HEARTBEAT_MS", "100"),
+        ("JOBS_WORKER_PAGE_MS", "100".to_string()),
+        ("JOBS_WORKER_HEARTBEAT_MS", "100".to_string()),
     ];
     let log = dir.path().join("frozen.log");
     std::fs::create_dir_all(dir.path()).unwrap();

@@ -2,6 +2,8 @@
 //! request with `tower::ServiceExt::oneshot`.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,29 +14,15 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::memory_fixture::{Fixture, TTL, fixture};
 use syncstatus::http::RouterConfig;
-use syncstatus::{DynSyncStorage, ManualClock, MemoryStorage, PutMode, SyncStorage, TtlPolicy};
+use syncstatus::{DynSyncStorage, PutMode, SyncStorage};
 use tokio::time::timeout;
 use tower::ServiceExt;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const WRITE_KEY: &str = "write key for tests";
 const ADMIN_KEY: &str = "admin key for tests";
-const TTL: Duration = Duration::from_secs(300);
-
-struct Fixture {
-    store: DynSyncStorage,
-    clock: ManualClock,
-}
-
-fn fixture() -> Fixture {
-    let clock = ManualClock::starting_now();
-    let store = MemoryStorage::with_options(TtlPolicy::uniform(TTL), Arc::new(clock.clone()));
-    Fixture {
-        store: Arc::new(store),
-        clock,
-    }
-}
 
 impl Fixture {
     fn config(&self) -> RouterConfig {

@@ -20,6 +20,7 @@ use syncstatus::{
 };
 
 use support::child;
+use support::listing::readable_records;
 #[cfg(target_os = "linux")]
 use support::watch_feed::check_last_watch_stops_its_feed;
 
@@ -153,13 +154,8 @@ fn revision(record: &Record) -> Revision {
 
 /// The revision of every record on disk, as a fresh store lists them.
 async fn disk_revisions(dir: &Path) -> BTreeMap<String, Revision> {
-    let listing = open(dir, WatchMode::Events)
-        .list(&ListFilter::all())
+    readable_records(&open(dir, WatchMode::Events), &ListFilter::all())
         .await
-        .unwrap();
-    assert!(listing.errors.is_empty(), "{:?}", listing.errors);
-    listing
-        .records
         .into_iter()
         .map(|record| (record.id.clone(), revision(&record)))
         .collect()

@@ -76,19 +76,8 @@ pub fn summary(record: &Record) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_record::record;
     use serde_json::json;
-    use syncstatus::Timestamp;
-
-    fn record(id: &str, status: Value) -> Record {
-        Record {
-            id: id.into(),
-            version: 1,
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(0),
-            expires_at: None,
-            status,
-        }
-    }
 
     #[test]
     fn a_listed_batch_folds_its_children() {

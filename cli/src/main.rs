@@ -13,6 +13,8 @@ mod jobs;
 mod render;
 mod report;
 mod serve;
+#[cfg(test)]
+mod test_record;
 mod watch;
 
 use std::io::{self, Write};

@@ -233,13 +233,8 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let record = |id: &str, message: &str| Record {
-            id: id.into(),
-            version: 1,
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(0),
-            expires_at: None,
-            status: json!({"state": "running", "message": message}),
+        let record = |id: &str, message: &str| {
+            crate::test_record::record(id, json!({"state": "running", "message": message}))
         };
         let text = table(
             &[record("a", "one"), record("longer-id", "two")],

@@ -503,19 +503,8 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
-    use syncstatus::Timestamp;
-
-    fn record(id: &str, status: Value) -> Record {
-        Record {
-            id: id.into(),
-            version: 1,
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(0),
-            expires_at: None,
-            status,
-        }
-    }
+    use crate::test_record::record;
+    use serde_json::json;
 
     #[test]
     fn children_fold_only_into_a_batch_the_view_shows() {

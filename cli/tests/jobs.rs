@@ -1,6 +1,8 @@
 //! `syncstatus cancel`, `syncstatus retry` and the history in `get`, against a file store that
 //! a worker runtime in this test process works on: cancel comes from another process.
 
+// Only the waits of the shared file are used here, not all it offers.
+#[allow(dead_code)]
 #[path = "../../tests/support/status_watch.rs"]
 mod status_watch;
 

@@ -10,7 +10,7 @@ use syncstatus::jobs::{
 };
 use syncstatus::{Error, Progress, PutMode, RecoveryPolicy, State, SyncStatus, recover_stale};
 
-use super::{STALE_AFTER, config, parse, wait_for_status};
+use super::{STALE_AFTER, assert_refused, config, parse, wait_for_status};
 use crate::conformance::Fixture;
 
 fn rollup(status: &SyncStatus) -> &BatchRollup {
@@ -244,16 +244,7 @@ pub async fn check_batch_cancel_keeps_completed_children(f: Fixture) {
     let kept = parse(&f.store.get("halt.1").await.unwrap().unwrap());
     assert_eq!(kept.state, State::Completed);
     let again = jobs::cancel(&*f.other, "halt").await.unwrap_err();
-    assert!(
-        matches!(
-            again,
-            Error::InvalidTransition {
-                action: "cancel",
-                ..
-            }
-        ),
-        "{again:?}"
-    );
+    assert_refused(&again, "cancel");
 }
 
 pub async fn check_batch_retry_one_child_then_all_failed(f: Fixture) {
@@ -284,16 +275,7 @@ pub async fn check_batch_retry_one_child_then_all_failed(f: Fixture) {
     let untouched = parse(&f.store.get("again.3").await.unwrap().unwrap());
     assert_eq!(untouched.attempt, 1, "a completed child is not run again");
     let nothing = jobs::retry(&*f.other, "again").await.unwrap_err();
-    assert!(
-        matches!(
-            nothing,
-            Error::InvalidTransition {
-                action: "retry",
-                ..
-            }
-        ),
-        "{nothing:?}"
-    );
+    assert_refused(&nothing, "retry");
     let running = retry_child(&*f.other, "again", 3).await.unwrap_err();
     assert!(
         matches!(running, Error::InvalidTransition { .. }),

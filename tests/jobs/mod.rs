@@ -34,6 +34,15 @@ pub(crate) fn parse(record: &syncstatus::Record) -> SyncStatus {
     serde_json::from_value(record.status.clone()).unwrap()
 }
 
+/// Fails the test unless `error` refuses `action` (`"cancel"`, `"retry"`) in the state the
+/// job is in.
+pub(crate) fn assert_refused(error: &Error, action: &str) {
+    assert!(
+        matches!(error, Error::InvalidTransition { action: asked, .. } if *asked == action),
+        "{error:?}"
+    );
+}
+
 /// A job that completes at once with the pages of its data.
 async fn quick_job(job: JobHandle) -> Result<Value, jobs::BoxError> {
     job.set_progress(Progress::new(1, 1)).await?;
@@ -208,16 +217,7 @@ pub async fn check_cancel_pending_and_running(f: Fixture) {
     let cancelled = jobs::cancel(&*f.other, "early").await.unwrap();
     assert_eq!(parse(&cancelled).state, State::Cancelled);
     let again = jobs::cancel(&*f.other, "early").await.unwrap_err();
-    assert!(
-        matches!(
-            again,
-            Error::InvalidTransition {
-                action: "cancel",
-                ..
-            }
-        ),
-        "{again:?}"
-    );
+    assert_refused(&again, "cancel");
     let missing = jobs::cancel(&*f.other, "nobody").await.unwrap_err();
     assert!(matches!(missing, Error::NotFound { .. }), "{missing:?}");
 
@@ -287,16 +287,7 @@ pub async fn check_retry_keeps_history(f: Fixture) {
     assert_eq!(outcomes, vec![AttemptEnd::Failed, AttemptEnd::Completed]);
     assert_eq!(done.error, None);
     let refused = jobs::retry(&*f.other, "flaky").await.unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            Error::InvalidTransition {
-                action: "retry",
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
+    assert_refused(&refused, "retry");
 }
 
 pub async fn check_a_worker_presumed_dead_cannot_write_over_the_new_owner(f: Fixture) {

@@ -1,24 +1,28 @@
-//! Helpers of the multi-process job tests: the worker process (this test binary run again),
-//! waiting on the store's watch, and a small random generator.
-#![allow(dead_code)]
+//! A worker runtime in a process of its own, on a file store's directory: the test binary run
+//! again as its `worker_process` test (the harness of [`super::child`]), which a test can
+//! kill, freeze or let run. Its job saves a checkpoint per page.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use syncstatus::jobs::{self, JobHandle, Runtime, RuntimeConfig};
-use syncstatus::{
-    DynSyncStorage, FileStorage, Progress, SyncStatus, WatchEvent, WatchOptions, WatchSelector,
-};
+use syncstatus::{DynSyncStorage, FileStorage, Progress};
 
-/// A guard against a hang, not a timing: debug builds on 2 loaded cores are slow.
-pub const DEADLINE: Duration = Duration::from_secs(120);
+use super::child;
+use super::status_watch::STATUS_DEADLINE;
+
+/// The `stale_after` of every worker: short, so that tests see a frozen worker's job
+/// recovered soon.
 pub const STALE_AFTER_MS: u64 = 400;
 
-pub fn env_u64(name: &str, default: u64) -> u64 {
+/// The test every binary that starts workers names `worker_process` and that calls
+/// [`run_worker`].
+const ENTRY: &str = "worker_process";
+
+fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -27,11 +31,15 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 
 /// The worker side (the test binary's `worker_process` test calls it): runs until SIGTERM,
 /// then shuts the runtime down. Does nothing unless started by [`Worker::start`].
+///
+/// Its role is the kind of job: `hang` never ends an attempt; any other saves a checkpoint
+/// every `JOBS_WORKER_PAGE_MS` (default 20) until `data.pages` (default 10). The runtime
+/// heartbeats every `JOBS_WORKER_HEARTBEAT_MS` (default 50) and runs up to
+/// `JOBS_WORKER_MAX_JOBS` (default 16) jobs.
 pub fn run_worker() {
-    let Some(dir) = std::env::var_os("JOBS_WORKER_DIR") else {
+    let Some((kind, dir)) = child::role() else {
         return;
     };
-    let kind = std::env::var("JOBS_WORKER_KIND").unwrap_or_default();
     let page_ms = env_u64("JOBS_WORKER_PAGE_MS", 20);
     let config = RuntimeConfig::default()
         .with_stale_after(Duration::from_millis(STALE_AFTER_MS))
@@ -43,7 +51,7 @@ pub fn run_worker() {
         .with_max_jobs(env_u64("JOBS_WORKER_MAX_JOBS", 16) as usize);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
-        let store: DynSyncStorage = Arc::new(FileStorage::open(dir).unwrap());
+        let store = open(&dir);
         let job = move |job: JobHandle| {
             let kind = kind.clone();
             async move {
@@ -74,30 +82,19 @@ pub fn run_worker() {
     });
 }
 
-/// A worker process: this test binary run again as `worker_process`.
-pub struct Worker(pub Child);
+/// A worker process. Dropping it kills the process.
+pub struct Worker(pub std::process::Child);
 
 impl Worker {
-    pub fn start(dir: &Path, kind: &str, log: Option<&Path>, env: &[(&str, &str)]) -> Worker {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("JOBS_WORKER_DIR", dir)
-            .env("JOBS_WORKER_KIND", kind)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+    /// Starts a worker on `dir` for jobs of `kind`, its stderr in `log` if given, with the
+    /// `JOBS_WORKER_*` settings of `vars`.
+    pub fn start(dir: &Path, kind: &str, log: Option<&Path>, vars: &[(&str, String)]) -> Worker {
+        let mut command = child::command(ENTRY, kind, dir, vars);
+        command.stdin(Stdio::null()).stdout(Stdio::null());
         match log {
             Some(log) => command.stderr(std::fs::File::create(log).unwrap()),
             None => command.stderr(Stdio::null()),
         };
-        for (name, value) in env {
-            command.env(name, value);
-        }
         Worker(command.spawn().expect("the worker starts"))
     }
 
@@ -111,7 +108,7 @@ impl Worker {
     /// asynchronously).
     pub fn wait_stopped(&self) {
         let stat = format!("/proc/{}/stat", self.0.id());
-        let until = std::time::Instant::now() + DEADLINE;
+        let until = std::time::Instant::now() + STATUS_DEADLINE;
         loop {
             let text = std::fs::read_to_string(&stat).unwrap_or_default();
             // The state follows the parenthesised command name: `pid (name) T ...`.
@@ -126,6 +123,7 @@ impl Worker {
         }
     }
 
+    /// SIGKILL, then reaps the process.
     pub fn kill(mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
@@ -139,79 +137,7 @@ impl Drop for Worker {
     }
 }
 
-/// Waits, on the store's watch, until the status of `id` satisfies `done`; returns it.
-pub async fn wait_for(
-    store: &DynSyncStorage,
-    id: &str,
-    what: &str,
-    done: impl FnMut(&SyncStatus) -> bool,
-) -> SyncStatus {
-    wait_for_within(store, id, what, DEADLINE, done).await
-}
-
-/// [`wait_for`] with another deadline.
-pub async fn wait_for_within(
-    store: &DynSyncStorage,
-    id: &str,
-    what: &str,
-    within: Duration,
-    mut done: impl FnMut(&SyncStatus) -> bool,
-) -> SyncStatus {
-    let mut events = store
-        .watch(
-            WatchSelector::ids([id]),
-            WatchOptions {
-                snapshot: true,
-                resume: None,
-            },
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = None;
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.next())
-            .await
-            .unwrap_or_else(|_| panic!("gave up waiting for {what}; last seen {last:?}"))
-            .expect("the watch goes on")
-            .expect("no watch error");
-        let records = match event {
-            WatchEvent::Upsert(record) => vec![record],
-            WatchEvent::Resync(records) => records,
-            WatchEvent::Removed { .. } => Vec::new(),
-        };
-        for record in records.into_iter().filter(|r| r.id == id) {
-            let status: SyncStatus = serde_json::from_value(record.status.clone()).unwrap();
-            if done(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-    }
-}
-
-/// A small xorshift generator: random kill instants without a dependency.
-pub struct Random(u64);
-
-impl Random {
-    pub fn seeded() -> Random {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("random seed {seed}");
-        Random(seed)
-    }
-
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
+/// The file store on `dir`, as the workers open it.
 pub fn open(dir: &Path) -> DynSyncStorage {
     Arc::new(FileStorage::open(dir).unwrap())
 }

@@ -28,6 +28,11 @@ pub trait Hooks: Send + Sync + Debug + 'static {
         inner.put(id, status, mode).await
     }
 
+    /// [`SyncStorage::list`].
+    async fn list(&self, inner: &DynSyncStorage, filter: &ListFilter) -> Result<Listing> {
+        inner.list(filter).await
+    }
+
     /// [`SyncStorage::cleanup`].
     async fn cleanup(
         &self,
@@ -76,7 +81,7 @@ impl<H: Hooks> SyncStorage for Hooked<H> {
         self.inner.delete(id).await
     }
     async fn list(&self, filter: &ListFilter) -> Result<Listing> {
-        self.inner.list(filter).await
+        self.hooks.list(&self.inner, filter).await
     }
     async fn scan(&self, filter: &ListFilter, visit: &mut ScanFn<'_>) -> Result<()> {
         self.inner.scan(filter, visit).await

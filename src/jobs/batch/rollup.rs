@@ -190,8 +190,9 @@ pub async fn reconcile_batch(store: &dyn SyncStorage, id: &str) -> Result<Record
                 Err(error) => return Err(error),
             }
         };
-        // Children just cancelled change the counts: roll up again, so the caller (a cancel)
-        // gets the batch with its pending children cancelled.
+        // Children just stopped change the counts: roll up again, so the caller (a cancel)
+        // gets the batch with its pending children cancelled. Also when another reconcile
+        // stopped them first: the counts just written are then as stale as ours.
         if stop && stop_children(store, id, &children).await > 0 {
             continue;
         }
@@ -206,21 +207,22 @@ pub async fn reconcile_batch(store: &dyn SyncStorage, id: &str) -> Result<Record
 
 /// Cancels the children that are still to end and not yet asked to: pending ones at once,
 /// running ones by a cancel request their worker sees. Children already asked are skipped,
-/// so a stopping batch writes each child once. Returns how many were written.
+/// so a stopping batch writes each child once. Returns how many children read as still to
+/// stop have changed since: stopped here, or found ended or gone (by another reconcile, a
+/// worker) when this one tried.
 async fn stop_children(store: &dyn SyncStorage, batch: &str, children: &Children) -> usize {
-    let mut stopped = 0;
+    let mut changed = 0;
     for (n, child) in &children.present {
         if child.state.is_terminal() || child.cancel_requested {
             continue;
         }
         let id = child_id(batch, *n);
         match cancel_job(store, &id).await {
-            Ok(_) => stopped += 1,
-            Err(Error::InvalidTransition { .. } | Error::NotFound { .. }) => {}
+            Ok(_) | Err(Error::InvalidTransition { .. } | Error::NotFound { .. }) => changed += 1,
             Err(error) => tracing::warn!(%id, %error, "could not stop a child of the batch"),
         }
     }
-    stopped
+    changed
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod tls;
 mod ttl;
 mod typed;
 mod watch;
+mod write;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

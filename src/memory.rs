@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{validate_id, validate_lock_name};
 use crate::record::{Record, SharedClock, SystemClock};
 use crate::storage::{
@@ -18,6 +18,7 @@ use crate::storage::{
 };
 use crate::ttl::TtlPolicy;
 use crate::watch::{Backoff, ChangeSource, Reads, Scan, Settings, SharedHub};
+use crate::write::{self, IdLocks, Live};
 
 /// Keeps records in memory. Cloning gives another handle on the same records.
 #[derive(Clone, Debug)]
@@ -28,7 +29,7 @@ pub struct MemoryStorage {
 #[derive(Debug)]
 struct Inner {
     records: Mutex<HashMap<String, Record>>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: IdLocks,
     ttl: TtlPolicy,
     clock: SharedClock,
     max_record_size: AtomicU64,
@@ -52,7 +53,7 @@ impl MemoryStorage {
         MemoryStorage {
             inner: Arc::new(Inner {
                 records: Mutex::new(HashMap::new()),
-                locks: Mutex::new(HashMap::new()),
+                locks: IdLocks::default(),
                 ttl,
                 clock,
                 max_record_size: AtomicU64::new(DEFAULT_MAX_RECORD_SIZE),
@@ -100,67 +101,21 @@ impl MemoryStorage {
         status: Value,
         mode: PutMode,
     ) -> Result<Record> {
-        let current = self.live(records, id).cloned();
-        match (mode, &current) {
-            (PutMode::Create, Some(existing)) => {
-                return Err(Error::AlreadyExists {
-                    id: id.to_string(),
-                    version: existing.version,
-                });
-            }
-            (PutMode::Update(expected), found)
-                if found.as_ref().map(|r| r.version) != Some(expected) =>
-            {
-                return Err(Error::VersionConflict {
-                    id: id.to_string(),
-                    expected,
-                    found: found.as_ref().map(|r| r.version),
-                });
-            }
-            _ => {}
-        }
-        let version = match &current {
-            None => 1,
-            Some(record) => {
-                record
-                    .version
-                    .checked_add(1)
-                    .ok_or_else(|| Error::VersionExhausted {
-                        id: id.to_string(),
-                        version: record.version,
-                    })?
-            }
-        };
+        let live = self.live(records, id).map(Live::of);
+        write::check_mode(id, mode, live.map(|live| live.version))?;
         check_record_size(
             id,
             json_len(&status),
             self.inner.max_record_size.load(Ordering::Relaxed),
         )?;
-        let now = self.inner.clock.now();
-        let record = Record {
-            id: id.to_string(),
-            version,
-            created_at: current.as_ref().map_or(now, |r| r.created_at),
-            updated_at: now,
-            expires_at: self.inner.ttl.expires_at(&status, now),
-            status,
-        };
+        let record = write::next_record(id, live, status, &self.inner.ttl, self.inner.clock.now())?;
         records.insert(id.to_string(), record.clone());
         self.publish(records, id);
         Ok(record)
     }
 
     fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Drop locks nobody holds so the map does not grow with every id ever updated.
-        if locks.len() > 1024 {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks.entry(id.to_string()).or_default().clone()
+        self.inner.locks.of(id)
     }
 }
 
@@ -373,6 +328,7 @@ impl ChangeSource for MemorySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::storage::SyncStorageExt;
     use serde_json::json;
 

@@ -53,7 +53,7 @@ async fn a_cancel_counts_children_another_reconcile_stopped_first() {
         "the hook never ran"
     );
     let status: SyncStatus = serde_json::from_value(returned.status.clone()).unwrap();
-    let counts = status.batch.as_ref().expect("a batch").counts.clone();
+    let counts = status.batch.as_ref().expect("a batch").counts;
     assert_eq!((counts.pending, counts.cancelled), (0, 3), "{status:?}");
     // And what the cancel returned is what the store holds.
     assert_eq!(inner.get("halt").await.unwrap(), Some(returned));

@@ -12,7 +12,6 @@ mod replace;
 mod sweep;
 mod watch;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -37,6 +36,7 @@ use crate::storage::{
 };
 use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
+use crate::write::{self, IdLocks, Live};
 
 /// How many records [`SyncStorage::scan`] reads per step.
 const SCAN_CHUNK: usize = 256;
@@ -164,7 +164,7 @@ impl FileStorageBuilder {
                 wall_clock: self.wall_clock,
                 sweep_interval: self.sweep_interval,
                 last_sweep: Mutex::new(None),
-                id_locks: Mutex::new(HashMap::new()),
+                id_locks: IdLocks::default(),
                 watch_mode: self.watch_mode,
                 hub: SharedHub::default(),
             }),
@@ -206,8 +206,6 @@ pub struct FileStorage {
     lazy_sweep: Arc<LazySweep>,
 }
 
-type IdLocks = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
-
 #[derive(Debug)]
 struct Inner {
     layout: Layout,
@@ -218,7 +216,7 @@ struct Inner {
     wall_clock: bool,
     sweep_interval: Option<Duration>,
     last_sweep: Mutex<Option<Timestamp>>,
-    id_locks: Mutex<IdLocks>,
+    id_locks: IdLocks,
     watch_mode: WatchMode,
     hub: SharedHub,
 }
@@ -266,15 +264,7 @@ impl FileStorage {
     /// The in-process lock of `id`, taken before the cross-process file lock so that tasks
     /// of this process queue here instead of each holding a blocking thread on the file lock.
     fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .id_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if locks.len() > 1024 {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks.entry(id.to_string()).or_default().clone()
+        self.inner.id_locks.of(id)
     }
 
     /// Runs `f`, which blocks on the file system, off the async worker threads.
@@ -373,7 +363,7 @@ impl FileStorage {
                         }
                         other => other?,
                     };
-                    check_mode(&id_owned, mode, current.map(|head| head.version))?;
+                    write::check_mode(&id_owned, mode, current.map(|head| head.version))?;
                     let record = inner.next_record(&id_owned, current, status)?;
                     let commit = inner
                         .layout
@@ -405,24 +395,6 @@ impl FileStorage {
     }
 }
 
-/// Whether a put in `mode` may replace the live record at version `current`.
-fn check_mode(id: &str, mode: PutMode, current: Option<u64>) -> Result<()> {
-    match (mode, current) {
-        (PutMode::Create, Some(version)) => Err(Error::AlreadyExists {
-            id: id.to_string(),
-            version,
-        }),
-        (PutMode::Update(expected), found) if found != Some(expected) => {
-            Err(Error::VersionConflict {
-                id: id.to_string(),
-                expected,
-                found,
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
 impl Inner {
     /// The record of `id` unless it is missing or expired.
     fn read_live(&self, id: &str) -> Result<Option<Record>> {
@@ -447,25 +419,11 @@ impl Inner {
     /// The record that follows the live record `current` (its head) with `status`, written
     /// now and expiring as the policy says.
     fn next_record(&self, id: &str, current: Option<Head>, status: Value) -> Result<Record> {
-        let version = match current {
-            None => 1,
-            Some(head) => head
-                .version
-                .checked_add(1)
-                .ok_or_else(|| Error::VersionExhausted {
-                    id: id.to_string(),
-                    version: head.version,
-                })?,
-        };
-        let now = self.clock.now();
-        Ok(Record {
-            id: id.to_string(),
-            version,
-            created_at: current.map_or(now, |head| head.created_at),
-            updated_at: now,
-            expires_at: self.ttl.expires_at(&status, now),
-            status,
-        })
+        let live = current.map(|head| Live {
+            version: head.version,
+            created_at: head.created_at,
+        });
+        write::next_record(id, live, status, &self.ttl, self.clock.now())
     }
 
     /// The file lock of `id` for a write that started at `started`, waited for at most the

@@ -308,12 +308,7 @@ impl Inner {
         // A task of this process writing the id holds its in-process lock. Looked up, not
         // made: a sweep of many ids must not fill the map, and a writer that comes after
         // the look is ordered by the file locks below like one of another process.
-        let lock = self
-            .id_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(id)
-            .cloned();
+        let lock = self.id_locks.existing(id);
         let _in_process = match &lock {
             Some(lock) => match lock.try_lock() {
                 Ok(guard) => Some(guard),

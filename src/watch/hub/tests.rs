@@ -1,0 +1,165 @@
+use super::*;
+use crate::record::Timestamp;
+
+fn record(version: u64, created: u64, updated: u64) -> Record {
+    Record {
+        id: "job".into(),
+        version,
+        created_at: Timestamp::from_millis(created),
+        updated_at: Timestamp::from_millis(updated),
+        expires_at: None,
+        status: serde_json::json!({}),
+    }
+}
+
+fn published(rx: &mut broadcast::Receiver<HubMessage>) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    while let Ok(HubMessage::Event(event)) = rx.try_recv() {
+        events.push((*event).clone());
+    }
+    events
+}
+
+#[test]
+fn a_record_made_again_unseen_is_a_removal_then_the_new_record() {
+    let hub = WatchHub::new([record(3, 10, 30)]);
+    let mut rx = hub.lock().tx.subscribe();
+    hub.apply("job", Some(record(1, 40, 40)));
+    assert_eq!(
+        published(&mut rx),
+        vec![
+            WatchEvent::Removed { id: "job".into() },
+            WatchEvent::Upsert(record(1, 40, 40).into())
+        ]
+    );
+}
+
+#[test]
+fn a_read_that_began_before_a_local_write_cannot_move_back() {
+    let hub = WatchHub::new([record(1, 10, 10)]);
+    let mut rx = hub.lock().tx.subscribe();
+    let epoch = hub.read_epoch();
+    hub.apply_local("job", Some(record(2, 10, 20)));
+    hub.apply_read("job", Some(record(1, 10, 10)), epoch);
+    hub.replace_all_read(vec![record(1, 10, 10)], epoch);
+    assert_eq!(
+        published(&mut rx),
+        vec![
+            WatchEvent::Upsert(record(2, 10, 20).into()),
+            WatchEvent::Resync(vec![record(2, 10, 20).into()])
+        ]
+    );
+    // A read that starts after the write is believed again.
+    let epoch = hub.read_epoch();
+    hub.apply_read("job", Some(record(3, 10, 30)), epoch);
+    assert_eq!(
+        published(&mut rx),
+        vec![WatchEvent::Upsert(record(3, 10, 30).into())]
+    );
+}
+
+#[test]
+fn newer_versions_and_repeats_are_not_removals() {
+    let hub = WatchHub::new([record(3, 10, 30)]);
+    let mut rx = hub.lock().tx.subscribe();
+    hub.apply("job", Some(record(3, 10, 30)));
+    hub.apply("job", Some(record(4, 10, 35)));
+    // Files of other tools (version 0) take their stamps from the file.
+    hub.apply("job", Some(record(0, 50, 50)));
+    hub.apply("job", Some(record(0, 60, 60)));
+    assert_eq!(
+        published(&mut rx),
+        vec![
+            WatchEvent::Upsert(record(4, 10, 35).into()),
+            WatchEvent::Upsert(record(0, 50, 50).into()),
+            WatchEvent::Upsert(record(0, 60, 60).into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn every_stream_is_handed_the_hub_records_not_copies() {
+    let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+    let keep_alive: Arc<dyn Send + Sync> = Arc::new(());
+    let snapshot = || WatchOptions {
+        snapshot: true,
+        ..WatchOptions::default()
+    };
+    let mut a = hub.subscribe(WatchSelector::All, snapshot(), keep_alive.clone());
+    let mut b = hub.subscribe(WatchSelector::All, snapshot(), keep_alive);
+    let (Some(Ok(WatchEvent::Resync(a0))), Some(Ok(WatchEvent::Resync(b0)))) =
+        (a.next().await, b.next().await)
+    else {
+        panic!("no snapshots");
+    };
+    assert!(Arc::ptr_eq(&a0[0], &b0[0]));
+    hub.apply("job", Some(record(2, 10, 20)));
+    let (Some(Ok(WatchEvent::Upsert(a1))), Some(Ok(WatchEvent::Upsert(b1)))) =
+        (a.next().await, b.next().await)
+    else {
+        panic!("no upserts");
+    };
+    assert!(Arc::ptr_eq(&a1, &b1));
+    assert_eq!(*a1, record(2, 10, 20));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_local_write_leaves_the_send_to_the_fanout_task() {
+    let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+    let _fanout = hub.start_fanout();
+    let mut rx = hub.lock().tx.subscribe();
+    hub.apply_local("job", Some(record(2, 10, 20)));
+    hub.apply_local("job", Some(record(3, 10, 30)));
+    // On this one thread the fan-out task has not run yet: the writer sent nothing.
+    assert!(matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+    for version in [2, 3] {
+        let Ok(Ok(HubMessage::Event(event))) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
+        else {
+            panic!("no event for version {version}");
+        };
+        assert_eq!(
+            *event,
+            WatchEvent::Upsert(record(version, 10, version * 10).into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_subscriber_joining_before_the_send_gets_each_write_once() {
+    let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
+    let _fanout = hub.start_fanout();
+    hub.apply_local("job", Some(record(2, 10, 20)));
+    let options = WatchOptions {
+        snapshot: true,
+        ..WatchOptions::default()
+    };
+    let mut stream = hub.subscribe(WatchSelector::All, options, Arc::new(()));
+    let Some(Ok(WatchEvent::Resync(snapshot))) = stream.next().await else {
+        panic!("no snapshot");
+    };
+    assert_eq!(snapshot, vec![Arc::new(record(2, 10, 20))]);
+    hub.apply_local("job", Some(record(3, 10, 30)));
+    // The write already in the snapshot does not come again.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await;
+    let Ok(Some(Ok(event))) = next else {
+        panic!("no event after the snapshot");
+    };
+    assert_eq!(event, WatchEvent::Upsert(record(3, 10, 30).into()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_writer_that_never_yields_sends_once_a_buffer_is_queued() {
+    let hub = Arc::new(WatchHub::new([]));
+    let _fanout = hub.start_fanout();
+    let mut rx = hub.lock().tx.subscribe();
+    for version in 1..=SUBSCRIBER_BUFFER as u64 {
+        hub.apply_local("job", Some(record(version, 10, version * 10)));
+    }
+    // The fan-out task never ran on this thread; the queue did not grow past a buffer.
+    assert!(hub.lock().unsent.is_empty());
+    assert_eq!(published(&mut rx).len(), SUBSCRIBER_BUFFER);
+}

@@ -1,22 +1,38 @@
 //! `GET /syncs/{id}` of the router over a file store under 16 keep-alive connections, against
-//! a minimal Node server that serves the same file the way hand-rolled Node stores do
-//! (`tests/node/baseline_server.mjs`: readFile + JSON.parse + JSON.stringify per request), and
-//! a 304 poll (`If-None-Match` naming the current write) against a 200 poll. Rounds are
-//! interleaved so both servers see the same machine.
+//! the floor of the same work: a bare axum route on the same runtime that reads the record
+//! file inline (`std::fs::read` + `serde_json` parse into a `Record` + serialize, with the
+//! router's `ETag` and `Cache-Control`, so the answers are the same bytes). Also a 304 poll
+//! (`If-None-Match` naming the current write) and a minimal Node server that serves the same
+//! file the way hand-rolled Node stores do (`tests/node/baseline_server.mjs`: readFile +
+//! JSON.parse + JSON.stringify per request). The variants run in rotated rounds (each round
+//! starts one variant later), so none always runs first or after the same neighbour.
+//!
+//! What the bare route leaves out, being a floor: the router's query-parameter check (the
+//! request has none), and the store's file checks (no `O_NOFOLLOW`, no regular-file and size
+//! check before the read, no id in the file compared with the path's).
 //!
 //! Run with `cargo bench --features axum --bench serve`. Knobs: `ROUNDS` (default 5),
-//! `REQUESTS` (per variant and round, default 20000). Needs `node` on PATH for the baseline
-//! row (skipped with a note otherwise). Client and servers share this machine's cores.
+//! `REQUESTS` (per variant and round, default 20000). Needs `node` on PATH for the Node row
+//! (skipped with a note otherwise). Client and servers share this machine's cores: the client
+//! runs on the servers' runtime (2 workers on 2 cores, as `#[tokio::main]` makes it).
 
+#[path = "support/mod.rs"]
+mod support;
+
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use syncstatus::{FileStorage, PutMode, SyncStorage};
+use support::{load_average, median, min_max, ratio_text, rotated_rounds};
+use syncstatus::{FileStorage, PutMode, Record, SyncStorage, Timestamp, TtlPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const CONNECTIONS: usize = 16;
 const ID: &str = "sync-1732240000";
@@ -101,8 +117,50 @@ async fn load(addr: SocketAddr, extra_headers: &str, expect: u16, requests: usiz
     }
 }
 
+/// The floor: what any axum route serving a record file does, inline on the async worker.
+async fn bare_get(
+    axum::extract::State(dir): axum::extract::State<Arc<PathBuf>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if syncstatus::validate_id(&id).is_err() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let Ok(bytes) = std::fs::read(dir.join(format!("{id}.json"))) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if record.is_expired_at(Timestamp::now()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Ok(body) = serde_json::to_vec(&record) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let etag = format!("\"{}.{}\"", record.created_at.as_millis(), record.version);
+    let Ok(etag) = HeaderValue::from_str(&etag) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn serve(listener: TcpListener, app: axum::Router) {
+    let _ = axum::serve(listener, app).await;
+}
+
 /// The Node baseline, listening; killed when dropped.
-async fn node_baseline(dir: &std::path::Path) -> Option<(tokio::process::Child, SocketAddr)> {
+async fn node_baseline(dir: &Path) -> Option<(tokio::process::Child, SocketAddr)> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/node/baseline_server.mjs"
@@ -130,19 +188,53 @@ async fn node_baseline(dir: &std::path::Path) -> Option<(tokio::process::Child, 
     Some((child, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// The status line, the headers a cache or client reads, and the body of one answer.
+async fn answer(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request =
+        format!("GET /syncs/{ID} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let mut kept: Vec<String> = head
+        .lines()
+        .filter(|line| !line.to_ascii_lowercase().starts_with("date:"))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    kept.sort();
+    format!("{}\n\n{body}", kept.join("\n"))
 }
 
-#[tokio::main]
-async fn main() {
+fn rates(samples: &[Sample]) -> Vec<f64> {
+    samples.iter().map(|s| s.per_second).collect()
+}
+
+fn millis(samples: &[Sample], of: impl Fn(&Sample) -> Duration) -> Vec<f64> {
+    samples
+        .iter()
+        .map(|s| of(s).as_secs_f64() * 1000.0)
+        .collect()
+}
+
+fn main() {
     let rounds = env_or("ROUNDS", 5);
     let requests = env_or("REQUESTS", 20_000);
+    // What `#[tokio::main]` builds: one worker per core.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FileStorage::open(dir.path()).expect("store"));
-    let record = store
-        .put(
+    // An hour, not the default 5 minutes: a slow sitting must not see the record expire.
+    let store = Arc::new(
+        FileStorage::builder(dir.path())
+            .with_ttl(TtlPolicy::uniform(Duration::from_secs(3600)))
+            .build()
+            .expect("store"),
+    );
+    let record = runtime
+        .block_on(store.put(
             ID,
             json!({
                 "state": "running",
@@ -153,39 +245,72 @@ async fn main() {
                 "attempt": 1
             }),
             PutMode::Overwrite,
-        )
-        .await
+        ))
         .expect("put");
     let etag = format!("\"{}.{}\"", record.created_at.as_millis(), record.version);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, syncstatus::http::router(store)).await;
+    let (router_addr, bare_addr) = runtime.block_on(async {
+        let router = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let bare = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addrs = (
+            router.local_addr().expect("addr"),
+            bare.local_addr().expect("addr"),
+        );
+        tokio::spawn(serve(router, syncstatus::http::router(store)));
+        let bare_app = axum::Router::new()
+            .route("/syncs/{id}", axum::routing::get(bare_get))
+            .with_state(Arc::new(dir.path().to_path_buf()));
+        tokio::spawn(serve(bare, bare_app));
+        addrs
     });
-    let node = node_baseline(dir.path()).await;
+    let node = runtime.block_on(node_baseline(dir.path()));
+    let node_addr = node.as_ref().map(|(_, addr)| *addr);
 
-    let names = [
-        "syncstatus serve router, 200 poll",
-        "syncstatus serve router, 304 poll (If-None-Match)",
-        "Node readFile + JSON.parse + JSON.stringify, 200",
-    ];
-    let mut samples: Vec<Vec<Sample>> = (0..names.len()).map(|_| Vec::new()).collect();
-    // A warm-up round, not counted.
-    load(addr, "", 200, requests / 4).await;
-    if let Some((_, node_addr)) = &node {
-        load(*node_addr, "", 200, requests / 4).await;
-    }
-    for _ in 0..rounds {
-        samples[0].push(load(addr, "", 200, requests).await);
-        samples[1].push(load(addr, &format!("If-None-Match: {etag}\r\n"), 304, requests).await);
-        if let Some((_, node_addr)) = &node {
-            samples[2].push(load(*node_addr, "", 200, requests).await);
+    // The answers must be the same bytes: the floor is only a floor if it does the same work.
+    let (router_answer, bare_answer) =
+        runtime.block_on(async { (answer(router_addr).await, answer(bare_addr).await) });
+    assert_eq!(
+        router_answer, bare_answer,
+        "router and bare route answer alike"
+    );
+
+    // A warm-up of each server, not counted.
+    runtime.block_on(async {
+        load(router_addr, "", 200, requests / 4).await;
+        load(bare_addr, "", 200, requests / 4).await;
+        if let Some(addr) = node_addr {
+            load(addr, "", 200, requests / 4).await;
         }
+    });
+
+    let load_before = load_average();
+    let not_modified = format!("If-None-Match: {etag}\r\n");
+    let router_200 = RefCell::new(Vec::new());
+    let router_304 = RefCell::new(Vec::new());
+    let bare_200 = RefCell::new(Vec::new());
+    let node_200 = RefCell::new(Vec::new());
+    let run = |samples: &RefCell<Vec<Sample>>, addr: SocketAddr, headers: &str, expect: u16| {
+        let sample = runtime.block_on(load(addr, headers, expect, requests));
+        let rate = sample.per_second;
+        samples.borrow_mut().push(sample);
+        rate
+    };
+    let mut router_ok = || run(&router_200, router_addr, "", 200);
+    let mut router_cached = || run(&router_304, router_addr, &not_modified, 304);
+    let mut bare_ok = || run(&bare_200, bare_addr, "", 200);
+    let mut node_ok = || match node_addr {
+        Some(addr) => run(&node_200, addr, "", 200),
+        None => 0.0,
+    };
+    let mut variants: Vec<&mut dyn FnMut() -> f64> =
+        vec![&mut router_ok, &mut router_cached, &mut bare_ok];
+    if node_addr.is_some() {
+        variants.push(&mut node_ok);
     }
+    rotated_rounds(rounds, &mut variants);
+    let load_after = load_average();
+
     println!(
-        "GET /syncs/{{id}}, {CONNECTIONS} keep-alive connections, {requests} requests per round, {rounds} rounds"
+        "GET /syncs/{{id}}, {CONNECTIONS} keep-alive connections, {requests} requests per round, {rounds} rotated rounds; load average {load_before} before, {load_after} after"
     );
     println!(
         "| {:<50} | {:>12} | {:>21} | {:>8} | {:>8} |",
@@ -195,37 +320,61 @@ async fn main() {
         "|{:-<52}|{:-<14}|{:-<23}|{:-<10}|{:-<10}|",
         "", "", "", "", ""
     );
-    let mut medians = Vec::new();
-    for (name, runs) in names.iter().zip(&samples) {
-        if runs.is_empty() {
-            medians.push(None);
+    let rows = [
+        ("syncstatus serve router, 200 poll", &router_200),
+        (
+            "syncstatus serve router, 304 poll (If-None-Match)",
+            &router_304,
+        ),
+        (
+            "bare axum route, fs::read + parse + serialize, 200",
+            &bare_200,
+        ),
+        (
+            "Node readFile + JSON.parse + JSON.stringify, 200",
+            &node_200,
+        ),
+    ];
+    for (name, samples) in rows {
+        let samples = samples.borrow();
+        if samples.is_empty() {
             continue;
         }
-        let mut rates: Vec<f64> = runs.iter().map(|s| s.per_second).collect();
-        let mut p50: Vec<f64> = runs.iter().map(|s| s.p50.as_secs_f64() * 1000.0).collect();
-        let mut p99: Vec<f64> = runs.iter().map(|s| s.p99.as_secs_f64() * 1000.0).collect();
-        let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = rates.iter().copied().fold(0.0, f64::max);
-        let rate = median(&mut rates);
-        medians.push(Some(rate));
+        let rates = rates(&samples);
+        let (min, max) = min_max(&rates);
         println!(
             "| {:<50} | {:>12.0} | {:>9.0} – {:<9.0} | {:>8.3} | {:>8.3} |",
             name,
-            rate,
+            median(&rates),
             min,
             max,
-            median(&mut p50),
-            median(&mut p99)
+            median(&millis(&samples, |s| s.p50)),
+            median(&millis(&samples, |s| s.p99)),
         );
     }
-    if let (Some(router), Some(not_modified)) = (medians[0], medians[1]) {
-        println!("304 poll / 200 poll: {:.2}x", not_modified / router);
+    let (router, bare, cached) = (router_200.borrow(), bare_200.borrow(), router_304.borrow());
+    let p99 = |samples: &[Sample]| millis(samples, |s| s.p99);
+    println!(
+        "router 200 / bare route 200, req/s per round: {}",
+        ratio_text(&rates(&router), &rates(&bare)).1
+    );
+    println!(
+        "router 200 / bare route 200, p99 per round: {}",
+        ratio_text(&p99(&router), &p99(&bare)).1
+    );
+    println!(
+        "304 poll / 200 poll, req/s per round: {}",
+        ratio_text(&rates(&cached), &rates(&router)).1
+    );
+    let node_samples = node_200.borrow();
+    if !node_samples.is_empty() {
+        println!(
+            "router 200 / Node baseline 200, req/s per round: {}",
+            ratio_text(&rates(&router), &rates(&node_samples)).1
+        );
     }
-    if let (Some(router), Some(Some(node))) = (medians[0], medians.get(2)) {
-        println!("router 200 / Node baseline 200: {:.2}x", router / node);
-    }
-    server.abort();
     if let Some((mut child, _)) = node {
-        let _ = child.kill().await;
+        let _ = runtime.block_on(child.kill());
     }
+    runtime.shutdown_background();
 }

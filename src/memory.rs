@@ -63,7 +63,7 @@ impl MemoryStorage {
     }
 
     /// The largest status, as compact JSON, this store accepts (default:
-    /// [`DEFAULT_MAX_RECORD_SIZE`]); larger writes fail with [`Error::TooLarge`].
+    /// [`DEFAULT_MAX_RECORD_SIZE`]); larger writes fail with [`Error::TooLarge`](crate::Error::TooLarge).
     pub fn with_max_record_size(self, bytes: u64) -> Self {
         self.inner.max_record_size.store(bytes, Ordering::Relaxed);
         self

@@ -6,6 +6,8 @@ mod leftovers;
 mod lock;
 mod platform;
 mod read;
+#[cfg(all(test, unix))]
+mod tests;
 mod write;
 
 use std::fs;

@@ -6,6 +6,7 @@
 //! <dir>/.locks/<id>.lock   per-id sidecar locks (std `File::lock`), valid across processes
 //! ```
 
+mod cleanup;
 mod disk;
 mod format;
 mod replace;

@@ -1,5 +1,6 @@
 //! The per-id sidecar lock files, and store-wide locks by name.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,27 @@ impl Layout {
                 return Ok(Some(FileLock { file, path }));
             }
         }
+    }
+
+    /// The names of the lock files there are now (ids, and `@name`s), read in one pass, or
+    /// `None` when the directory cannot be read (then each must be looked for). A sweep looks
+    /// up the lock of an expired id here instead of trying to open a lock file that is
+    /// mostly not there; one made after this pass belongs to a writer that started after it,
+    /// which the commit lock orders with the removal.
+    pub(crate) fn lock_file_names(&self) -> Option<HashSet<String>> {
+        let entries = match fs::read_dir(&self.locks) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Some(HashSet::new()),
+            Err(_) => return None,
+        };
+        let mut names = HashSet::new();
+        for entry in entries {
+            let name = entry.ok()?.file_name();
+            if let Some(name) = name.to_str().and_then(|name| name.strip_suffix(".lock")) {
+                names.insert(name.to_string());
+            }
+        }
+        Some(names)
     }
 
     /// Like [`Layout::try_lock`], but never makes the lock file: a sweep has no use for the

@@ -178,9 +178,13 @@ impl Layout {
         let Some(mut open) = self.open_record(id)? else {
             return Ok((None, None));
         };
+        // No more than the file's size, so that a small file costs one `read`, not a second
+        // one to see its end. (Should it have grown since, the head may be cut short; then
+        // the whole file is read below.)
+        let prefix = open.metadata.len().min(format::HEAD_PREFIX as u64);
         open.bytes.reserve(format::HEAD_PREFIX);
         (&mut open.file)
-            .take(format::HEAD_PREFIX as u64)
+            .take(prefix)
             .read_to_end(&mut open.bytes)
             .map_err(|e| Error::io(&open.path, e))?;
         if let Some(head) = format::parse_head(id, &open.bytes) {

@@ -75,24 +75,42 @@ impl Layout {
         Ok(NoCommitLock)
     }
 
-    /// Removes the record file of `id` if it is still the file read (`read`), without the
-    /// id's lock. Safe because every rename over a record file and every removal happens
-    /// under the commit lock after checking the file is still the one its writer read: a
-    /// writer that read the removed file starts over, and a file renamed in before this
-    /// check is not the one read, so it stays.
+    /// Removes the record file of each of `ids` that is still the file read (the `reads` of
+    /// the same index), without the ids' locks, all under one hold of the commit lock. Safe
+    /// because every rename over a record file and every removal happens under the commit
+    /// lock after checking the file is still the one its writer read: a writer that read a
+    /// removed file starts over, and a file renamed in before this check is not the one
+    /// read, so it stays. Says for each whether it was removed; an error fails the one id.
     #[cfg(unix)]
-    pub(crate) fn remove_unlocked(
+    pub(crate) fn remove_unlocked_run(
         &self,
-        id: &str,
+        ids: &[String],
+        reads: &[Option<ReadFile>],
         durability: Durability,
-        read: Option<ReadFile>,
-    ) -> Result<bool> {
-        Ok(self
-            .remove_if_current(id, durability, |path| {
-                Ok(FileId::at(path).map_err(|e| Error::io(path, e))?
-                    == read.as_ref().map(|r| r.key))
-            })?
-            .unwrap_or(false))
+    ) -> Result<Vec<Result<bool>>> {
+        let outcomes: Vec<Result<bool>> = {
+            let _commit = self.commit_lock()?;
+            ids.iter()
+                .zip(reads)
+                .map(|(id, read)| {
+                    let path = self.record_path(id);
+                    if FileId::at(&path).map_err(|e| Error::io(&path, e))?
+                        != read.as_ref().map(|r| r.key)
+                    {
+                        return Ok(false);
+                    }
+                    match fs::remove_file(&path) {
+                        Ok(()) => Ok(true),
+                        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+                        Err(error) => Err(Error::io(&path, error)),
+                    }
+                })
+                .collect()
+        };
+        if durability == Durability::Fsync && outcomes.iter().any(|o| matches!(o, Ok(true))) {
+            sync_dir(&self.dir)?;
+        }
+        Ok(outcomes)
     }
 
     /// Writes `record` atomically: a unique staging file, then a rename over the record file.

@@ -1,0 +1,255 @@
+//! Removing expired records, for an explicit cleanup and for the lazy sweep: each record is
+//! judged by one read, and those nobody holds are removed in runs under one commit lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Inner;
+use super::disk::{self, Layout};
+use super::format::Head;
+use crate::error::{Error, Result};
+use crate::storage::{CleanupOptions, CleanupProblem, CleanupReport, SWEEP_LOCK};
+
+/// How many removals share one hold of the directory's commit lock. Writers of the store
+/// wait for that lock while a run holds it, and a run of this many `stat` + `unlink` pairs
+/// takes about a millisecond; taking it per removal (open, `flock`, close of the directory)
+/// was a third of a removal's system calls.
+#[cfg(unix)]
+const REMOVALS_PER_COMMIT_LOCK: usize = 64;
+
+/// Expired records judged without their id's lock (nobody had one), to be removed together.
+#[cfg(unix)]
+#[derive(Default)]
+struct PendingRemovals {
+    ids: Vec<String>,
+    reads: Vec<Option<disk::ReadFile>>,
+}
+
+#[cfg(unix)]
+impl PendingRemovals {
+    /// Removes the records still as they were read, under one commit lock, and tells the
+    /// report what became of each.
+    fn flush(&mut self, inner: &Inner, report: &mut CleanupReport) -> Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let outcomes =
+            inner
+                .layout
+                .remove_unlocked_run(&self.ids, &self.reads, inner.durability)?;
+        self.reads.clear();
+        for (id, outcome) in self.ids.drain(..).zip(outcomes) {
+            match outcome {
+                Ok(true) => report.removed.push(id),
+                // Replaced or removed by someone else since it was read.
+                Ok(false) => report.kept += 1,
+                Err(error) => report.errors.push(CleanupProblem {
+                    id: Some(id),
+                    message: error.to_string(),
+                }),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Removes what is expired. Never waits for a lock: a record whose lock is held is being
+    /// written (fresh by definition) or held by a frozen process, and either way is left for a
+    /// later sweep, so one held lock cannot stall a sweep nor what waits on it. Stops early
+    /// once `stop` is set.
+    pub(super) fn cleanup(
+        &self,
+        options: &CleanupOptions,
+        stop: &AtomicBool,
+    ) -> Result<CleanupReport> {
+        self.layout.check_private_dirs()?;
+        let Some(_sweep) = self.layout.try_lock(&format!("@{SWEEP_LOCK}"))? else {
+            return Ok(CleanupReport::default());
+        };
+        let mut report = CleanupReport {
+            ran: true,
+            ..CleanupReport::default()
+        };
+        let mut io_problems = Vec::new();
+        #[cfg(unix)]
+        let mut pending = PendingRemovals::default();
+        let lock_files = if options.dry_run {
+            None
+        } else {
+            self.layout.lock_file_names()
+        };
+        // Read entry by entry, not listed first, so that a stop is noticed at once even in a
+        // large directory.
+        let entries = match std::fs::read_dir(&self.layout.dir) {
+            Ok(entries) => Some(entries),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(Error::io(&self.layout.dir, error)),
+        };
+        let fresh_for = if self.wall_clock {
+            options.ttl.or_else(|| self.ttl.shortest())
+        } else {
+            None
+        };
+        for entry in entries.into_iter().flatten() {
+            if stop.load(Ordering::Relaxed) {
+                // What is pending stays for the next sweep: it was not removed.
+                report.removed.sort();
+                return Ok(report);
+            }
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    io_problems.push((self.layout.dir.clone(), error));
+                    continue;
+                }
+            };
+            let Some(id) = Layout::id_of(&entry.file_name()).map(str::to_string) else {
+                continue;
+            };
+            // A file written more recently than the shortest TTL holds no expired record, by
+            // this store's policy: one `stat`, as `find -mmin` does, instead of a read. (A
+            // file copied with a new time, or written by a tool with a shorter TTL of its
+            // own, is swept once its time is old enough; reads judge it by its content
+            // meanwhile.) Only against the wall clock: an injected clock is not the disk's.
+            if let Some(fresh_for) = fresh_for
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|modified| modified + fresh_for > std::time::SystemTime::now())
+            {
+                report.kept += 1;
+                continue;
+            }
+            if !options.dry_run {
+                // Judged under the id's lock, by the one read that is needed anyway.
+                let may_have_lock_file =
+                    lock_files.as_ref().is_none_or(|names| names.contains(&id));
+                match self.remove_if_expired(&id, options, may_have_lock_file) {
+                    Ok(Removal::Removed) => report.removed.push(id),
+                    Ok(Removal::Kept) => report.kept += 1,
+                    Ok(Removal::Gone) => {}
+                    #[cfg(unix)]
+                    Ok(Removal::Unlocked(read)) => {
+                        pending.ids.push(id);
+                        pending.reads.push(read);
+                        if pending.ids.len() >= REMOVALS_PER_COMMIT_LOCK {
+                            pending.flush(self, &mut report)?;
+                        }
+                    }
+                    Err(error) => report.errors.push(CleanupProblem {
+                        id: Some(id.clone()),
+                        message: error.to_string(),
+                    }),
+                }
+                continue;
+            }
+            // The head is enough to judge, and of most files only the first bytes are read.
+            match self.layout.read_head_with_id(&id) {
+                Ok((Some(head), _)) if head.is_expired(self.clock.now(), options.ttl) => {
+                    report.removed.push(id);
+                }
+                Ok((Some(_), _)) => report.kept += 1,
+                Ok((None, _)) => {}
+                Err(error) => report.errors.push(CleanupProblem {
+                    id: Some(id.clone()),
+                    message: error.to_string(),
+                }),
+            }
+        }
+        #[cfg(unix)]
+        pending.flush(self, &mut report)?;
+        report.removed.sort();
+        if !options.dry_run {
+            report.leftovers_removed += self.layout.remove_orphan_staging(&mut io_problems);
+            report.leftovers_removed += self.layout.remove_unused_locks(&mut io_problems);
+        }
+        report
+            .errors
+            .extend(io_problems.into_iter().map(|(path, error)| CleanupProblem {
+                id: None,
+                message: format!("{}: {error}", path.display()),
+            }));
+        Ok(report)
+    }
+
+    /// Removes `id` if it is still expired once its locks are held; a lock someone holds
+    /// means keep it (see [`Inner::cleanup`]). An expired record with no lock file is not
+    /// removed here but handed back, to be removed with others under one commit lock.
+    /// `may_have_lock_file` false means the id had none when the sweep looked.
+    fn remove_if_expired(
+        &self,
+        id: &str,
+        options: &CleanupOptions,
+        may_have_lock_file: bool,
+    ) -> Result<Removal> {
+        // A task of this process writing the id holds its in-process lock. Looked up, not
+        // made: a sweep of many ids must not fill the map, and a writer that comes after
+        // the look is ordered by the file locks below like one of another process.
+        let lock = self.id_locks.existing(id);
+        let _in_process = match &lock {
+            Some(lock) => match lock.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(_) => return Ok(Removal::Kept),
+            },
+            None => None,
+        };
+        let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
+        let existing = if may_have_lock_file {
+            self.layout.try_lock_existing(id)?
+        } else {
+            disk::ExistingLock::Absent
+        };
+        let file_lock = match existing {
+            disk::ExistingLock::Held => return Ok(Removal::Kept),
+            disk::ExistingLock::Locked(file_lock) => file_lock,
+            // No lock file, so nobody is writing the id (a writer makes it first). Making one
+            // only to remove it would double the cost of a removal; the commit lock orders
+            // the removal with a writer that starts now (see `Layout::remove_unlocked_run`),
+            // so the in-process lock need not be held until then either.
+            #[cfg(unix)]
+            disk::ExistingLock::Absent => {
+                let (head, read) = self.layout.read_head_with_id(id)?;
+                return Ok(match head {
+                    None => Removal::Gone,
+                    Some(head) if !expired(&head) => Removal::Kept,
+                    Some(_) => Removal::Unlocked(read),
+                });
+            }
+            #[cfg(not(unix))]
+            disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
+                Some(file_lock) => file_lock,
+                None => return Ok(Removal::Kept),
+            },
+        };
+        let (head, read) = self.layout.read_head_with_id(id)?;
+        match head {
+            None => return Ok(Removal::Gone),
+            Some(head) if !expired(&head) => return Ok(Removal::Kept),
+            Some(_) => {}
+        }
+        match self
+            .layout
+            .remove_locked(id, self.durability, &file_lock, read)?
+        {
+            Ok(_) => {}
+            // Someone took the id meanwhile; leave it to them.
+            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(Removal::Kept),
+        }
+        file_lock
+            .remove()
+            .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
+        Ok(Removal::Removed)
+    }
+}
+
+/// What a sweep did with one record.
+enum Removal {
+    Removed,
+    /// Live, or locked by a writer, or replaced meanwhile: left.
+    Kept,
+    /// There was no record by the time it was looked at.
+    Gone,
+    /// Expired, with no lock file: to be removed if it is still the file read.
+    #[cfg(unix)]
+    Unlocked(Option<disk::ReadFile>),
+}

@@ -458,6 +458,9 @@ async fn reads_answer_304_while_the_etag_names_the_current_write() {
     assert_eq!(changed.body["status"], json!({"n": 2}));
     let bad = send(&app, read("/syncs/job-1", &[("if-none-match", "unquoted")])).await;
     assert_status(&bad, StatusCode::BAD_REQUEST);
+    // A missing record is a 404 whatever the header says.
+    let missing = send(&app, read("/syncs/job-2", &[("if-none-match", "unquoted")])).await;
+    assert_status(&missing, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

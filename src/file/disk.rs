@@ -22,7 +22,7 @@ use crate::ttl::TtlPolicy;
 use platform::symlink_error;
 
 pub(crate) use lock::{ExistingLock, FileLock};
-pub(crate) use read::ReadFile;
+pub(crate) use read::{OpenRecord, ReadFile};
 pub(crate) use write::Commit;
 
 /// Where staging files live while they are written.

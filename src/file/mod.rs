@@ -9,6 +9,7 @@
 mod cleanup;
 mod disk;
 mod format;
+mod inline_read;
 mod replace;
 mod sweep;
 mod watch;
@@ -16,8 +17,7 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -25,6 +25,7 @@ use serde_json::Value;
 pub use disk::Durability;
 use disk::Layout;
 use format::Head;
+use inline_read::InlineReads;
 use sweep::LazySweep;
 pub use watch::WatchMode;
 
@@ -168,6 +169,7 @@ impl FileStorageBuilder {
                 id_locks: IdLocks::default(),
                 watch_mode: self.watch_mode,
                 hub: SharedHub::default(),
+                inline_reads: InlineReads::default(),
             }),
         })
     }
@@ -220,6 +222,7 @@ struct Inner {
     id_locks: IdLocks,
     watch_mode: WatchMode,
     hub: SharedHub,
+    inline_reads: InlineReads,
 }
 
 impl FileStorage {
@@ -450,8 +453,7 @@ impl SyncStorage for FileStorage {
 
     async fn get(&self, id: &str) -> Result<Option<Record>> {
         validate_id(id)?;
-        let id = id.to_string();
-        self.blocking(move |inner| inner.read_live(&id)).await
+        self.get_live(id).await
     }
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {

@@ -4,6 +4,8 @@
 //! writes once a record is deleted and made again, the incarnation's creation time cannot.
 
 use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -38,14 +40,12 @@ impl Condition {
         }
     }
 
-    /// Whether `record` matches with the weak comparison `If-None-Match` uses.
-    pub(super) fn weakly_matches(&self, record: &Record) -> bool {
+    /// Whether the record tagged `current` ([`etag_of`]) matches with the weak comparison
+    /// `If-None-Match` uses.
+    pub(super) fn weakly_matches(&self, current: &str) -> bool {
         match self {
             Condition::Any => true,
-            Condition::Tags(tags) => {
-                let current = etag_of(record);
-                tags.iter().any(|(_, tag)| *tag == current)
-            }
+            Condition::Tags(tags) => tags.iter().any(|(_, tag)| tag == current),
         }
     }
 }
@@ -93,18 +93,40 @@ pub(super) fn condition(
     })
 }
 
+/// The `If-None-Match` of a request, parsed where it lies: the handler needs no copy of the
+/// request's headers. A malformed header is kept as its error, for the handler to report
+/// only once the record is found (a missing record is a 404 whatever the header says).
+#[derive(Debug)]
+pub(super) struct IfNoneMatch(Result<Option<Condition>, ApiError>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(IfNoneMatch(condition(
+            &parts.headers,
+            header::IF_NONE_MATCH,
+        )))
+    }
+}
+
 /// The answer to a read of `record`: 304 without a body when the client's `If-None-Match`
 /// names the current write, else the record as JSON. Both carry the `ETag`.
-pub(super) fn conditional_read(headers: &HeaderMap, record: Record) -> Result<Response, ApiError> {
-    let etag = header_value(&record);
-    let unchanged = condition(headers, header::IF_NONE_MATCH)?
-        .is_some_and(|condition| condition.weakly_matches(&record));
+pub(super) fn conditional_read(
+    if_none_match: IfNoneMatch,
+    record: Record,
+) -> Result<Response, ApiError> {
+    // Made once, compared with the client's tags, then moved into the header.
+    let etag = etag_of(&record);
+    let unchanged = if_none_match
+        .0?
+        .is_some_and(|condition| condition.weakly_matches(&etag));
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         Json(record).into_response()
     };
-    response.headers_mut().insert(header::ETAG, etag);
+    response.headers_mut().insert(header::ETAG, tag_value(etag));
     // The answer depends on these request headers; a shared cache must not mix them up.
     response
         .headers_mut()
@@ -114,8 +136,13 @@ pub(super) fn conditional_read(headers: &HeaderMap, record: Record) -> Result<Re
 
 /// The `ETag` header value of `record`.
 pub(super) fn header_value(record: &Record) -> HeaderValue {
+    tag_value(etag_of(record))
+}
+
+/// `tag` ([`etag_of`]) as a header value, without a copy.
+fn tag_value(tag: String) -> HeaderValue {
     // Digits, a dot and quotes only: always a valid header value.
-    HeaderValue::from_str(&etag_of(record)).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+    HeaderValue::try_from(tag).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
 #[cfg(test)]
@@ -160,7 +187,8 @@ mod tests {
             !list.strongly_matches(Some(&record(1000, 3))),
             "weak never matches strongly"
         );
-        assert!(list.weakly_matches(&record(1000, 3)));
+        assert!(list.weakly_matches(&etag_of(&record(1000, 3))));
+        assert!(!list.weakly_matches(&etag_of(&record(1000, 5))));
         let any = parse("*").unwrap().unwrap();
         assert!(any.strongly_matches(Some(&record(1, 1))));
         assert!(!any.strongly_matches(None));

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::etag::IfNoneMatch;
 use super::params::{NoParams, Params};
 use crate::error::Error;
 use crate::id::validate_id;
@@ -59,11 +60,11 @@ pub(super) async fn get_one(
     State(config): State<AppState>,
     Params(NoParams {}): Params<NoParams>,
     path: Result<Path<String>, PathRejection>,
-    headers: axum::http::HeaderMap,
+    if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let id = checked_id(path)?;
     match config.store.get(&id).await {
-        Ok(Some(record)) => super::etag::conditional_read(&headers, record),
+        Ok(Some(record)) => super::etag::conditional_read(if_none_match, record),
         Ok(None) | Err(Error::NotFound { .. }) => Err(ApiError::not_found(&id)),
         Err(error) => Err(error.into()),
     }

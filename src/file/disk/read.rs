@@ -14,7 +14,8 @@ use super::platform::{kept_open, open_no_follow, symlink_aware};
 use crate::file::format::{self, Head};
 
 /// A record file opened for reading, and what has been read of it.
-struct OpenRecord {
+#[derive(Debug)]
+pub(crate) struct OpenRecord {
     path: PathBuf,
     file: File,
     metadata: fs::Metadata,
@@ -22,6 +23,11 @@ struct OpenRecord {
 }
 
 impl OpenRecord {
+    /// The length of the file when it was opened, in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.metadata.len()
+    }
+
     fn into_read_file(self) -> ReadFile {
         ReadFile {
             key: FileId::of(&self.metadata),
@@ -104,7 +110,7 @@ impl FileId {
 impl Layout {
     /// Opens the record file of `id` for reading: `None` when there is none. Only regular
     /// files within the size limit are records.
-    fn open_record(&self, id: &str) -> Result<Option<OpenRecord>> {
+    pub(crate) fn open_record(&self, id: &str) -> Result<Option<OpenRecord>> {
         let path = self.record_path(id);
         let file = match open_no_follow(&path) {
             Ok(file) => file,
@@ -130,7 +136,7 @@ impl Layout {
     }
 
     /// Reads the rest of `open` and parses the whole record.
-    fn finish_read(&self, id: &str, mut open: OpenRecord) -> Result<(Record, ReadFile)> {
+    pub(crate) fn finish_read(&self, id: &str, mut open: OpenRecord) -> Result<(Record, ReadFile)> {
         // Sized from the metadata already at hand (`read_to_end` on a `File` would ask the
         // kernel for it again); one byte more so the end is seen in the same pass. The read
         // stops one byte past the limit should the file grow meanwhile.

@@ -28,7 +28,8 @@ pub struct MemoryStorage {
 
 #[derive(Debug)]
 struct Inner {
-    records: Mutex<HashMap<String, Record>>,
+    /// Shared with the watch hub, which publishes the record a write made instead of a copy.
+    records: Mutex<HashMap<String, Arc<Record>>>,
     locks: IdLocks,
     ttl: TtlPolicy,
     clock: SharedClock,
@@ -69,7 +70,7 @@ impl MemoryStorage {
         self
     }
 
-    fn records(&self) -> MutexGuard<'_, HashMap<String, Record>> {
+    fn records(&self) -> MutexGuard<'_, HashMap<String, Arc<Record>>> {
         // Every mutation is one insert or remove, so a poisoned map is still consistent.
         self.inner
             .records
@@ -77,7 +78,11 @@ impl MemoryStorage {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn live<'a>(&self, records: &'a HashMap<String, Record>, id: &str) -> Option<&'a Record> {
+    fn live<'a>(
+        &self,
+        records: &'a HashMap<String, Arc<Record>>,
+        id: &str,
+    ) -> Option<&'a Arc<Record>> {
         let now = self.inner.clock.now();
         records
             .get(id)
@@ -86,22 +91,30 @@ impl MemoryStorage {
 
     /// Publishes the state of `id` to watchers; called with the records lock held so that
     /// watchers see writes in the order they happened. The store's writes are its change
-    /// feed: the reconciler re-reads the id only to learn when it expires.
-    fn publish(&self, records: &HashMap<String, Record>, id: &str) {
+    /// feed, so the reconciler reads nothing for them: it is handed the record's expiry,
+    /// the one thing it needs (to publish the removal when that time comes), and is woken
+    /// only if that is sooner than it would look anyway.
+    fn publish(&self, records: &HashMap<String, Arc<Record>>, id: &str) {
         if let Some(handle) = self.inner.hub.running() {
-            handle.hub.apply_local(id, self.live(records, id).cloned());
-            handle.changes.changed(id);
+            let current = self.live(records, id).cloned();
+            if let Some(at) = current.as_ref().and_then(|record| record.expires_at) {
+                handle.changes.expires(id, at);
+            }
+            // A removal, or a record that never expires, needs no look: an expiry tracked
+            // for an older version only makes the reconciler read the id once, finding it
+            // as the hub already has it.
+            handle.hub.apply_local_shared(id, current);
         }
     }
 
     fn write_locked(
         &self,
-        records: &mut HashMap<String, Record>,
+        records: &mut HashMap<String, Arc<Record>>,
         id: &str,
         status: Value,
         mode: PutMode,
     ) -> Result<Record> {
-        let live = self.live(records, id).map(Live::of);
+        let live = self.live(records, id).map(|record| Live::of(record));
         write::check_mode(id, mode, live.map(|live| live.version))?;
         check_record_size(
             id,
@@ -109,9 +122,10 @@ impl MemoryStorage {
             self.inner.max_record_size.load(Ordering::Relaxed),
         )?;
         let record = write::next_record(id, live, status, &self.inner.ttl, self.inner.clock.now())?;
-        records.insert(id.to_string(), record.clone());
+        let shared = Arc::new(record);
+        records.insert(id.to_string(), shared.clone());
         self.publish(records, id);
-        Ok(record)
+        Ok(Arc::unwrap_or_clone(shared))
     }
 
     fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -136,7 +150,7 @@ impl SyncStorage for MemoryStorage {
     async fn get(&self, id: &str) -> Result<Option<Record>> {
         validate_id(id)?;
         let records = self.records();
-        Ok(self.live(&records, id).cloned())
+        Ok(self.live(&records, id).map(|record| Record::clone(record)))
     }
 
     async fn put(&self, id: &str, status: Value, mode: PutMode) -> Result<Record> {
@@ -158,7 +172,7 @@ impl SyncStorage for MemoryStorage {
             let status = f(current.as_ref())?;
             {
                 let mut records = self.records();
-                if self.live(&records, id) == current.as_ref() {
+                if self.live(&records, id).map(|record| &**record) == current.as_ref() {
                     return self.write_locked(&mut records, id, status, PutMode::Overwrite);
                 }
             }
@@ -181,7 +195,7 @@ impl SyncStorage for MemoryStorage {
         let mut found: Vec<Record> = records
             .values()
             .filter(|record| !self.inner.ttl.is_expired(record, now) && filter.matches(record))
-            .cloned()
+            .map(|record| Record::clone(record))
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Listing {
@@ -243,7 +257,7 @@ impl SyncStorage for MemoryStorage {
             let seed = records
                 .values()
                 .filter(|record| !self.inner.ttl.is_expired(record, now))
-                .cloned()
+                .map(|record| Record::clone(record))
                 .collect();
             let settings = Settings {
                 ttl: self.inner.ttl.clone(),
@@ -274,7 +288,10 @@ impl SyncStorage for MemoryStorage {
 struct MemorySource(Weak<Inner>);
 
 impl MemorySource {
-    fn live(&self, mut select: impl FnMut(&HashMap<String, Record>) -> Vec<Record>) -> Vec<Record> {
+    fn live(
+        &self,
+        mut select: impl FnMut(&HashMap<String, Arc<Record>>) -> Vec<Record>,
+    ) -> Vec<Record> {
         let Some(inner) = self.0.upgrade() else {
             return Vec::new();
         };
@@ -302,7 +319,7 @@ impl ChangeSource for MemorySource {
         let mut live: HashMap<String, Record> = self
             .live(|records| {
                 ids.iter()
-                    .filter_map(|id| records.get(id).cloned())
+                    .filter_map(|id| records.get(id).map(|record| Record::clone(record)))
                     .collect()
             })
             .into_iter()
@@ -319,7 +336,12 @@ impl ChangeSource for MemorySource {
 
     async fn scan(&mut self) -> Result<Scan> {
         Ok((
-            self.live(|records| records.values().cloned().collect()),
+            self.live(|records| {
+                records
+                    .values()
+                    .map(|record| Record::clone(record))
+                    .collect()
+            }),
             Vec::new(),
         ))
     }
@@ -341,7 +363,9 @@ mod tests {
             .await
             .unwrap();
         record.version = u64::MAX;
-        store.records().insert("top".into(), record.clone());
+        store
+            .records()
+            .insert("top".into(), Arc::new(record.clone()));
         let exhausted = |result: Result<Record>| matches!(result, Err(Error::VersionExhausted { ref id, version: u64::MAX }) if id == "top");
         assert!(exhausted(
             store.put("top", json!({}), PutMode::Overwrite).await
@@ -351,6 +375,44 @@ mod tests {
         ));
         assert!(exhausted(store.update_with("top", |_| Ok(json!({}))).await));
         assert_eq!(store.get("top").await.unwrap(), Some(record));
+    }
+
+    /// The watch learns a write's expiry from the write itself (the reconciler reads
+    /// nothing for it), and still reports the removal when the store's clock reaches it.
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_write_with_a_ttl_is_removed_when_it_expires() {
+        use futures_util::StreamExt;
+        let start = crate::Timestamp::from_millis(1_000_000);
+        let clock = crate::ManualClock::new(start);
+        let store = MemoryStorage::with_options(
+            TtlPolicy::uniform(Duration::from_secs(10)),
+            Arc::new(clock.clone()),
+        );
+        let mut stream = store
+            .watch(WatchSelector::All, WatchOptions::default())
+            .await
+            .unwrap();
+        let written = store
+            .put("job", json!({"state": "running"}), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        let Ok(Some(Ok(crate::WatchEvent::Upsert(seen)))) = first else {
+            panic!("no upsert: {first:?}");
+        };
+        assert_eq!(*seen, written);
+        // The stream is the hub's; the record it carries is the store's own, not a copy.
+        assert!(Arc::ptr_eq(&seen, &store.records()["job"]));
+        clock.set(start.saturating_add(Duration::from_secs(10)));
+        let removed = tokio::time::timeout(
+            crate::watch::EXPIRY_LOOK + Duration::from_millis(1),
+            stream.next(),
+        )
+        .await;
+        assert!(
+            matches!(removed, Ok(Some(Ok(crate::WatchEvent::Removed { ref id }))) if id == "job"),
+            "{removed:?}"
+        );
     }
 
     #[tokio::test]

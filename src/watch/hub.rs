@@ -40,11 +40,18 @@ struct HubState {
     tx: broadcast::Sender<HubMessage>,
     /// Counts writes this process published itself ([`WatchHub::apply_local`]).
     local_epoch: u64,
-    /// The epoch of the last local write per id, so a re-read begun before it (and finished
-    /// after it) is known to be stale.
+    /// The epoch of the last local write per id while a read is open, so a re-read begun
+    /// before it (and finished after it) is known to be stale. No read open, no write can
+    /// make one stale: nothing is marked, so the marks do not grow with every id written.
     local_marks: HashMap<String, u64>,
-    /// Events published to `records` but not yet sent, oldest first.
-    unsent: Vec<HubMessage>,
+    /// A read of the source is under way ([`WatchHub::read_epoch`] to [`WatchHub::end_read`]).
+    reading: bool,
+    /// Events published to `records` but not yet sent, oldest first. An upsert of an id
+    /// written again before it was sent is cleared (`None`): its subscribers get the newer
+    /// one, in the place of that later write, as [`WatchEvent::Upsert`] allows.
+    unsent: Vec<Option<HubMessage>>,
+    /// Where in `unsent` the upsert of each id stands, while it is there to be replaced.
+    unsent_upserts: HashMap<String, usize>,
 }
 
 /// The last published state of every id, and the fan-out to subscribers.
@@ -90,7 +97,9 @@ impl WatchHub {
                 tx,
                 local_epoch: 0,
                 local_marks: HashMap::new(),
+                reading: false,
                 unsent: Vec::new(),
+                unsent_upserts: HashMap::new(),
             }),
             sending: Mutex::new(()),
             fanout: OnceLock::new(),
@@ -124,9 +133,9 @@ impl WatchHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (tx, unsent) = {
             let mut state = self.lock();
-            (state.tx.clone(), std::mem::take(&mut state.unsent))
+            (state.tx.clone(), Self::take_unsent(&mut state))
         };
-        for message in unsent {
+        for message in unsent.into_iter().flatten() {
             let _ = tx.send(message);
         }
     }
@@ -155,7 +164,7 @@ impl WatchHub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut state = self.lock();
-        for message in std::mem::take(&mut state.unsent) {
+        for message in Self::take_unsent(&mut state).into_iter().flatten() {
             let _ = state.tx.send(message);
         }
         (sending, state)
@@ -174,30 +183,53 @@ impl WatchHub {
     /// followed by the new record, so subscribers never mistake it for the old one.
     #[cfg(test)]
     pub(crate) fn apply(&self, id: &str, current: Option<Record>) {
-        let position = Self::apply_locked(&mut self.lock(), id, current);
+        let position = Self::apply_locked(&mut self.lock(), id, current.map(Arc::new));
         self.dispatch(position);
     }
 
     /// Publishes a write this process just made. Re-reads that began before it are then
     /// dropped by [`Self::apply_read`] instead of moving subscribers back to an older version.
     pub(crate) fn apply_local(&self, id: &str, current: Option<Record>) {
+        self.apply_local_shared(id, current.map(Arc::new));
+    }
+
+    /// [`Self::apply_local`] of a record the store keeps shared: subscribers get the store's
+    /// own record, not a copy.
+    pub(crate) fn apply_local_shared(&self, id: &str, current: Option<Arc<Record>>) {
         let mut state = self.lock();
         state.local_epoch += 1;
-        let epoch = state.local_epoch;
-        state.local_marks.insert(id.to_string(), epoch);
+        if state.reading {
+            let epoch = state.local_epoch;
+            match state.local_marks.get_mut(id) {
+                Some(mark) => *mark = epoch,
+                None => {
+                    state.local_marks.insert(id.to_string(), epoch);
+                }
+            }
+        }
         let position = Self::apply_locked(&mut state, id, current);
         drop(state);
         self.dispatch(position);
     }
 
-    /// The epoch to pass to [`Self::apply_read`] for a read that starts now.
+    /// The epoch to pass to [`Self::apply_read`] for a read that starts now; local writes
+    /// are marked from now until [`Self::end_read`].
     ///
     /// Sources read one batch at a time, so marks older than the read starting now can make
     /// no read stale any more: they are dropped here, which keeps the marks few.
     pub(crate) fn read_epoch(&self) -> u64 {
         let mut state = self.lock();
         state.local_marks.clear();
+        state.reading = true;
         state.local_epoch
+    }
+
+    /// The read begun by [`Self::read_epoch`] is published: local writes need no marks
+    /// until the next one.
+    pub(crate) fn end_read(&self) {
+        let mut state = self.lock();
+        state.local_marks.clear();
+        state.reading = false;
     }
 
     /// Publishes a state read from the source by a read that started at `epoch`, unless this
@@ -208,7 +240,7 @@ impl WatchHub {
         if state.local_marks.get(id).is_some_and(|mark| *mark > epoch) {
             return;
         }
-        let position = Self::apply_locked(&mut state, id, current);
+        let position = Self::apply_locked(&mut state, id, current.map(Arc::new));
         drop(state);
         self.dispatch(position);
     }
@@ -235,41 +267,77 @@ impl WatchHub {
         self.dispatch(position);
     }
 
+    /// The events to send now; what is queued after is a new batch.
+    fn take_unsent(state: &mut HubState) -> Vec<Option<HubMessage>> {
+        state.unsent_upserts.clear();
+        std::mem::take(&mut state.unsent)
+    }
+
     /// Queues `message` to be sent; its position in the queue, from 1.
     fn queue(state: &mut HubState, message: HubMessage) -> usize {
-        state.unsent.push(message);
+        state.unsent.push(Some(message));
         state.unsent.len()
     }
 
+    /// Queues the upsert of `id`, clearing one of it still unsent: a writer faster than the
+    /// fan-out keeps one record per id waiting, not one per write.
+    fn queue_upsert(state: &mut HubState, id: &str, record: Arc<Record>) -> usize {
+        let position = state.unsent.len();
+        match state.unsent_upserts.get_mut(id) {
+            Some(earlier) => {
+                state.unsent[*earlier] = None;
+                *earlier = position;
+            }
+            None => {
+                state.unsent_upserts.insert(id.to_string(), position);
+            }
+        }
+        Self::queue(
+            state,
+            HubMessage::Event(Arc::new(WatchEvent::Upsert(record))),
+        )
+    }
+
     /// Publishes one id; the position of its first queued event (see [`Self::dispatch`]).
-    fn apply_locked(state: &mut HubState, id: &str, current: Option<Record>) -> usize {
+    fn apply_locked(state: &mut HubState, id: &str, current: Option<Arc<Record>>) -> usize {
         let queued_before = state.unsent.len();
-        let event = match current {
+        match current {
             Some(record) => {
-                if let Some(known) = state.records.get(id) {
-                    if same_revision(known, &record) {
-                        return 0;
+                match state.records.get_mut(id) {
+                    Some(known) => {
+                        if same_revision(known, &record) {
+                            return 0;
+                        }
+                        let recreated = is_recreation(known, &record);
+                        *known = record.clone();
+                        if recreated {
+                            Self::queue_removal(state, id);
+                        }
                     }
-                    if is_recreation(known, &record) {
-                        Self::queue(
-                            state,
-                            HubMessage::Event(Arc::new(WatchEvent::Removed { id: id.to_string() })),
-                        );
+                    None => {
+                        state.records.insert(id.to_string(), record.clone());
                     }
                 }
-                let record = Arc::new(record);
-                state.records.insert(id.to_string(), record.clone());
-                WatchEvent::Upsert(record)
+                Self::queue_upsert(state, id, record);
             }
             None => {
                 if state.records.remove(id).is_none() {
                     return 0;
                 }
-                WatchEvent::Removed { id: id.to_string() }
+                Self::queue_removal(state, id);
             }
-        };
-        Self::queue(state, HubMessage::Event(Arc::new(event)));
+        }
         queued_before + 1
+    }
+
+    /// Queues the removal of `id`; an upsert before it stays, so a later one is not moved
+    /// ahead of the removal.
+    fn queue_removal(state: &mut HubState, id: &str) {
+        state.unsent_upserts.remove(id);
+        Self::queue(
+            state,
+            HubMessage::Event(Arc::new(WatchEvent::Removed { id: id.to_string() })),
+        );
     }
 
     fn replace_all_locked(state: &mut HubState, records: Vec<Arc<Record>>) -> usize {
@@ -277,6 +345,8 @@ impl WatchHub {
             .iter()
             .map(|record| (record.id.clone(), record.clone()))
             .collect();
+        // The resync carries every record: no upsert after it replaces one before it.
+        state.unsent_upserts.clear();
         Self::queue(
             state,
             HubMessage::Event(Arc::new(WatchEvent::Resync(records))),

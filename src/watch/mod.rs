@@ -17,6 +17,8 @@ mod hub;
 mod reconciler;
 
 pub(crate) use backoff::Backoff;
+#[cfg(test)]
+pub(crate) use expiry::EXPIRY_LOOK;
 pub(crate) use hub::{HubHandle, SharedHub};
 pub(crate) use reconciler::{
     ChangeSource, Changes, Duty, Reads, Scan, Settings, start, start_seeded,

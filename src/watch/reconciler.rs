@@ -8,7 +8,7 @@
 //! continuity starts the feed again (pausing by a [`Backoff`] between failed attempts) and
 //! publishes a full scan as a resync.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -20,7 +20,7 @@ use super::backoff::Backoff;
 use super::expiry::ExpiryQueue;
 use super::hub::{HubHandle, WatchHub};
 use crate::error::{Error, Result};
-use crate::record::{Record, SharedClock};
+use crate::record::{Record, SharedClock, Timestamp};
 use crate::task::AbortOnDrop;
 use crate::ttl::TtlPolicy;
 
@@ -96,7 +96,17 @@ pub(crate) struct Changes {
     /// The feed was lost, with the cause to tell subscribers (if any).
     lost: Mutex<Option<Option<Error>>>,
     problems: Mutex<Vec<Error>>,
+    expiring: Mutex<Expiring>,
     wake: Notify,
+}
+
+/// Expiry times handed over by the store's own writes ([`Changes::expires`]), and when the
+/// reconciler looks at its expiry queue next: a write wakes it only to look sooner.
+#[derive(Debug, Default)]
+struct Expiring {
+    pending: HashMap<String, Timestamp>,
+    /// By the store's clock; `None`: the reconciler sleeps until woken.
+    next_look: Option<Timestamp>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +122,30 @@ impl Changes {
     pub(crate) fn changed(&self, id: &str) {
         locked(&self.dirty).insert(id.to_string());
         self.wake.notify_one();
+    }
+
+    /// This process just wrote `id`, expiring at `at`, and published it itself: nothing is
+    /// to be read now, only the removal to publish when that time comes. The reconciler is
+    /// woken only if it would not look at its expiry queue by then anyway.
+    pub(crate) fn expires(&self, id: &str, at: Timestamp) {
+        let wake = {
+            let mut expiring = locked(&self.expiring);
+            match expiring.pending.get_mut(id) {
+                Some(pending) => *pending = at,
+                None => {
+                    expiring.pending.insert(id.to_string(), at);
+                }
+            }
+            let sooner = expiring.next_look.is_none_or(|look| at < look);
+            if sooner {
+                // It looks by `at` now; the writes until it plans again need not wake it.
+                expiring.next_look = Some(at);
+            }
+            sooner
+        };
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     /// Changes may have been missed (an overflowed queue): publish a full scan as a resync.
@@ -235,13 +269,36 @@ struct Reconciler<S> {
 impl<S: ChangeSource> Reconciler<S> {
     async fn run(mut self) {
         loop {
-            let until = self.wake_at();
+            let until = self.plan();
             wait(&self.changes, until).await;
             let Some(hub) = self.hub.upgrade() else {
                 return;
             };
             self.step(&hub).await;
         }
+    }
+
+    /// Tracks the expiry times handed over by writes and tells them when the reconciler
+    /// looks next (under their lock, so a write either is tracked here or sees the new look);
+    /// when to look again without being woken.
+    fn plan(&mut self) -> Option<Instant> {
+        let changes = self.changes.clone();
+        let mut expiring = locked(&changes.expiring);
+        for (id, at) in expiring.pending.drain() {
+            self.expiry.track(&id, Some(at));
+        }
+        let now = self.settings.clock.now();
+        expiring.next_look = if self.retry_at.is_some() || !self.linked || self.resync {
+            // The queue waits for the resync, whose scan tracks every record again; the
+            // handed-over times are tracked at the next plan.
+            Some(Timestamp::from_millis(u64::MAX))
+        } else {
+            self.expiry
+                .next_look(now)
+                .map(|wait| now.saturating_add(wait))
+        };
+        drop(expiring);
+        self.wake_at()
     }
 
     /// When to look again without being woken: the next retry, duty or expiry.
@@ -351,12 +408,17 @@ impl<S: ChangeSource> Reconciler<S> {
         self.changes.take_dirty();
         self.changes.take_rescan();
         let epoch = hub.read_epoch();
-        let (records, unreadable) = self.source.scan().await?;
+        let scanned = self.source.scan().await;
+        if scanned.is_err() {
+            hub.end_read();
+        }
+        let (records, unreadable) = scanned?;
         for error in unreadable {
             hub.report(error);
         }
         self.track_all(&records);
         hub.replace_all_read(records, epoch);
+        hub.end_read();
         self.resync = false;
         Ok(true)
     }
@@ -391,6 +453,7 @@ impl<S: ChangeSource> Reconciler<S> {
             }
             Err(error) => self.lost_continuity(hub, error),
         }
+        hub.end_read();
     }
 
     async fn reread(&mut self, hub: &WatchHub, ids: Vec<String>) {
@@ -417,6 +480,7 @@ impl<S: ChangeSource> Reconciler<S> {
             }
             Err(error) => self.lost_continuity(hub, error),
         }
+        hub.end_read();
     }
 
     /// Changes were not published: only a resync (after a pause) can make up for it.

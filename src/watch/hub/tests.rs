@@ -109,23 +109,79 @@ async fn a_local_write_leaves_the_send_to_the_fanout_task() {
     let _fanout = hub.start_fanout();
     let mut rx = hub.lock().tx.subscribe();
     hub.apply_local("job", Some(record(2, 10, 20)));
-    hub.apply_local("job", Some(record(3, 10, 30)));
     // On this one thread the fan-out task has not run yet: the writer sent nothing.
     assert!(matches!(
         rx.try_recv(),
         Err(broadcast::error::TryRecvError::Empty)
     ));
-    for version in [2, 3] {
-        let Ok(Ok(HubMessage::Event(event))) =
-            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
-        else {
-            panic!("no event for version {version}");
-        };
-        assert_eq!(
-            *event,
-            WatchEvent::Upsert(record(version, 10, version * 10).into())
-        );
+    let Ok(Ok(HubMessage::Event(event))) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
+    else {
+        panic!("no event");
+    };
+    assert_eq!(*event, WatchEvent::Upsert(record(2, 10, 20).into()));
+}
+
+fn other(version: u64) -> Record {
+    Record {
+        id: "other".into(),
+        ..record(version, 10, version * 10)
     }
+}
+
+#[test]
+fn an_id_written_again_before_the_send_is_sent_once_in_the_place_of_its_last_write() {
+    let hub = WatchHub::new([record(1, 10, 10)]);
+    let mut rx = hub.lock().tx.subscribe();
+    {
+        let mut state = hub.lock();
+        WatchHub::apply_locked(&mut state, "job", Some(record(2, 10, 20).into()));
+        WatchHub::apply_locked(&mut state, "other", Some(other(1).into()));
+        WatchHub::apply_locked(&mut state, "job", Some(record(3, 10, 30).into()));
+        // One record of `job` waits, not one per write.
+        assert_eq!(state.unsent.iter().flatten().count(), 2);
+    }
+    hub.send_unsent();
+    assert_eq!(
+        published(&mut rx),
+        vec![
+            WatchEvent::Upsert(other(1).into()),
+            WatchEvent::Upsert(record(3, 10, 30).into()),
+        ]
+    );
+    // A removal in between is kept, with the write before it: nothing is moved ahead of it.
+    {
+        let mut state = hub.lock();
+        WatchHub::apply_locked(&mut state, "job", Some(record(4, 10, 40).into()));
+        WatchHub::apply_locked(&mut state, "job", None);
+        WatchHub::apply_locked(&mut state, "job", Some(record(1, 50, 50).into()));
+    }
+    hub.send_unsent();
+    assert_eq!(
+        published(&mut rx),
+        vec![
+            WatchEvent::Upsert(record(4, 10, 40).into()),
+            WatchEvent::Removed { id: "job".into() },
+            WatchEvent::Upsert(record(1, 50, 50).into()),
+        ]
+    );
+}
+
+#[test]
+fn local_writes_are_marked_only_while_a_read_is_open() {
+    let hub = WatchHub::new([]);
+    for version in 1..=100 {
+        hub.apply_local("job", Some(record(version, 10, version * 10)));
+        hub.apply_local("other", Some(other(version)));
+    }
+    assert!(hub.lock().local_marks.is_empty());
+    let epoch = hub.read_epoch();
+    hub.apply_local("job", Some(record(101, 10, 1010)));
+    assert_eq!(hub.lock().local_marks.len(), 1);
+    hub.apply_read("job", Some(record(100, 10, 1000)), epoch);
+    hub.end_read();
+    assert!(hub.lock().local_marks.is_empty());
+    assert_eq!(hub.lock().records["job"].version, 101);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -159,7 +215,12 @@ async fn a_writer_that_never_yields_sends_once_a_buffer_is_queued() {
     for version in 1..=SUBSCRIBER_BUFFER as u64 {
         hub.apply_local("job", Some(record(version, 10, version * 10)));
     }
-    // The fan-out task never ran on this thread; the queue did not grow past a buffer.
+    // The fan-out task never ran on this thread; the queue did not grow past a buffer,
+    // and what was sent is the last write of the one id.
     assert!(hub.lock().unsent.is_empty());
-    assert_eq!(published(&mut rx).len(), SUBSCRIBER_BUFFER);
+    let last = SUBSCRIBER_BUFFER as u64;
+    assert_eq!(
+        published(&mut rx),
+        vec![WatchEvent::Upsert(record(last, 10, last * 10).into())]
+    );
 }

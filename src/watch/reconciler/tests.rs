@@ -204,6 +204,55 @@ async fn expiry_is_reported_when_the_store_clock_reaches_it() {
     assert_eq!(reads, [(vec!["job".to_string()], expires)]);
 }
 
+/// A store that publishes its own writes (the memory store) hands the reconciler the
+/// expiry instead of a change: nothing is read for the write, the removal comes on time.
+#[tokio::test(start_paused = true)]
+async fn an_expiry_handed_over_by_a_write_is_reported_without_reading_the_write() {
+    let ttl = TtlPolicy::uniform(Duration::from_secs(10));
+    let mut f = fixture(ttl, &[]).await;
+    let written = record("job", 1, START);
+    f.write(written.clone());
+    let expires = START.saturating_add(Duration::from_secs(10));
+    let hub = f.handle.as_ref().map(|h| h.hub.clone()).unwrap();
+    hub.apply_local("job", Some(written.clone()));
+    f.changes.expires("job", expires);
+    assert_eq!(f.next().await, WatchEvent::Upsert(written.into()));
+    // Later writes expiring after the reconciler's next look do not wake it to read.
+    f.changes.expires("job", expires);
+    f.clock.set(Timestamp::from_millis(expires.as_millis() - 1));
+    assert_eq!(f.next_within(Duration::from_secs(30)).await, None);
+    assert!(locked(&f.backend).reads.is_empty());
+    f.clock.set(expires);
+    let removed = f
+        .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
+        .await;
+    assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: "job".into() })));
+    let reads = locked(&f.backend).reads.clone();
+    assert_eq!(reads, [(vec!["job".to_string()], expires)]);
+}
+
+/// The first expiry handed over wakes a reconciler that sleeps until woken, so it is
+/// tracked though nothing else would make the reconciler look.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_expiry_wakes_a_reconciler_with_nothing_to_look_at() {
+    let ttl = TtlPolicy::uniform(Duration::from_secs(10));
+    let mut f = fixture(ttl, &[]).await;
+    // The reconciler has planned with an empty queue before the write.
+    assert_eq!(f.next_within(Duration::from_secs(5)).await, None);
+    let written = record("job", 1, START);
+    f.write(written.clone());
+    let expires = START.saturating_add(Duration::from_secs(10));
+    let hub = f.handle.as_ref().map(|h| h.hub.clone()).unwrap();
+    hub.apply_local("job", Some(written.clone()));
+    f.changes.expires("job", expires);
+    assert_eq!(f.next().await, WatchEvent::Upsert(written.into()));
+    f.clock.set(expires);
+    let removed = f
+        .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
+        .await;
+    assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: "job".into() })));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_overflow_brings_a_resync_of_everything() {
     let mut f = fixture(TtlPolicy::never(), &[record("a", 1, START)]).await;

@@ -19,25 +19,20 @@ const REMOVALS_PER_COMMIT_LOCK: usize = 64;
 /// Expired records judged without their id's lock (nobody had one), to be removed together.
 #[cfg(unix)]
 #[derive(Default)]
-struct PendingRemovals {
-    ids: Vec<String>,
-    reads: Vec<Option<disk::ReadFile>>,
-}
+struct PendingRemovals(Vec<(String, Option<disk::ReadFile>)>);
 
 #[cfg(unix)]
 impl PendingRemovals {
     /// Removes the records still as they were read, under one commit lock, and tells the
     /// report what became of each.
     fn flush(&mut self, inner: &Inner, report: &mut CleanupReport) -> Result<()> {
-        if self.ids.is_empty() {
+        if self.0.is_empty() {
             return Ok(());
         }
-        let outcomes =
-            inner
-                .layout
-                .remove_unlocked_run(&self.ids, &self.reads, inner.durability)?;
-        self.reads.clear();
-        for (id, outcome) in self.ids.drain(..).zip(outcomes) {
+        let outcomes = inner
+            .layout
+            .remove_unlocked_run(&self.0, inner.durability)?;
+        for ((id, _read), outcome) in self.0.drain(..).zip(outcomes) {
             match outcome {
                 Ok(true) => report.removed.push(id),
                 // Replaced or removed by someone else since it was read.
@@ -130,9 +125,8 @@ impl Inner {
                     Ok(Removal::Gone) => {}
                     #[cfg(unix)]
                     Ok(Removal::Unlocked(read)) => {
-                        pending.ids.push(id);
-                        pending.reads.push(read);
-                        if pending.ids.len() >= REMOVALS_PER_COMMIT_LOCK {
+                        pending.0.push((id, read));
+                        if pending.0.len() >= REMOVALS_PER_COMMIT_LOCK {
                             pending.flush(self, &mut report)?;
                         }
                     }

@@ -44,7 +44,7 @@ struct HubState {
     /// before it (and finished after it) is known to be stale. No read open, no write can
     /// make one stale: nothing is marked, so the marks do not grow with every id written.
     local_marks: HashMap<String, u64>,
-    /// A read of the source is under way ([`WatchHub::read_epoch`] to [`WatchHub::end_read`]).
+    /// A read of the source is under way (an [`OpenRead`] is alive).
     reading: bool,
     /// Events published to `records` but not yet sent, oldest first. An upsert of an id
     /// written again before it was sent is cleared (`None`): its subscribers get the newer
@@ -212,24 +212,20 @@ impl WatchHub {
         self.dispatch(position);
     }
 
-    /// The epoch to pass to [`Self::apply_read`] for a read that starts now; local writes
-    /// are marked from now until [`Self::end_read`].
+    /// Opens a read of the source starting now; local writes are marked until it drops, and
+    /// its [`OpenRead::epoch`] goes to [`Self::apply_read`]. Ended by dropping it, so a read
+    /// that fails or whose task is cancelled ends all the same.
     ///
     /// Sources read one batch at a time, so marks older than the read starting now can make
     /// no read stale any more: they are dropped here, which keeps the marks few.
-    pub(crate) fn read_epoch(&self) -> u64 {
+    pub(crate) fn open_read(&self) -> OpenRead<'_> {
         let mut state = self.lock();
         state.local_marks.clear();
         state.reading = true;
-        state.local_epoch
-    }
-
-    /// The read begun by [`Self::read_epoch`] is published: local writes need no marks
-    /// until the next one.
-    pub(crate) fn end_read(&self) {
-        let mut state = self.lock();
-        state.local_marks.clear();
-        state.reading = false;
+        OpenRead {
+            hub: self,
+            epoch: state.local_epoch,
+        }
     }
 
     /// Publishes a state read from the source by a read that started at `epoch`, unless this
@@ -583,6 +579,22 @@ impl SharedHub {
     ) -> WatchStream {
         let hub = handle.hub.clone();
         hub.subscribe(selector, options, handle)
+    }
+}
+
+/// A read of the source under way ([`WatchHub::open_read`]).
+pub(crate) struct OpenRead<'a> {
+    hub: &'a WatchHub,
+    /// The local epoch when the read started.
+    pub(crate) epoch: u64,
+}
+
+impl Drop for OpenRead<'_> {
+    /// The read is published (or given up): local writes need no marks until the next one.
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        state.local_marks.clear();
+        state.reading = false;
     }
 }
 

@@ -407,18 +407,14 @@ impl<S: ChangeSource> Reconciler<S> {
         // Everything dirty so far is covered by the scan, which starts after the feed is up.
         self.changes.take_dirty();
         self.changes.take_rescan();
-        let epoch = hub.read_epoch();
-        let scanned = self.source.scan().await;
-        if scanned.is_err() {
-            hub.end_read();
-        }
-        let (records, unreadable) = scanned?;
+        let read = hub.open_read();
+        let (records, unreadable) = self.source.scan().await?;
         for error in unreadable {
             hub.report(error);
         }
         self.track_all(&records);
-        hub.replace_all_read(records, epoch);
-        hub.end_read();
+        hub.replace_all_read(records, read.epoch);
+        drop(read);
         self.resync = false;
         Ok(true)
     }
@@ -433,7 +429,8 @@ impl<S: ChangeSource> Reconciler<S> {
 
     /// Publishes a full scan as differences from what the hub holds.
     async fn publish_diff(&mut self, hub: &WatchHub) {
-        let epoch = hub.read_epoch();
+        let read = hub.open_read();
+        let epoch = read.epoch;
         match self.source.scan().await {
             Ok((records, unreadable)) => {
                 for error in unreadable {
@@ -453,11 +450,12 @@ impl<S: ChangeSource> Reconciler<S> {
             }
             Err(error) => self.lost_continuity(hub, error),
         }
-        hub.end_read();
+        drop(read);
     }
 
     async fn reread(&mut self, hub: &WatchHub, ids: Vec<String>) {
-        let epoch = hub.read_epoch();
+        let read = hub.open_read();
+        let epoch = read.epoch;
         match self.source.read(ids).await {
             Ok(reads) => {
                 for (id, current) in reads {
@@ -480,7 +478,7 @@ impl<S: ChangeSource> Reconciler<S> {
             }
             Err(error) => self.lost_continuity(hub, error),
         }
-        hub.end_read();
+        drop(read);
     }
 
     /// Changes were not published: only a resync (after a pause) can make up for it.

@@ -28,9 +28,9 @@ fn a_run_of_removals_removes_only_the_files_still_as_read() {
     for id in &ids {
         fs::write(layout.record_path(id), b"{}\n").unwrap();
     }
-    let reads: Vec<Option<ReadFile>> = ids
+    let run: Vec<(String, Option<ReadFile>)> = ids
         .iter()
-        .map(|id| ReadFile::at(&layout.record_path(id)).unwrap())
+        .map(|id| (id.clone(), ReadFile::at(&layout.record_path(id)).unwrap()))
         .collect();
     let staged = tmp.path().join("staged");
     fs::write(&staged, b"{\"new\": true}\n").unwrap();
@@ -38,9 +38,7 @@ fn a_run_of_removals_removes_only_the_files_still_as_read() {
     fs::remove_file(layout.record_path("gone")).unwrap();
 
     for durability in [Durability::Rename, Durability::Fsync] {
-        let outcomes = layout
-            .remove_unlocked_run(&ids, &reads, durability)
-            .unwrap();
+        let outcomes = layout.remove_unlocked_run(&run, durability).unwrap();
         let removed: Vec<bool> = outcomes.into_iter().map(|o| o.unwrap()).collect();
         // Run twice: the second finds nothing more to remove.
         if durability == Durability::Rename {

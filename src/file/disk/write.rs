@@ -75,8 +75,8 @@ impl Layout {
         Ok(NoCommitLock)
     }
 
-    /// Removes the record file of each of `ids` that is still the file read (the `reads` of
-    /// the same index), without the ids' locks, all under one hold of the commit lock. Safe
+    /// Removes the record file of each id in `run` that is still the file read beside it,
+    /// without the ids' locks, all under one hold of the commit lock. Safe
     /// because every rename over a record file and every removal happens under the commit
     /// lock after checking the file is still the one its writer read: a writer that read a
     /// removed file starts over, and a file renamed in before this check is not the one
@@ -84,14 +84,12 @@ impl Layout {
     #[cfg(unix)]
     pub(crate) fn remove_unlocked_run(
         &self,
-        ids: &[String],
-        reads: &[Option<ReadFile>],
+        run: &[(String, Option<ReadFile>)],
         durability: Durability,
     ) -> Result<Vec<Result<bool>>> {
         let outcomes: Vec<Result<bool>> = {
             let _commit = self.commit_lock()?;
-            ids.iter()
-                .zip(reads)
+            run.iter()
                 .map(|(id, read)| {
                     let path = self.record_path(id);
                     if FileId::at(&path).map_err(|e| Error::io(&path, e))?

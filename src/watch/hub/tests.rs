@@ -38,10 +38,11 @@ fn a_record_made_again_unseen_is_a_removal_then_the_new_record() {
 fn a_read_that_began_before_a_local_write_cannot_move_back() {
     let hub = WatchHub::new([record(1, 10, 10)]);
     let mut rx = hub.lock().tx.subscribe();
-    let epoch = hub.read_epoch();
+    let read = hub.open_read();
     hub.apply_local("job", Some(record(2, 10, 20)));
-    hub.apply_read("job", Some(record(1, 10, 10)), epoch);
-    hub.replace_all_read(vec![record(1, 10, 10)], epoch);
+    hub.apply_read("job", Some(record(1, 10, 10)), read.epoch);
+    hub.replace_all_read(vec![record(1, 10, 10)], read.epoch);
+    drop(read);
     assert_eq!(
         published(&mut rx),
         vec![
@@ -50,8 +51,8 @@ fn a_read_that_began_before_a_local_write_cannot_move_back() {
         ]
     );
     // A read that starts after the write is believed again.
-    let epoch = hub.read_epoch();
-    hub.apply_read("job", Some(record(3, 10, 30)), epoch);
+    let read = hub.open_read();
+    hub.apply_read("job", Some(record(3, 10, 30)), read.epoch);
     assert_eq!(
         published(&mut rx),
         vec![WatchEvent::Upsert(record(3, 10, 30).into())]
@@ -175,11 +176,11 @@ fn local_writes_are_marked_only_while_a_read_is_open() {
         hub.apply_local("other", Some(other(version)));
     }
     assert!(hub.lock().local_marks.is_empty());
-    let epoch = hub.read_epoch();
+    let read = hub.open_read();
     hub.apply_local("job", Some(record(101, 10, 1010)));
     assert_eq!(hub.lock().local_marks.len(), 1);
-    hub.apply_read("job", Some(record(100, 10, 1000)), epoch);
-    hub.end_read();
+    hub.apply_read("job", Some(record(100, 10, 1000)), read.epoch);
+    drop(read);
     assert!(hub.lock().local_marks.is_empty());
     assert_eq!(hub.lock().records["job"].version, 101);
 }

@@ -151,6 +151,22 @@ impl Fixture {
         Some(item.map_err(|error| error.to_string()))
     }
 
+    /// Publishes `written` as the store's own write does, handing over its expiry.
+    fn write_locally(&self, written: &Record, expires: Timestamp) {
+        let hub = self.handle.as_ref().map(|h| h.hub.clone()).unwrap();
+        hub.apply_local(&written.id, Some(written.clone()));
+        self.changes.expires(&written.id, expires);
+    }
+
+    /// Sets the store's clock to `expires` and expects the removal of `id` within one look.
+    async fn expect_removal_at(&mut self, id: &str, expires: Timestamp) {
+        self.clock.set(expires);
+        let removed = self
+            .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
+            .await;
+        assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: id.into() })));
+    }
+
     async fn next(&mut self) -> WatchEvent {
         match self.next_within(Duration::from_secs(60)).await {
             Some(Ok(event)) => event,
@@ -195,11 +211,7 @@ async fn expiry_is_reported_when_the_store_clock_reaches_it() {
     f.clock.set(Timestamp::from_millis(expires.as_millis() - 1));
     assert_eq!(f.next_within(Duration::from_secs(30)).await, None);
     // At the expiry time by the store's clock, within one look of tokio's.
-    f.clock.set(expires);
-    let removed = f
-        .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
-        .await;
-    assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: "job".into() })));
+    f.expect_removal_at("job", expires).await;
     let reads = locked(&f.backend).reads.clone();
     assert_eq!(reads, [(vec!["job".to_string()], expires)]);
 }
@@ -213,20 +225,14 @@ async fn an_expiry_handed_over_by_a_write_is_reported_without_reading_the_write(
     let written = record("job", 1, START);
     f.write(written.clone());
     let expires = START.saturating_add(Duration::from_secs(10));
-    let hub = f.handle.as_ref().map(|h| h.hub.clone()).unwrap();
-    hub.apply_local("job", Some(written.clone()));
-    f.changes.expires("job", expires);
+    f.write_locally(&written, expires);
     assert_eq!(f.next().await, WatchEvent::Upsert(written.into()));
     // Later writes expiring after the reconciler's next look do not wake it to read.
     f.changes.expires("job", expires);
     f.clock.set(Timestamp::from_millis(expires.as_millis() - 1));
     assert_eq!(f.next_within(Duration::from_secs(30)).await, None);
     assert!(locked(&f.backend).reads.is_empty());
-    f.clock.set(expires);
-    let removed = f
-        .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
-        .await;
-    assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: "job".into() })));
+    f.expect_removal_at("job", expires).await;
     let reads = locked(&f.backend).reads.clone();
     assert_eq!(reads, [(vec!["job".to_string()], expires)]);
 }
@@ -242,15 +248,9 @@ async fn a_handed_over_expiry_wakes_a_reconciler_with_nothing_to_look_at() {
     let written = record("job", 1, START);
     f.write(written.clone());
     let expires = START.saturating_add(Duration::from_secs(10));
-    let hub = f.handle.as_ref().map(|h| h.hub.clone()).unwrap();
-    hub.apply_local("job", Some(written.clone()));
-    f.changes.expires("job", expires);
+    f.write_locally(&written, expires);
     assert_eq!(f.next().await, WatchEvent::Upsert(written.into()));
-    f.clock.set(expires);
-    let removed = f
-        .next_within(super::super::expiry::EXPIRY_LOOK + Duration::from_millis(1))
-        .await;
-    assert_eq!(removed, Some(Ok(WatchEvent::Removed { id: "job".into() })));
+    f.expect_removal_at("job", expires).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,5 @@
 //! Removing expired records, for an explicit cleanup and for the lazy sweep: each record is
-//! judged by one read, and those nobody holds are removed in runs under one commit lock.
+//! judged by one read, and on Unix removed with its lock file in runs under one commit lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,10 +16,10 @@ use crate::storage::{CleanupOptions, CleanupProblem, CleanupReport, SWEEP_LOCK};
 #[cfg(unix)]
 const REMOVALS_PER_COMMIT_LOCK: usize = 64;
 
-/// Expired records judged without their id's lock (nobody had one), to be removed together.
+/// Expired records judged without their ids' locks, to be removed together.
 #[cfg(unix)]
 #[derive(Default)]
-struct PendingRemovals(Vec<(String, Option<disk::ReadFile>)>);
+struct PendingRemovals(Vec<disk::ExpiredRecord>);
 
 #[cfg(unix)]
 impl PendingRemovals {
@@ -32,7 +32,8 @@ impl PendingRemovals {
         let outcomes = inner
             .layout
             .remove_unlocked_run(&self.0, inner.durability)?;
-        for ((id, _read), outcome) in self.0.drain(..).zip(outcomes) {
+        for (expired, outcome) in self.0.drain(..).zip(outcomes) {
+            let id = expired.id;
             match outcome {
                 Ok(true) => report.removed.push(id),
                 // Replaced or removed by someone else since it was read.
@@ -120,12 +121,13 @@ impl Inner {
                 let may_have_lock_file =
                     lock_files.as_ref().is_none_or(|names| names.contains(&id));
                 match self.remove_if_expired(&id, options, may_have_lock_file) {
+                    #[cfg(not(unix))]
                     Ok(Removal::Removed) => report.removed.push(id),
                     Ok(Removal::Kept) => report.kept += 1,
                     Ok(Removal::Gone) => {}
                     #[cfg(unix)]
-                    Ok(Removal::Unlocked(read)) => {
-                        pending.0.push((id, read));
+                    Ok(Removal::Unlocked { read, lock }) => {
+                        pending.0.push(disk::ExpiredRecord { id, read, lock });
                         if pending.0.len() >= REMOVALS_PER_COMMIT_LOCK {
                             pending.flush(self, &mut report)?;
                         }
@@ -167,8 +169,8 @@ impl Inner {
     }
 
     /// Removes `id` if it is still expired once its locks are held; a lock someone holds
-    /// means keep it (see [`Inner::cleanup`]). An expired record with no lock file is not
-    /// removed here but handed back, to be removed with others under one commit lock.
+    /// means keep it (see [`Inner::cleanup`]). On Unix an expired record is handed back
+    /// instead, with its lock still held, to be removed with others under one commit lock.
     /// `may_have_lock_file` false means the id had none when the sweep looked.
     fn remove_if_expired(
         &self,
@@ -188,62 +190,80 @@ impl Inner {
             None => None,
         };
         let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
-        let existing = if may_have_lock_file {
-            self.layout.try_lock_existing(id)?
-        } else {
-            disk::ExistingLock::Absent
-        };
-        let file_lock = match existing {
-            disk::ExistingLock::Held => return Ok(Removal::Kept),
-            disk::ExistingLock::Locked(file_lock) => file_lock,
-            // No lock file, so nobody is writing the id (a writer makes it first). Making one
-            // only to remove it would double the cost of a removal; the commit lock orders
-            // the removal with a writer that starts now (see `Layout::remove_unlocked_run`),
-            // so the in-process lock need not be held until then either.
-            #[cfg(unix)]
-            disk::ExistingLock::Absent => {
-                let (head, read) = self.layout.read_head_with_id(id)?;
-                return Ok(match head {
-                    None => Removal::Gone,
-                    Some(head) if !expired(&head) => Removal::Kept,
-                    Some(_) => Removal::Unlocked(read),
-                });
-            }
-            #[cfg(not(unix))]
-            disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
-                Some(file_lock) => file_lock,
-                None => return Ok(Removal::Kept),
-            },
-        };
-        let (head, read) = self.layout.read_head_with_id(id)?;
-        match head {
-            None => return Ok(Removal::Gone),
-            Some(head) if !expired(&head) => return Ok(Removal::Kept),
-            Some(_) => {}
-        }
-        match self
-            .layout
-            .remove_locked(id, self.durability, &file_lock, read)?
+        // The id's lock file is taken, as a writer takes it, and kept until the removal, so
+        // that it goes with the record; the record itself is removed in a run under the
+        // commit lock, which orders the removal with a writer that starts once the lock is
+        // let go. No lock file, so nobody is writing the id (a writer makes it first): making
+        // one only to remove it would double the cost of a removal.
+        #[cfg(unix)]
         {
-            Ok(_) => {}
-            // Someone took the id meanwhile; leave it to them.
-            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => return Ok(Removal::Kept),
+            let lock = if may_have_lock_file {
+                match self.layout.try_lock_existing(id)? {
+                    disk::ExistingLock::Held => return Ok(Removal::Kept),
+                    disk::ExistingLock::Locked(file_lock) => Some(file_lock),
+                    disk::ExistingLock::Absent => None,
+                }
+            } else {
+                None
+            };
+            let (head, read) = self.layout.read_head_with_id(id)?;
+            Ok(match head {
+                None => Removal::Gone,
+                Some(head) if !expired(&head) => Removal::Kept,
+                Some(_) => Removal::Unlocked { read, lock },
+            })
         }
-        file_lock
-            .remove()
-            .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
-        Ok(Removal::Removed)
+        #[cfg(not(unix))]
+        {
+            let existing = if may_have_lock_file {
+                self.layout.try_lock_existing(id)?
+            } else {
+                disk::ExistingLock::Absent
+            };
+            let file_lock = match existing {
+                disk::ExistingLock::Held => return Ok(Removal::Kept),
+                disk::ExistingLock::Locked(file_lock) => file_lock,
+                disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
+                    Some(file_lock) => file_lock,
+                    None => return Ok(Removal::Kept),
+                },
+            };
+            let (head, read) = self.layout.read_head_with_id(id)?;
+            match head {
+                None => return Ok(Removal::Gone),
+                Some(head) if !expired(&head) => return Ok(Removal::Kept),
+                Some(_) => {}
+            }
+            match self
+                .layout
+                .remove_locked(id, self.durability, &file_lock, read)?
+            {
+                Ok(_) => {}
+                // Someone took the id meanwhile; leave it to them.
+                Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => {
+                    return Ok(Removal::Kept);
+                }
+            }
+            file_lock
+                .remove()
+                .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
+            Ok(Removal::Removed)
+        }
     }
 }
 
 /// What a sweep did with one record.
 enum Removal {
+    #[cfg(not(unix))]
     Removed,
     /// Live, or locked by a writer, or replaced meanwhile: left.
     Kept,
     /// There was no record by the time it was looked at.
     Gone,
-    /// Expired, with no lock file: to be removed if it is still the file read.
+    /// Expired: to be removed, with its lock file if it has one, if it is still the file read.
     #[cfg(unix)]
-    Unlocked(Option<disk::ReadFile>),
+    Unlocked {
+        read: Option<disk::ReadFile>,
+        lock: Option<disk::FileLock>,
+    },
 }

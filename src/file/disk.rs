@@ -24,6 +24,8 @@ use platform::symlink_error;
 pub(crate) use lock::{ExistingLock, FileLock};
 pub(crate) use read::{OpenRecord, ReadFile};
 pub(crate) use write::Commit;
+#[cfg(unix)]
+pub(crate) use write::ExpiredRecord;
 
 /// Where staging files live while they are written.
 pub(crate) const STAGING_DIR: &str = ".tmp";

@@ -148,11 +148,18 @@ impl FileLock {
     /// file gone after locking and opens the new one.
     #[cfg(not(windows))]
     pub(crate) fn remove(self) -> io::Result<()> {
+        self.remove_held()
+        // `self.file` drops here, releasing the lock.
+    }
+
+    /// Removes the lock file while holding it, keeping the lock until dropped (see
+    /// [`FileLock::remove`]).
+    #[cfg(not(windows))]
+    pub(crate) fn remove_held(&self) -> io::Result<()> {
         match fs::remove_file(&self.path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
         }
-        // `self.file` drops here, releasing the lock.
     }
 
     /// Releases the lock, then removes the lock file unless someone opened it meanwhile

@@ -30,6 +30,17 @@ pub(crate) enum Commit {
     LockLost,
 }
 
+/// An expired record a sweep read, to be removed if its file is still the one read.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct ExpiredRecord {
+    pub(crate) id: String,
+    /// The file read (`None`: there was none).
+    pub(crate) read: Option<ReadFile>,
+    /// The id's lock file, held since before the read, to be removed with the record.
+    pub(crate) lock: Option<FileLock>,
+}
+
 /// What stands for the commit lock where there is none to take.
 #[cfg(not(unix))]
 struct NoCommitLock;
@@ -75,33 +86,40 @@ impl Layout {
         Ok(NoCommitLock)
     }
 
-    /// Removes the record file of each id in `run` that is still the file read beside it,
-    /// without the ids' locks, all under one hold of the commit lock. Safe
-    /// because every rename over a record file and every removal happens under the commit
-    /// lock after checking the file is still the one its writer read: a writer that read a
-    /// removed file starts over, and a file renamed in before this check is not the one
-    /// read, so it stays. Says for each whether it was removed; an error fails the one id.
+    /// Removes the record file of each expired record in `run` that is still the file read,
+    /// all under one hold of the commit lock, and the lock file of each removed that the
+    /// sweep holds. Safe without the ids' locks because every rename over a record file and
+    /// every removal happens under the commit lock after checking the file is still the one
+    /// its writer read: a writer that read a removed file starts over, and a file renamed in
+    /// before this check is not the one read, so it stays. Says for each whether it was
+    /// removed; an error fails the one record.
     #[cfg(unix)]
     pub(crate) fn remove_unlocked_run(
         &self,
-        run: &[(String, Option<ReadFile>)],
+        run: &[ExpiredRecord],
         durability: Durability,
     ) -> Result<Vec<Result<bool>>> {
         let outcomes: Vec<Result<bool>> = {
             let _commit = self.commit_lock()?;
             run.iter()
-                .map(|(id, read)| {
-                    let path = self.record_path(id);
+                .map(|expired| {
+                    let path = self.record_path(&expired.id);
                     if FileId::at(&path).map_err(|e| Error::io(&path, e))?
-                        != read.as_ref().map(|r| r.key)
+                        != expired.read.as_ref().map(|r| r.key)
                     {
                         return Ok(false);
                     }
                     match fs::remove_file(&path) {
-                        Ok(()) => Ok(true),
-                        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-                        Err(error) => Err(Error::io(&path, error)),
+                        Ok(()) => {}
+                        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+                        Err(error) => return Err(Error::io(&path, error)),
                     }
+                    if let Some(lock) = &expired.lock {
+                        // One that cannot be removed now is a lock file of an id with no
+                        // record, which the cleanup's pass over unused lock files takes.
+                        let _ = lock.remove_held();
+                    }
+                    Ok(true)
                 })
                 .collect()
         };

@@ -260,7 +260,6 @@ impl SyncStorage for MemoryStorage {
                 .map(|record| Record::clone(record))
                 .collect();
             let settings = Settings {
-                ttl: self.inner.ttl.clone(),
                 clock: self.inner.clock.clone(),
                 // Reading memory cannot fail; nothing is ever retried.
                 backoff: Backoff::fixed(Duration::from_secs(1)),

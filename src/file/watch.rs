@@ -191,7 +191,6 @@ pub(super) async fn start(store: FileStorage) -> Result<HubHandle> {
         WatchMode::Events => None,
     };
     let settings = Settings {
-        ttl: store.inner.ttl.clone(),
         clock: store.inner.clock.clone(),
         backoff: Backoff::fixed(DIRECTORY_RETRY),
         // A removed directory is reported as the removal of every record, not as silence.

@@ -154,7 +154,6 @@ async fn renew(client: &tokio_postgres::Client, store: &PostgresStorage) -> Resu
 pub(super) async fn start(store: PostgresStorage) -> Result<HubHandle> {
     let changes = Arc::new(Changes::default());
     let settings = Settings {
-        ttl: store.inner.ttl.clone(),
         clock: store.inner.clock.clone(),
         backoff: BACKOFF,
         scan_after_loss: false,

@@ -108,7 +108,6 @@ async fn subscribe(store: &RedisStorage, signals: &Arc<Signals>) -> Result<Multi
 pub(super) async fn start(store: RedisStorage) -> Result<HubHandle> {
     let changes = Arc::new(Changes::default());
     let settings = Settings {
-        ttl: store.inner.ttl.clone(),
         clock: store.inner.clock.clone(),
         backoff: BACKOFF,
         scan_after_loss: false,

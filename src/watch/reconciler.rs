@@ -22,7 +22,6 @@ use super::hub::{HubHandle, WatchHub};
 use crate::error::{Error, Result};
 use crate::record::{Record, SharedClock, Timestamp};
 use crate::task::AbortOnDrop;
-use crate::ttl::TtlPolicy;
 
 /// Every live record, and an error per unreadable one.
 pub(crate) type Scan = (Vec<Record>, Vec<Error>);
@@ -76,8 +75,6 @@ pub(crate) enum Duty {
 /// How the reconciler of one store behaves.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
-    /// The store's policy, to know when each record expires.
-    pub(crate) ttl: TtlPolicy,
     /// The store's clock, which expiry is judged by.
     pub(crate) clock: SharedClock,
     /// The pauses between failed attempts to restart the feed or to resync.
@@ -210,7 +207,7 @@ pub(crate) fn start_seeded<S: ChangeSource>(
 ) -> HubHandle {
     let mut expiry = ExpiryQueue::default();
     for record in &records {
-        expiry.track(&record.id, expires_at(&settings, record));
+        expiry.track(&record.id, record.expires_at);
     }
     let hub = Arc::new(WatchHub::new(records));
     let reconciler = Reconciler {
@@ -232,10 +229,6 @@ pub(crate) fn start_seeded<S: ChangeSource>(
         changes,
         _source: Box::new((AbortOnDrop(task), fanout)),
     }
-}
-
-fn expires_at(settings: &Settings, record: &Record) -> Option<crate::record::Timestamp> {
-    settings.ttl.expires_at(&record.status, record.updated_at)
 }
 
 /// Sleeps until `changes` wakes, or until `until`.
@@ -422,8 +415,7 @@ impl<S: ChangeSource> Reconciler<S> {
     fn track_all(&mut self, records: &[Record]) {
         self.expiry.clear();
         for record in records {
-            self.expiry
-                .track(&record.id, expires_at(&self.settings, record));
+            self.expiry.track(&record.id, record.expires_at);
         }
     }
 
@@ -461,9 +453,7 @@ impl<S: ChangeSource> Reconciler<S> {
                 for (id, current) in reads {
                     match current {
                         Ok(current) => {
-                            let at = current
-                                .as_ref()
-                                .and_then(|record| expires_at(&self.settings, record));
+                            let at = current.as_ref().and_then(|record| record.expires_at);
                             self.expiry.track(&id, at);
                             hub.apply_read(&id, current, epoch);
                         }

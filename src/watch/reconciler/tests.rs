@@ -4,6 +4,7 @@
 use super::*;
 use crate::record::{ManualClock, Timestamp};
 use crate::storage::{WatchEvent, WatchOptions, WatchSelector, WatchStream};
+use crate::ttl::TtlPolicy;
 use crate::watch::SharedHub;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -33,6 +34,21 @@ struct FakeSource {
     _alive: tokio::sync::oneshot::Sender<()>,
 }
 
+impl FakeSource {
+    /// `record` as a store reads it at `now`: its expiry filled from the policy when it has
+    /// none of its own (as every backend does), and `None` once that time has come.
+    fn live(&self, record: &Record, now: Timestamp) -> Option<Record> {
+        let mut record = record.clone();
+        if record.expires_at.is_none() {
+            record.expires_at = self.ttl.expires_at(&record.status, record.updated_at);
+        }
+        match record.expires_at {
+            Some(at) if at <= now => None,
+            _ => Some(record),
+        }
+    }
+}
+
 #[async_trait]
 impl ChangeSource for FakeSource {
     async fn connect(&mut self) -> Result<bool> {
@@ -58,8 +74,7 @@ impl ChangeSource for FakeSource {
                 let live = backend
                     .records
                     .get(&id)
-                    .filter(|record| !self.ttl.is_expired(record, now))
-                    .cloned();
+                    .and_then(|record| self.live(record, now));
                 (id, Ok(live))
             })
             .collect())
@@ -72,8 +87,7 @@ impl ChangeSource for FakeSource {
         let live = backend
             .records
             .values()
-            .filter(|record| !self.ttl.is_expired(record, now))
-            .cloned()
+            .filter_map(|record| self.live(record, now))
             .collect();
         Ok((live, Vec::new()))
     }
@@ -116,7 +130,6 @@ async fn fixture(ttl: TtlPolicy, initial: &[Record]) -> Fixture {
         _alive: alive,
     };
     let settings = Settings {
-        ttl,
         clock: Arc::new(clock.clone()),
         backoff: Backoff::new(FIRST, MAX),
         scan_after_loss: false,
@@ -214,6 +227,20 @@ async fn expiry_is_reported_when_the_store_clock_reaches_it() {
     f.expect_removal_at("job", expires).await;
     let reads = locked(&f.backend).reads.clone();
     assert_eq!(reads, [(vec!["job".to_string()], expires)]);
+}
+
+/// The record's own expiry decides, not the policy: a file written under another policy (or
+/// by hand) says when it expires, and `get` already goes by that.
+#[tokio::test(start_paused = true)]
+async fn expiry_is_judged_by_the_records_own_expires_at() {
+    let ttl = TtlPolicy::uniform(Duration::from_secs(3600));
+    let expires = START.saturating_add(Duration::from_secs(10));
+    let mut soon = record("job", 1, START);
+    soon.expires_at = Some(expires);
+    let mut f = fixture(ttl, &[soon]).await;
+    f.clock.set(Timestamp::from_millis(expires.as_millis() - 1));
+    assert_eq!(f.next_within(Duration::from_secs(30)).await, None);
+    f.expect_removal_at("job", expires).await;
 }
 
 /// A store that publishes its own writes (the memory store) hands the reconciler the

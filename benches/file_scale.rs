@@ -22,16 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use support::{
-    fresh_dir, load_average, median, min_max, peak_rss_kib, ratio_text, raw_put, rotated_rounds,
+    env_or, fresh_dir, load_average, median, min_max, peak_rss_kib, ratio_text, raw_put,
+    rotated_rounds,
 };
 use syncstatus::{CleanupOptions, FileStorage, PutMode, Record, SyncStorage, Timestamp};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -17,7 +17,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use support::{fresh_dir, load_average, median, min_max, peak_rss_kib, raw_put, rotated_rounds};
+use support::{
+    env_or, fresh_dir, load_average, median, min_max, peak_rss_kib, raw_put, rotated_rounds,
+};
 
 use serde_json::{Value, json};
 use syncstatus::{
@@ -26,13 +28,6 @@ use syncstatus::{
 
 const IDS: usize = 100;
 const TASKS: usize = 16;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn ids() -> Vec<String> {
     (0..IDS).map(|i| format!("sync-17322400{i:02}")).collect()

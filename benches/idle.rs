@@ -18,20 +18,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{fresh_dir, load_average, median, min_max, rotated_rounds};
+use support::{env_or, fresh_dir, load_average, median, min_max, rotated_rounds};
 use syncstatus::jobs::{Runtime, RuntimeConfig};
 use syncstatus::{FileStorage, PutMode, SyncStorage, TtlPolicy};
 
 /// `/proc/<pid>/stat` counts CPU time in clock ticks of 1/100 s (`USER_HZ`, fixed for the
 /// `/proc` interface on the kernels this runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// User + system CPU time of this process so far, in seconds.
 fn cpu_seconds() -> f64 {
@@ -67,7 +60,7 @@ fn child(dir: &Path, settle: Duration, window: Duration) {
     });
 }
 
-fn run_child(dir: &Path, settle: u64, window: u64) -> f64 {
+fn run_child(dir: &Path, settle: usize, window: usize) -> f64 {
     let output = Command::new(std::env::current_exe().unwrap())
         .args(["--child", &settle.to_string(), &window.to_string()])
         .arg(dir)
@@ -114,8 +107,8 @@ fn main() {
         child(Path::new(&args[at + 3]), settle, window);
         return;
     }
-    let rounds = env_or("ROUNDS", 3).max(3) as usize;
-    let records = env_or("RECORDS", 10_000) as usize;
+    let rounds = env_or("ROUNDS", 3).max(3);
+    let records = env_or("RECORDS", 10_000);
     let window = env_or("WINDOW_SECS", 20);
     let settle = env_or("SETTLE_SECS", 5);
     println!(

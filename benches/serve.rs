@@ -29,20 +29,13 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use support::{load_average, median, min_max, ratio_text, rotated_rounds};
+use support::{env_or, load_average, median, min_max, ratio_text, rotated_rounds};
 use syncstatus::{FileStorage, PutMode, Record, SyncStorage, Timestamp, TtlPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const CONNECTIONS: usize = 16;
 const ID: &str = "sync-1732240000";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One keep-alive connection sending `request` `count` times; returns each answer's latency.
 async fn connection(

@@ -6,6 +6,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The number in environment variable `name` (a bench's knob), else `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The raw floor of the contract: per-id lock file, unique staging file, rename.

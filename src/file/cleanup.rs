@@ -190,50 +190,43 @@ impl Inner {
             None => None,
         };
         let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
-        // The id's lock file is taken, as a writer takes it, and kept until the removal, so
-        // that it goes with the record; the record itself is removed in a run under the
-        // commit lock, which orders the removal with a writer that starts once the lock is
-        // let go. No lock file, so nobody is writing the id (a writer makes it first): making
-        // one only to remove it would double the cost of a removal.
-        #[cfg(unix)]
-        {
-            let lock = if may_have_lock_file {
-                match self.layout.try_lock_existing(id)? {
-                    disk::ExistingLock::Held => return Ok(Removal::Kept),
-                    disk::ExistingLock::Locked(file_lock) => Some(file_lock),
-                    disk::ExistingLock::Absent => None,
-                }
-            } else {
-                None
-            };
-            let (head, read) = self.layout.read_head_with_id(id)?;
-            Ok(match head {
-                None => Removal::Gone,
-                Some(head) if !expired(&head) => Removal::Kept,
-                Some(_) => Removal::Unlocked { read, lock },
-            })
+        // The id's lock file is taken as a writer takes it, and held until the removal so
+        // that it goes with the record.
+        let existing = if may_have_lock_file {
+            self.layout.try_lock_existing(id)?
+        } else {
+            disk::ExistingLock::Absent
+        };
+        let file_lock = match existing {
+            disk::ExistingLock::Held => return Ok(Removal::Kept),
+            disk::ExistingLock::Locked(file_lock) => Some(file_lock),
+            disk::ExistingLock::Absent => None,
+        };
+        // No lock file, so nobody is writing the id (a writer makes it first). On Unix making
+        // one only to remove it would double the cost of a removal: the commit lock orders
+        // the removal with a writer that starts now (see `Layout::remove_unlocked_run`).
+        // Elsewhere there is no commit lock, and the id's lock is what orders it.
+        #[cfg(not(unix))]
+        let file_lock = match file_lock {
+            Some(file_lock) => file_lock,
+            None => match self.layout.try_lock(id)? {
+                Some(file_lock) => file_lock,
+                None => return Ok(Removal::Kept),
+            },
+        };
+        let (head, read) = self.layout.read_head_with_id(id)?;
+        match head {
+            None => return Ok(Removal::Gone),
+            Some(head) if !expired(&head) => return Ok(Removal::Kept),
+            Some(_) => {}
         }
+        #[cfg(unix)]
+        return Ok(Removal::Unlocked {
+            read,
+            lock: file_lock,
+        });
         #[cfg(not(unix))]
         {
-            let existing = if may_have_lock_file {
-                self.layout.try_lock_existing(id)?
-            } else {
-                disk::ExistingLock::Absent
-            };
-            let file_lock = match existing {
-                disk::ExistingLock::Held => return Ok(Removal::Kept),
-                disk::ExistingLock::Locked(file_lock) => file_lock,
-                disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
-                    Some(file_lock) => file_lock,
-                    None => return Ok(Removal::Kept),
-                },
-            };
-            let (head, read) = self.layout.read_head_with_id(id)?;
-            match head {
-                None => return Ok(Removal::Gone),
-                Some(head) if !expired(&head) => return Ok(Removal::Kept),
-                Some(_) => {}
-            }
             match self
                 .layout
                 .remove_locked(id, self.durability, &file_lock, read)?

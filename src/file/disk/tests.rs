@@ -77,3 +77,48 @@ fn a_run_of_removals_removes_only_the_files_still_as_read() {
     drop(run);
     assert!(layout.try_lock("locked-replaced").unwrap().is_some());
 }
+
+/// Reading a record leaves its access time alone (on Linux, where the owner may ask): with
+/// `relatime` the first read after a write would otherwise write the inode back, a tenth of a
+/// cleanup's time. A twin file read by `std::fs::read` on the same mount shows the mount does
+/// update access times; on one that never does, there is nothing to tell apart.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[test]
+fn reading_a_record_leaves_its_access_time_alone() {
+    use std::fs::FileTimes;
+    use std::time::SystemTime;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = layout(tmp.path());
+    let record = br#"{"id":"job","version":1,"created_at":"2026-12-01T00:00:00.000Z","updated_at":"2026-12-01T00:00:00.000Z","expires_at":null,"status":{"state":"running"}}"#;
+    let twin = tmp.path().join("twin");
+    fs::write(layout.record_path("job"), record).unwrap();
+    fs::write(&twin, record).unwrap();
+    // Accessed long before it was last modified: relatime updates the access time on the
+    // next read.
+    let accessed = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for path in [layout.record_path("job"), twin.clone()] {
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_times(FileTimes::new().set_accessed(accessed).set_modified(modified))
+            .unwrap();
+    }
+    fs::read(&twin).unwrap();
+    let twin_accessed = fs::metadata(&twin).unwrap().accessed().unwrap();
+    if twin_accessed == accessed {
+        eprintln!("this mount never updates access times: nothing to compare");
+        return;
+    }
+    let (head, _) = layout.read_head_with_id("job").unwrap();
+    assert!(head.is_some());
+    let (read, _) = layout.read_with_id("job").unwrap();
+    assert_eq!(read.unwrap().id, "job");
+    let record_accessed = fs::metadata(layout.record_path("job"))
+        .unwrap()
+        .accessed()
+        .unwrap();
+    assert_eq!(record_accessed, accessed, "the read moved the access time");
+}

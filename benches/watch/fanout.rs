@@ -3,13 +3,15 @@
 //! case runs in a fresh process (peak RSS of one case cannot hide another's), rounds
 //! interleaved with the order of the cases rotated.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use syncstatus::{
-    FileStorage, MemoryStorage, PutMode, SyncStorage, TtlPolicy, WatchEvent, WatchOptions,
-    WatchSelector,
+    FileStorage, MemoryStorage, PutMode, Record, SyncStorage, Timestamp, TtlPolicy, WatchEvent,
+    WatchOptions, WatchSelector,
 };
 
 use super::{CHILD, DEADLINE, median, percentile, runtime, status_kib};
@@ -160,9 +162,12 @@ pub(crate) fn snapshots() {
     }
 }
 
-/// The store a fan-out case writes to: `file` (the disk sets the write's pace) or `memory`
-/// (the write costs microseconds, so what is left is the fan-out).
-pub(crate) const STORES: [&str; 2] = ["file", "memory"];
+/// What a fan-out case writes to: `file` (the disk sets the write's pace), `memory` (the
+/// write costs microseconds, so what is left is the fan-out) and `broadcast`, the floor: a bare
+/// `tokio::sync::broadcast` channel of shared records, each subscriber a task receiving from
+/// it, no store at all. Its ratio of 1,000 subscribers to one is what waking and polling 1,000
+/// tasks on 2 workers costs by itself, whatever a store does.
+pub(crate) const STORES: [&str; 3] = ["file", "memory", "broadcast"];
 
 /// `fanout:STORE:N` in a child process.
 pub(crate) fn fanout_child(what: &str) {
@@ -173,111 +178,164 @@ pub(crate) fn fanout_child(what: &str) {
         "memory" => fanout_child_on(
             MemoryStorage::with_options(
                 TtlPolicy::never(),
-                std::sync::Arc::new(syncstatus::SystemClock),
+                Arc::new(syncstatus::SystemClock),
             ),
             n,
         ),
+        "broadcast" => broadcast_child(n),
         _ => fanout_child_on(open(dir.path()), n),
     }
 }
 
-/// In a process of its own, with `n` subscribers (each a task with its own `watch(All)`
-/// stream) on one store, writes made through that same store: first 500 paced writes
-/// (one every 2 ms, each a new id), timed from the START of each `put` to each subscriber's
-/// receipt; then 2,000 writes over 100 ids as fast as one writer task goes. Prints
-/// `p50_us p99_us max_us missing writes_per_s`.
+/// `n` subscribers of one store, each a task with its own `watch(All)` stream, written
+/// through that same store.
 fn fanout_child_on<S: SyncStorage + Clone + 'static>(store: S, n: usize) {
     let rt = runtime();
-    let (p50, p99, max, missing, rate) = rt.block_on(async {
-        let mut subscribers = Vec::with_capacity(n);
+    let measured = rt.block_on(async {
+        let mut streams = Vec::with_capacity(n);
         for _ in 0..n {
-            let mut stream = store
-                .watch(WatchSelector::All, WatchOptions::default())
-                .await
-                .expect("watch");
-            subscribers.push(tokio::spawn(async move {
-                let mut seen = vec![None; PACED];
-                while let Some(item) = stream.next().await {
-                    let at = Instant::now();
-                    if let Ok(WatchEvent::Upsert(record)) = item {
-                        if record.id == "end" {
-                            break;
-                        }
-                        if let Some(k) = record
-                            .id
-                            .strip_prefix('p')
-                            .and_then(|k| k.parse::<usize>().ok())
-                            && k < PACED
-                            && seen[k].is_none()
-                        {
-                            seen[k] = Some(at);
+            streams.push(
+                store
+                    .watch(WatchSelector::All, WatchOptions::default())
+                    .await
+                    .expect("watch"),
+            );
+        }
+        measure(streams, move |id: String, status: serde_json::Value| {
+            let store = store.clone();
+            async move {
+                store
+                    .put(&id, status, PutMode::Overwrite)
+                    .await
+                    .expect("write");
+            }
+        })
+        .await
+    });
+    println!("{measured}");
+}
+
+/// The floor: `n` tasks each receiving from a bare broadcast channel (of the hub's buffer
+/// size) what a writer sends, a shared record made of the same id and status as a store's
+/// write; no store, no hub, no selector.
+fn broadcast_child(n: usize) {
+    let rt = runtime();
+    let measured = rt.block_on(async {
+        let (tx, _) = tokio::sync::broadcast::channel::<Arc<Record>>(4096);
+        let streams: Vec<_> = (0..n)
+            .map(|_| {
+                futures_util::stream::unfold(tx.subscribe(), |mut rx| async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(record) => {
+                                return Some((Ok(WatchEvent::Upsert(record)), rx));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                         }
                     }
-                }
-                seen
-            }));
-        }
-        let writer = store.clone();
-        let paced = tokio::spawn(async move {
-            let start = tokio::time::Instant::now();
-            let mut starts = Vec::with_capacity(PACED);
-            for k in 0..PACED {
-                tokio::time::sleep_until(start + PACED_EVERY * k as u32).await;
-                starts.push(Instant::now());
-                writer
-                    .put(&format!("p{k:04}"), status(k), PutMode::Overwrite)
-                    .await
-                    .expect("paced write");
+                })
+                .boxed()
+            })
+            .collect();
+        measure(streams, move |id: String, status: serde_json::Value| {
+            let tx = tx.clone();
+            async move {
+                let now = Timestamp::now();
+                let _ = tx.send(Arc::new(Record {
+                    id,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: None,
+                    status,
+                }));
             }
-            starts
         })
         .await
-        .expect("paced writer");
-        let writer = store.clone();
-        let rate = tokio::spawn(async move {
-            let began = Instant::now();
-            for k in 0..FAST_WRITES {
-                writer
-                    .put(
-                        &format!("t{:03}", k % FAST_IDS),
-                        status(k),
-                        PutMode::Overwrite,
-                    )
-                    .await
-                    .expect("fast write");
-            }
-            FAST_WRITES as f64 / began.elapsed().as_secs_f64()
-        })
-        .await
-        .expect("fast writer");
-        store
-            .put("end", json!({"state": "completed"}), PutMode::Overwrite)
-            .await
-            .expect("last write");
-        let mut micros = Vec::with_capacity(n * PACED);
-        let mut missing = 0;
-        for subscriber in subscribers {
-            let seen = tokio::time::timeout(DEADLINE, subscriber)
-                .await
-                .expect("subscriber ended")
-                .expect("subscriber task");
-            for (k, at) in seen.into_iter().enumerate() {
-                match at {
-                    Some(at) => micros.push((at - paced[k]).as_secs_f64() * 1e6),
-                    None => missing += 1,
-                }
-            }
-        }
-        micros.sort_by(f64::total_cmp);
-        (
-            percentile(&micros, 50.0),
-            percentile(&micros, 99.0),
-            micros.last().copied().unwrap_or(f64::NAN),
-            missing,
-            rate,
-        )
     });
-    println!("{p50} {p99} {max} {missing} {rate}");
+    println!("{measured}");
+}
+
+/// With one task per stream receiving: first 500 paced writes (one every 2 ms, each a new
+/// id), timed from the START of each write to each subscriber's receipt; then 2,000 writes over
+/// 100 ids as fast as one writer task goes. Gives `p50_us p99_us max_us missing writes_per_s`.
+async fn measure<St, W, Fut>(streams: Vec<St>, write: W) -> String
+where
+    St: Stream<Item = syncstatus::Result<WatchEvent>> + Send + Unpin + 'static,
+    W: Fn(String, serde_json::Value) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let n = streams.len();
+    let mut subscribers = Vec::with_capacity(n);
+    for mut stream in streams {
+        subscribers.push(tokio::spawn(async move {
+            let mut seen = vec![None; PACED];
+            while let Some(item) = stream.next().await {
+                let at = Instant::now();
+                if let Ok(WatchEvent::Upsert(record)) = item {
+                    if record.id == "end" {
+                        break;
+                    }
+                    if let Some(k) = record
+                        .id
+                        .strip_prefix('p')
+                        .and_then(|k| k.parse::<usize>().ok())
+                        && k < PACED
+                        && seen[k].is_none()
+                    {
+                        seen[k] = Some(at);
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let writer = write.clone();
+    let paced = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut starts = Vec::with_capacity(PACED);
+        for k in 0..PACED {
+            tokio::time::sleep_until(start + PACED_EVERY * k as u32).await;
+            starts.push(Instant::now());
+            writer(format!("p{k:04}"), status(k)).await;
+        }
+        starts
+    })
+    .await
+    .expect("paced writer");
+    let writer = write.clone();
+    let rate = tokio::spawn(async move {
+        let began = Instant::now();
+        for k in 0..FAST_WRITES {
+            writer(format!("t{:03}", k % FAST_IDS), status(k)).await;
+        }
+        FAST_WRITES as f64 / began.elapsed().as_secs_f64()
+    })
+    .await
+    .expect("fast writer");
+    write("end".into(), json!({"state": "completed"})).await;
+    let mut micros = Vec::with_capacity(n * PACED);
+    let mut missing = 0;
+    for subscriber in subscribers {
+        let seen = tokio::time::timeout(DEADLINE, subscriber)
+            .await
+            .expect("subscriber ended")
+            .expect("subscriber task");
+        for (k, at) in seen.into_iter().enumerate() {
+            match at {
+                Some(at) => micros.push((at - paced[k]).as_secs_f64() * 1e6),
+                None => missing += 1,
+            }
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    format!(
+        "{} {} {} {missing} {rate}",
+        percentile(&micros, 50.0),
+        percentile(&micros, 99.0),
+        micros.last().copied().unwrap_or(f64::NAN)
+    )
 }
 
 struct Fanout {

@@ -176,10 +176,7 @@ pub(crate) fn fanout_child(what: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     match store {
         "memory" => fanout_child_on(
-            MemoryStorage::with_options(
-                TtlPolicy::never(),
-                Arc::new(syncstatus::SystemClock),
-            ),
+            MemoryStorage::with_options(TtlPolicy::never(), Arc::new(syncstatus::SystemClock)),
             n,
         ),
         "broadcast" => broadcast_child(n),

@@ -103,7 +103,11 @@ fn reading_a_record_leaves_its_access_time_alone() {
             .write(true)
             .open(&path)
             .unwrap()
-            .set_times(FileTimes::new().set_accessed(accessed).set_modified(modified))
+            .set_times(
+                FileTimes::new()
+                    .set_accessed(accessed)
+                    .set_modified(modified),
+            )
             .unwrap();
     }
     fs::read(&twin).unwrap();

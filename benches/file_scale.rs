@@ -235,6 +235,29 @@ fn dirs(rounds: usize, root: &Path, records: usize) {
     }
 }
 
+/// CPU seconds (user + system) this process has used, or with `children` those of the
+/// children it has waited for, from `/proc/self/stat` (in USER_HZ ticks, 100 a second on
+/// Linux). Beside the wall time: a disk that stalls swings the wall time of both a cleanup
+/// and `find` far more than the work either does.
+fn cpu_seconds(children: bool) -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // After the command name in parentheses: field 3 (state) onwards.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (user, system) = if children { (13, 14) } else { (11, 12) };
+    let ticks = |k: usize| {
+        fields
+            .get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(user) + ticks(system)) / 100.0
+}
+
 fn cleanup(rounds: usize, root: &Path, records: usize) {
     println!(
         "\n## cleanup of {records} records, half expired (seconds; ours / find, goal <= 1.5x)"
@@ -242,10 +265,13 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     let rt = runtime();
     let find_dir = root.join("find");
     let ours_dir = root.join("ours");
+    let mut cpu: [Vec<f64>; 4] = Default::default();
+    let [cpu_find, cpu_ours, cpu_find_locked, cpu_ours_locked] = &mut cpu;
     let mut find = || {
         let dir = fresh_dir(root, "find");
         populate(&dir, records, true);
-        seconds(|| {
+        let before = cpu_seconds(true);
+        let wall = seconds(|| {
             let status = Command::new("find")
                 .arg(&find_dir)
                 .args([
@@ -260,7 +286,9 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
                 .status()
                 .unwrap();
             assert!(status.success());
-        })
+        });
+        cpu_find.push(cpu_seconds(true) - before);
+        wall
     };
     // Like with like for records the store wrote: `find` removes the expired records and
     // their lock files (as old as the record), the work the cleanup does for them.
@@ -268,18 +296,21 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
         let dir = fresh_dir(root, "find");
         populate(&dir, records, true);
         add_lock_files(&dir, records);
-        seconds(|| {
+        let before = cpu_seconds(true);
+        let wall = seconds(|| {
             let status = Command::new("find")
                 .arg(&find_dir)
                 .args("-maxdepth 2 ( -name *.json -o -name *.lock ) -mmin +5 -delete".split(' '))
                 .status()
                 .unwrap();
             assert!(status.success());
-        })
+        });
+        cpu_find_locked.push(cpu_seconds(true) - before);
+        wall
     };
     // Records written by another tool have no lock file; those the store wrote keep theirs
     // (a writer leaves it for the next one), and a cleanup then takes and removes it too.
-    let run_ours = |with_lock_files: bool| {
+    let run_ours = |with_lock_files: bool, cpu: &mut Vec<f64>| {
         let dir = fresh_dir(root, "ours");
         populate(&dir, records, true);
         let store = FileStorage::builder(&ours_dir)
@@ -290,6 +321,7 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
             add_lock_files(&dir, records);
         }
         let mut removed = 0;
+        let before = cpu_seconds(false);
         let time = seconds(|| {
             removed = rt
                 .block_on(store.cleanup(&CleanupOptions::default()))
@@ -297,15 +329,25 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
                 .removed
                 .len();
         });
+        cpu.push(cpu_seconds(false) - before);
         assert_eq!(removed, records / 2);
         time
     };
-    let mut ours = || run_ours(false);
-    let mut ours_locked = || run_ours(true);
+    let mut ours = || run_ours(false, cpu_ours);
+    let mut ours_locked = || run_ours(true, cpu_ours_locked);
     let values = rotated_rounds(
         rounds,
         &mut [&mut find, &mut ours, &mut find_locked, &mut ours_locked],
     );
+    cleanup_table(&values);
+    println!(
+        "\nCPU seconds (user + system, 10 ms ticks) of the same rounds: find's process, and this one during the cleanup"
+    );
+    cleanup_table(&cpu);
+}
+
+/// Seconds of find and of the cleanup per case (`values` in the order of the variants).
+fn cleanup_table(values: &[Vec<f64>]) {
     println!("| records | find median s (min–max) | cleanup median s (min–max) | cleanup / find |");
     println!("|---|---|---|---|");
     for (what, base, at) in [

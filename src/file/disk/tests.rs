@@ -79,9 +79,9 @@ fn a_run_of_removals_removes_only_the_files_still_as_read() {
 }
 
 /// Reading a record leaves its access time alone (on Linux, where the owner may ask): with
-/// `relatime` the first read after a write would otherwise write the inode back, a tenth of a
-/// cleanup's time. A twin file read by `std::fs::read` on the same mount shows the mount does
-/// update access times; on one that never does, there is nothing to tell apart.
+/// `relatime` the first read after a write would otherwise write the inode back. A twin file
+/// read by `std::fs::read` on the same mount shows the mount does update access times; on one
+/// that never does, there is nothing to tell apart.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[test]
 fn reading_a_record_leaves_its_access_time_alone() {

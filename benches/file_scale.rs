@@ -5,7 +5,9 @@
 //! - put of records of 1 KB to 10 MB against the raw floor (serialize the same record, lock
 //!   file, staging file, rename);
 //! - put and get in a store of 100k records against a store of 1k (a lazy sweep due in both);
-//! - cleanup of 100k records, half expired, against `find -mmin +5 -delete`;
+//! - cleanup of 100k records, half expired, against `find -mmin +5 -delete`, with a floor
+//!   beside it: the least a cleanup that reads what it removes does (list, stat, read, parse,
+//!   unlink, in one thread, no store);
 //! - stats over 100k records against a raw streaming count (read + parse + count per file),
 //!   time and peak memory, each in a process of its own.
 //!
@@ -258,6 +260,51 @@ fn cpu_seconds(children: bool) -> f64 {
     (ticks(user) + ticks(system)) / 100.0
 }
 
+/// The least a cleanup that judges each removed record by its content can do, in one thread
+/// with no store: list the directory, skip files newer than the TTL by their time (as
+/// `find -mmin` does), open each older one without touching its access time, read it with one
+/// `read`, parse its expiry, and unlink it (and its lock file with `lock_files`) if expired.
+/// No locks and no re-check under them, so our cleanup's distance from it is what locking and
+/// the store's own code cost, and its distance from `find` what reading every removed record
+/// costs by itself. Gives how many records it removed.
+fn read_and_remove_floor(dir: &Path, lock_files: bool) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Expiry {
+        expires_at: Option<Timestamp>,
+    }
+    let now = SystemTime::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if entry.metadata().unwrap().modified().unwrap() + syncstatus::DEFAULT_TTL > now {
+            continue;
+        }
+        let path = entry.path();
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(target_os = "linux")]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOATIME);
+        let mut file = options.open(&path).unwrap();
+        let n = std::io::Read::read(&mut file, &mut buf).unwrap();
+        assert!(n < buf.len(), "{id}: a record of the bench fits the buffer");
+        drop(file);
+        let expiry: Expiry = serde_json::from_slice(&buf[..n]).unwrap();
+        if expiry.expires_at.is_some_and(|at| at <= Timestamp::now()) {
+            fs::remove_file(&path).unwrap();
+            if lock_files {
+                let _ = fs::remove_file(dir.join(".locks").join(format!("{id}.lock")));
+            }
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn cleanup(rounds: usize, root: &Path, records: usize) {
     println!(
         "\n## cleanup of {records} records, half expired (seconds; ours / find, goal <= 1.5x)"
@@ -265,8 +312,16 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     let rt = runtime();
     let find_dir = root.join("find");
     let ours_dir = root.join("ours");
-    let mut cpu: [Vec<f64>; 4] = Default::default();
-    let [cpu_find, cpu_ours, cpu_find_locked, cpu_ours_locked] = &mut cpu;
+    let floor_dir = root.join("floor");
+    let mut cpu: [Vec<f64>; 6] = Default::default();
+    let [
+        cpu_find,
+        cpu_ours,
+        cpu_find_locked,
+        cpu_ours_locked,
+        cpu_floor,
+        cpu_floor_locked,
+    ] = &mut cpu;
     let mut find = || {
         let dir = fresh_dir(root, "find");
         populate(&dir, records, true);
@@ -335,9 +390,31 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     };
     let mut ours = || run_ours(false, cpu_ours);
     let mut ours_locked = || run_ours(true, cpu_ours_locked);
+    let run_floor = |with_lock_files: bool, cpu: &mut Vec<f64>| {
+        let dir = fresh_dir(root, "floor");
+        populate(&dir, records, true);
+        if with_lock_files {
+            add_lock_files(&dir, records);
+        }
+        let mut removed = 0;
+        let before = cpu_seconds(false);
+        let time = seconds(|| removed = read_and_remove_floor(&floor_dir, with_lock_files));
+        cpu.push(cpu_seconds(false) - before);
+        assert_eq!(removed, records / 2);
+        time
+    };
+    let mut floor = || run_floor(false, cpu_floor);
+    let mut floor_locked = || run_floor(true, cpu_floor_locked);
     let values = rotated_rounds(
         rounds,
-        &mut [&mut find, &mut ours, &mut find_locked, &mut ours_locked],
+        &mut [
+            &mut find,
+            &mut ours,
+            &mut find_locked,
+            &mut ours_locked,
+            &mut floor,
+            &mut floor_locked,
+        ],
     );
     cleanup_table(&values);
     println!(
@@ -346,25 +423,46 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     cleanup_table(&cpu);
 }
 
-/// Seconds of find and of the cleanup per case (`values` in the order of the variants).
+/// Seconds (or CPU seconds) per case, `values` in the order of the variants: find, ours,
+/// find with lock files, ours with them, the read-and-remove floor, the floor with them.
 fn cleanup_table(values: &[Vec<f64>]) {
-    println!("| records | find median s (min–max) | cleanup median s (min–max) | cleanup / find |");
-    println!("|---|---|---|---|");
-    for (what, base, at) in [
-        ("without lock files", 0, 1),
+    println!(
+        "| records | measured | baseline | median s (min–max) | baseline median s (min–max) | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (what, name, at, base_name, base) in [
+        ("without lock files", "cleanup", 1, "find", 0),
+        ("without lock files", "floor", 4, "find", 0),
+        ("without lock files", "cleanup", 1, "floor", 4),
         (
-            "with a lock file each (written by the store; find removes both)",
-            2,
+            "with a lock file each (find removes both)",
+            "cleanup",
             3,
+            "find",
+            2,
+        ),
+        (
+            "with a lock file each (find removes both)",
+            "floor",
+            5,
+            "find",
+            2,
+        ),
+        (
+            "with a lock file each (find removes both)",
+            "cleanup",
+            3,
+            "floor",
+            5,
         ),
     ] {
         let (_, ratio) = ratio_text(&values[at], &values[base]);
-        let (fmin, fmax) = min_max(&values[base]);
+        let (bmin, bmax) = min_max(&values[base]);
         let (omin, omax) = min_max(&values[at]);
         println!(
-            "| {what} | {:.3} ({fmin:.3}–{fmax:.3}) | {:.3} ({omin:.3}–{omax:.3}) | {ratio} |",
-            median(&values[base]),
-            median(&values[at])
+            "| {what} | {name} | {base_name} | {:.3} ({omin:.3}–{omax:.3}) | {:.3} ({bmin:.3}–{bmax:.3}) | {ratio} |",
+            median(&values[at]),
+            median(&values[base])
         );
     }
 }

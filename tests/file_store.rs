@@ -1479,6 +1479,60 @@ async fn file_format_and_directory_layout() {
     assert_eq!(names(&dir.join(".locks")), ["@sweep.lock"]);
 }
 
+/// A cleanup removes the lock files of ids that have no record (left by a writer killed after
+/// a delete, or by a removal that could not take them), and keeps every other: those of the
+/// records it keeps, of the ones it could not judge, and one that somebody holds.
+#[cfg(unix)]
+#[tokio::test]
+async fn cleanup_removes_the_lock_files_no_record_uses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = ManualClock::starting_now();
+    let store = manual_store(dir, &clock);
+    for id in ["live", "other"] {
+        store
+            .put(id, json!({"state": "running"}), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let locks = dir.join(".locks");
+    for orphan in ["gone-1", "gone-2", "held"] {
+        fs::write(locks.join(format!("{orphan}.lock")), b"").unwrap();
+    }
+    // Not a record's lock file by its name: none of the store's business.
+    fs::write(locks.join("notes.txt"), b"").unwrap();
+    // A record that cannot be judged keeps its lock file too.
+    fs::write(dir.join("broken.json"), b"{").unwrap();
+    fs::write(locks.join("broken.lock"), b"").unwrap();
+    let held = fs::File::options()
+        .read(true)
+        .write(true)
+        .open(locks.join("held.lock"))
+        .unwrap();
+    held.lock().unwrap();
+
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert!(report.ran);
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.leftovers_removed, 2, "{report:?}");
+    assert_eq!(
+        names(&locks),
+        [
+            "@sweep.lock",
+            "broken.lock",
+            "held.lock",
+            "live.lock",
+            "notes.txt",
+            "other.lock"
+        ]
+    );
+    drop(held);
+    let report = store.cleanup(&CleanupOptions::default()).await.unwrap();
+    assert_eq!(report.leftovers_removed, 1, "{report:?}");
+    assert!(!locks.join("held.lock").exists());
+    assert!(store.get("live").await.unwrap().is_some());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blocking work stays off the async threads
 

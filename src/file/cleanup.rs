@@ -69,7 +69,9 @@ impl Inner {
         let mut io_problems = Vec::new();
         #[cfg(unix)]
         let mut pending = PendingRemovals::default();
-        let lock_files = if options.dry_run {
+        // The lock files there are now; each name a record of the pass below matches is taken
+        // out, so what is left at the end are the candidates for leftovers.
+        let mut lock_files = if options.dry_run {
             None
         } else {
             self.layout.lock_file_names()
@@ -102,6 +104,7 @@ impl Inner {
             let Some(id) = Layout::id_of(&entry.file_name()).map(str::to_string) else {
                 continue;
             };
+            let may_have_lock_file = lock_files.as_mut().is_none_or(|names| names.remove(&id));
             // A file written more recently than the shortest TTL holds no expired record, by
             // this store's policy: one `stat`, as `find -mmin` does, instead of a read. (A
             // file copied with a new time, or written by a tool with a shorter TTL of its
@@ -118,8 +121,6 @@ impl Inner {
             }
             if !options.dry_run {
                 // Judged under the id's lock, by the one read that is needed anyway.
-                let may_have_lock_file =
-                    lock_files.as_ref().is_none_or(|names| names.contains(&id));
                 match self.remove_if_expired(&id, options, may_have_lock_file) {
                     #[cfg(not(unix))]
                     Ok(Removal::Removed) => report.removed.push(id),
@@ -157,7 +158,13 @@ impl Inner {
         report.removed.sort();
         if !options.dry_run {
             report.leftovers_removed += self.layout.remove_orphan_staging(&mut io_problems);
-            report.leftovers_removed += self.layout.remove_unused_locks(&mut io_problems);
+            report.leftovers_removed += match lock_files {
+                Some(unmatched) => self
+                    .layout
+                    .remove_unused_locks_of(unmatched, &mut io_problems),
+                // `.locks/` could not be listed before the pass: try once more now.
+                None => self.layout.remove_unused_locks(&mut io_problems),
+            };
         }
         report
             .errors

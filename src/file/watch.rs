@@ -74,6 +74,10 @@ pub enum WatchMode {
     Poll(Duration),
 }
 
+/// Up to how many ids named by the feed are read on the async worker (see
+/// [`FileSource::read`]): a few small reads take microseconds there, while a batch of
+/// records could hold the worker and the tasks queued on it for milliseconds.
+const INLINE_READ_IDS: usize = 4;
 /// How often the reconciler looks for a store directory that was removed to come back.
 const DIRECTORY_RETRY: Duration = Duration::from_millis(200);
 /// Polling interval used when file system events cannot be had at all.
@@ -269,6 +273,18 @@ impl ChangeSource for FileSource {
     }
 
     async fn read(&mut self, ids: Vec<String>) -> Result<Reads> {
+        // What a write of this store (or a few writes of others) names is read as `get` reads:
+        // small records on the worker itself, because `blocking` would first hand the worker's
+        // other tasks (the subscribers, who are about to receive that write) to another thread,
+        // once for every write. A larger batch (a burst, a rescan's worth) is read off it.
+        if ids.len() <= INLINE_READ_IDS {
+            let mut reads = Vec::with_capacity(ids.len());
+            for id in ids {
+                let current = self.store.get_live(&id).await;
+                reads.push((id, current));
+            }
+            return Ok(reads);
+        }
         self.store
             .blocking(move |inner| {
                 Ok(ids

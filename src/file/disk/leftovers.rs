@@ -44,26 +44,36 @@ impl Layout {
         let Ok(entries) = fs::read_dir(&self.locks) else {
             return 0;
         };
-        let mut removed = 0;
-        for entry in entries.flatten() {
+        let ids = entries.flatten().filter_map(|entry| {
             let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
+            name.to_str()
                 .and_then(|name| name.strip_suffix(".lock"))
-                .filter(|id| validate_id(id).is_ok())
-            else {
-                continue;
-            };
-            if self.record_path(id).symlink_metadata().is_ok() {
+                .map(str::to_string)
+        });
+        self.remove_unused_locks_of(ids, problems)
+    }
+
+    /// Like [`Layout::remove_unused_locks`] for the lock files of `ids` only: a cleanup that
+    /// listed `.locks/` before its pass over the records hands in the names no record
+    /// matched, so the lock files of the records it kept cost no second listing and no
+    /// `stat` each.
+    pub(crate) fn remove_unused_locks_of(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+        problems: &mut Vec<(PathBuf, io::Error)>,
+    ) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            if validate_id(&id).is_err() || self.record_path(&id).symlink_metadata().is_ok() {
                 continue;
             }
-            match self.try_lock(id) {
+            match self.try_lock(&id) {
                 Ok(Some(lock)) => {
                     // Checked again under the lock: a writer may have made the record since.
-                    if self.record_path(id).symlink_metadata().is_err() {
+                    if self.record_path(&id).symlink_metadata().is_err() {
                         match lock.remove() {
                             Ok(()) => removed += 1,
-                            Err(error) => problems.push((entry.path(), error)),
+                            Err(error) => problems.push((self.lock_path(&id), error)),
                         }
                     }
                 }

@@ -126,3 +126,50 @@ fn reading_a_record_leaves_its_access_time_alone() {
         .unwrap();
     assert_eq!(record_accessed, accessed, "the read moved the access time");
 }
+
+/// A record another user owns is still read: the kernel grants `O_NOATIME` only to the
+/// file's owner (anyone else gets EPERM), and the read then opens the file without it. Root
+/// is granted it on every file, so the reading thread takes another user's file-system
+/// identity (`setfsuid`, which holds for the calling thread alone and takes root's file
+/// capabilities with it) and the thread ends with the test.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[test]
+fn a_record_of_another_user_is_read_without_no_atime() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: every file this test can make is its own, and O_NOATIME is allowed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let layout = layout(tmp.path());
+    let path = layout.record_path("job");
+    fs::write(&path, br#"{"id":"job","version":1,"created_at":"2026-12-01T00:00:00.000Z","updated_at":"2026-12-01T00:00:00.000Z","expires_at":null,"status":{"state":"running"}}"#).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let (refused, read) = std::thread::spawn(move || {
+        // SAFETY: changes the file-system identity of this thread only (no other thread
+        // shares it), which ends right after.
+        unsafe { libc::setfsuid(65534) };
+        let refused = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(&path)
+            .err()
+            .and_then(|error| error.raw_os_error());
+        let read = layout
+            .read_with_id("job")
+            .map(|(record, _)| record.map(|record| record.id))
+            .map_err(|error| error.to_string());
+        (refused, read)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        refused,
+        Some(libc::EPERM),
+        "the thread is not the file's owner"
+    );
+    assert_eq!(read, Ok(Some("job".to_string())));
+}

@@ -260,6 +260,74 @@ fn cpu_seconds(children: bool) -> f64 {
     (ticks(user) + ticks(system)) / 100.0
 }
 
+/// How the floor names the files it opens and removes.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// By path, as the store does: every call walks the directory's path again.
+    Paths,
+    /// Relative to the open directory (`openat`, `unlinkat`), as `find` does (Linux only; by
+    /// path elsewhere).
+    Relative,
+}
+
+/// A directory opened, for calls relative to it.
+struct OpenDir {
+    #[cfg(target_os = "linux")]
+    dir: fs::File,
+    path: std::path::PathBuf,
+}
+
+impl OpenDir {
+    fn open(path: &Path) -> Self {
+        OpenDir {
+            #[cfg(target_os = "linux")]
+            dir: fs::File::open(path).unwrap(),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// `name` opened for reading without touching its access time.
+    fn open_file(&self, name: &str, naming: Naming) -> fs::File {
+        #[cfg(target_os = "linux")]
+        if let Naming::Relative = naming {
+            use std::os::fd::{AsRawFd, FromRawFd};
+            let name = std::ffi::CString::new(name).unwrap();
+            // SAFETY: the directory's descriptor is open for the call and `name` is
+            // NUL-terminated; the descriptor returned is owned by the `File` made of it alone.
+            unsafe {
+                let fd = libc::openat(
+                    self.dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOATIME,
+                );
+                assert!(fd >= 0, "openat: {}", std::io::Error::last_os_error());
+                return fs::File::from_raw_fd(fd);
+            }
+        }
+        let _ = naming;
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(target_os = "linux")]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOATIME);
+        options.open(self.path.join(name)).unwrap()
+    }
+
+    fn remove(&self, name: &str, naming: Naming) {
+        #[cfg(target_os = "linux")]
+        if let Naming::Relative = naming {
+            use std::os::fd::AsRawFd;
+            let name = std::ffi::CString::new(name).unwrap();
+            // SAFETY: the directory's descriptor is open for the call and `name` is
+            // NUL-terminated.
+            let done = unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+            assert_eq!(done, 0, "unlinkat: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let _ = naming;
+        fs::remove_file(self.path.join(name)).unwrap();
+    }
+}
+
 /// The least a cleanup that judges each removed record by its content can do, in one thread
 /// with no store: list the directory, skip files newer than the TTL by their time (as
 /// `find -mmin` does), open each older one without touching its access time, read it with one
@@ -267,37 +335,37 @@ fn cpu_seconds(children: bool) -> f64 {
 /// No locks and no re-check under them, so our cleanup's distance from it is what locking and
 /// the store's own code cost, and its distance from `find` what reading every removed record
 /// costs by itself. Gives how many records it removed.
-fn read_and_remove_floor(dir: &Path, lock_files: bool) -> usize {
+fn read_and_remove_floor(dir: &Path, lock_files: bool, naming: Naming) -> usize {
     #[derive(serde::Deserialize)]
     struct Expiry {
         expires_at: Option<Timestamp>,
     }
     let now = SystemTime::now();
+    let records = OpenDir::open(dir);
+    let locks = OpenDir::open(&dir.join(".locks"));
     let mut buf = vec![0u8; 64 * 1024];
     let mut removed = 0;
     for entry in fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Some(id) = name.strip_suffix(".json") else {
             continue;
         };
         if entry.metadata().unwrap().modified().unwrap() + syncstatus::DEFAULT_TTL > now {
             continue;
         }
-        let path = entry.path();
-        let mut options = fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(target_os = "linux")]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOATIME);
-        let mut file = options.open(&path).unwrap();
+        let mut file = records.open_file(name, naming);
         let n = std::io::Read::read(&mut file, &mut buf).unwrap();
         assert!(n < buf.len(), "{id}: a record of the bench fits the buffer");
         drop(file);
         let expiry: Expiry = serde_json::from_slice(&buf[..n]).unwrap();
         if expiry.expires_at.is_some_and(|at| at <= Timestamp::now()) {
-            fs::remove_file(&path).unwrap();
+            records.remove(name, naming);
             if lock_files {
-                let _ = fs::remove_file(dir.join(".locks").join(format!("{id}.lock")));
+                locks.remove(&format!("{id}.lock"), naming);
             }
             removed += 1;
         }
@@ -313,7 +381,7 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     let find_dir = root.join("find");
     let ours_dir = root.join("ours");
     let floor_dir = root.join("floor");
-    let mut cpu: [Vec<f64>; 6] = Default::default();
+    let mut cpu: [Vec<f64>; 8] = Default::default();
     let [
         cpu_find,
         cpu_ours,
@@ -321,6 +389,8 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
         cpu_ours_locked,
         cpu_floor,
         cpu_floor_locked,
+        cpu_floor_at,
+        cpu_floor_at_locked,
     ] = &mut cpu;
     let mut find = || {
         let dir = fresh_dir(root, "find");
@@ -390,7 +460,7 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
     };
     let mut ours = || run_ours(false, cpu_ours);
     let mut ours_locked = || run_ours(true, cpu_ours_locked);
-    let run_floor = |with_lock_files: bool, cpu: &mut Vec<f64>| {
+    let run_floor = |with_lock_files: bool, naming: Naming, cpu: &mut Vec<f64>| {
         let dir = fresh_dir(root, "floor");
         populate(&dir, records, true);
         if with_lock_files {
@@ -398,13 +468,17 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
         }
         let mut removed = 0;
         let before = cpu_seconds(false);
-        let time = seconds(|| removed = read_and_remove_floor(&floor_dir, with_lock_files));
+        let time = seconds(|| {
+            removed = read_and_remove_floor(&floor_dir, with_lock_files, naming);
+        });
         cpu.push(cpu_seconds(false) - before);
         assert_eq!(removed, records / 2);
         time
     };
-    let mut floor = || run_floor(false, cpu_floor);
-    let mut floor_locked = || run_floor(true, cpu_floor_locked);
+    let mut floor = || run_floor(false, Naming::Paths, cpu_floor);
+    let mut floor_locked = || run_floor(true, Naming::Paths, cpu_floor_locked);
+    let mut floor_at = || run_floor(false, Naming::Relative, cpu_floor_at);
+    let mut floor_at_locked = || run_floor(true, Naming::Relative, cpu_floor_at_locked);
     let values = rotated_rounds(
         rounds,
         &mut [
@@ -414,6 +488,8 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
             &mut ours_locked,
             &mut floor,
             &mut floor_locked,
+            &mut floor_at,
+            &mut floor_at_locked,
         ],
     );
     cleanup_table(&values);
@@ -424,37 +500,27 @@ fn cleanup(rounds: usize, root: &Path, records: usize) {
 }
 
 /// Seconds (or CPU seconds) per case, `values` in the order of the variants: find, ours,
-/// find with lock files, ours with them, the read-and-remove floor, the floor with them.
+/// find with lock files, ours with them, the read-and-remove floor, the floor with them, and
+/// the floor with calls relative to the directory, without and with lock files.
 fn cleanup_table(values: &[Vec<f64>]) {
     println!(
         "| records | measured | baseline | median s (min–max) | baseline median s (min–max) | ratio |"
     );
     println!("|---|---|---|---|---|---|");
+    const WITHOUT: &str = "without lock files";
+    const WITH: &str = "with a lock file each (find removes both)";
+    const RELATIVE: &str = "floor, relative calls";
     for (what, name, at, base_name, base) in [
-        ("without lock files", "cleanup", 1, "find", 0),
-        ("without lock files", "floor", 4, "find", 0),
-        ("without lock files", "cleanup", 1, "floor", 4),
-        (
-            "with a lock file each (find removes both)",
-            "cleanup",
-            3,
-            "find",
-            2,
-        ),
-        (
-            "with a lock file each (find removes both)",
-            "floor",
-            5,
-            "find",
-            2,
-        ),
-        (
-            "with a lock file each (find removes both)",
-            "cleanup",
-            3,
-            "floor",
-            5,
-        ),
+        (WITHOUT, "cleanup", 1, "find", 0),
+        (WITHOUT, "floor", 4, "find", 0),
+        (WITHOUT, "cleanup", 1, "floor", 4),
+        (WITHOUT, RELATIVE, 6, "find", 0),
+        (WITHOUT, "cleanup", 1, RELATIVE, 6),
+        (WITH, "cleanup", 3, "find", 2),
+        (WITH, "floor", 5, "find", 2),
+        (WITH, "cleanup", 3, "floor", 5),
+        (WITH, RELATIVE, 7, "find", 2),
+        (WITH, "cleanup", 3, RELATIVE, 7),
     ] {
         let (_, ratio) = ratio_text(&values[at], &values[base]);
         let (bmin, bmax) = min_max(&values[base]);

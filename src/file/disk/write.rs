@@ -116,7 +116,8 @@ impl Layout {
                     }
                     if let Some(lock) = &expired.lock {
                         // One that cannot be removed now is a lock file of an id with no
-                        // record, which the cleanup's pass over unused lock files takes.
+                        // record, which the next cleanup's pass over unused lock files takes
+                        // (this one's looks only at ids it saw no record of).
                         let _ = lock.remove_held();
                     }
                     Ok(true)

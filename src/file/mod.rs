@@ -10,6 +10,8 @@ mod cleanup;
 mod disk;
 mod format;
 mod inline_read;
+#[cfg(target_os = "linux")]
+mod inotify_feed;
 mod replace;
 mod sweep;
 mod watch;

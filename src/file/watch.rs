@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+#[cfg(not(target_os = "linux"))]
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::time::Instant;
 
 use super::FileStorage;
+#[cfg(not(target_os = "linux"))]
 use super::disk::Layout;
-use crate::error::{Error, Result};
+#[cfg(not(target_os = "linux"))]
+use crate::error::Error;
+use crate::error::Result;
 use crate::watch::{Backoff, ChangeSource, Changes, Duty, HubHandle, Reads, Scan, Settings};
 
 /// How a file store's watches learn about changes.
@@ -92,9 +96,25 @@ const EVENTS_RECONCILE: Option<Duration> = if cfg!(windows) {
     None
 };
 
+/// The file system's change feed while it runs; dropping it stops it. On Linux inotify read
+/// by a task of the runtime (see `inotify_feed`), elsewhere notify's watcher and its thread.
+#[cfg(target_os = "linux")]
+type EventFeed = super::inotify_feed::Feed;
+#[cfg(not(target_os = "linux"))]
+type EventFeed = notify::RecommendedWatcher;
+
+/// Why a feed of file system events could not be started.
+enum StartError {
+    /// The directory does not exist (yet, or any more).
+    Missing,
+    /// Anything else (the kernel's limits, a file system without events): poll instead.
+    Other(String),
+}
+
 /// Called on notify's thread for every event: record, wake, return. Never blocks on anything
 /// but the short dirty-set lock. `dir` is the watched directory as notify reports it
 /// (absolute).
+#[cfg(not(target_os = "linux"))]
 fn on_event(changes: &Changes, dir: &Path, result: notify::Result<notify::Event>) {
     match result {
         Ok(event) => {
@@ -129,6 +149,7 @@ fn on_event(changes: &Changes, dir: &Path, result: notify::Result<notify::Event>
 
 /// Whether an event may mean the content of a file changed. Only closing a file opened for
 /// writing among the accesses: an editor that writes in place is done then.
+#[cfg(not(target_os = "linux"))]
 fn changes_content(kind: &EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode};
     match kind {
@@ -138,6 +159,7 @@ fn changes_content(kind: &EventKind) -> bool {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
 fn event_watcher(dir: &Path, changes: &Arc<Changes>) -> notify::Result<notify::RecommendedWatcher> {
     let callback_changes = Arc::downgrade(changes);
     // notify reports paths under the watched directory made absolute against the current
@@ -159,25 +181,42 @@ fn event_watcher(dir: &Path, changes: &Arc<Changes>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// Starts inotify on `dir`: two system calls, made on the worker.
+#[cfg(target_os = "linux")]
+async fn start_events(
+    _store: &FileStorage,
+    dir: &Path,
+    changes: &Arc<Changes>,
+) -> std::result::Result<EventFeed, StartError> {
+    super::inotify_feed::start(dir, changes).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => StartError::Missing,
+        _ => StartError::Other(error.to_string()),
+    })
+}
+
 /// Starts notify's watcher off the async threads: it waits for notify's own thread to
 /// confirm the watch.
+#[cfg(not(target_os = "linux"))]
 async fn start_events(
     store: &FileStorage,
     dir: &Path,
     changes: &Arc<Changes>,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> std::result::Result<EventFeed, StartError> {
     let dir = dir.to_path_buf();
     let changes = changes.clone();
     match store
         .blocking(move |_| Ok(event_watcher(&dir, &changes)))
         .await
     {
-        Ok(started) => started,
-        Err(error) => Err(notify::Error::generic(&error.to_string())),
+        Ok(Ok(watcher)) => Ok(watcher),
+        Ok(Err(error)) if is_missing(&error) => Err(StartError::Missing),
+        Ok(Err(error)) => Err(StartError::Other(error.to_string())),
+        Err(error) => Err(StartError::Other(error.to_string())),
     }
 }
 
 /// Whether watching failed because the directory does not exist.
+#[cfg(not(target_os = "linux"))]
 fn is_missing(error: &notify::Error) -> bool {
     match &error.kind {
         notify::ErrorKind::PathNotFound => true,
@@ -218,8 +257,8 @@ struct FileSource {
     store: FileStorage,
     dir: PathBuf,
     changes: Arc<Changes>,
-    /// Dropped with the reconciler's task, which stops notify's thread.
-    watcher: Option<notify::RecommendedWatcher>,
+    /// Dropped with the reconciler's task, which stops the feed.
+    watcher: Option<EventFeed>,
     /// Re-read the whole directory at this interval instead of (or for want of) events.
     poll: Option<Duration>,
     poll_at: Option<Instant>,
@@ -251,11 +290,11 @@ impl ChangeSource for FileSource {
                 }
                 // Removed since the store was opened, or again in between: wait for it as for
                 // a directory removed while watched.
-                Err(error) if is_missing(&error) => {
+                Err(StartError::Missing) => {
                     self.gone = true;
                     return Ok(false);
                 }
-                Err(error) => {
+                Err(StartError::Other(error)) => {
                     tracing::warn!(dir = %self.dir.display(), %error, "no file system events; polling instead");
                     self.poll = Some(FALLBACK_POLL);
                     self.poll_at = Some(Instant::now() + FALLBACK_POLL);

@@ -158,6 +158,8 @@ impl Changes {
     }
 
     /// A problem to tell subscribers about; the watch goes on.
+    // Used by notify's feed (not on Linux) and PostgreSQL's.
+    #[cfg_attr(all(target_os = "linux", not(feature = "postgres")), allow(dead_code))]
     pub(crate) fn report(&self, problem: Error) {
         locked(&self.problems).push(problem);
         self.wake.notify_one();

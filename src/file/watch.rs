@@ -1,9 +1,10 @@
-//! Watching a file store: `notify` events are hints naming ids; the shared reconciler
+//! Watching a file store: file system events are hints naming ids; the shared reconciler
 //! (`crate::watch`) re-reads those files and diffs.
 //!
-//! The notify callback runs on notify's own thread and never blocks: it records which ids are
-//! dirty (or that a full rescan is needed, or that the directory is gone) and wakes the
-//! reconciler, which reads through [`FileSource`] off the async threads.
+//! On Linux the events are inotify's, read by a task of the runtime (`inotify_feed`); on
+//! macOS and Windows notify's, whose callback runs on notify's own thread and never blocks.
+//! Either records which ids are dirty (or that a full rescan is needed, or that the directory
+//! is gone) and wakes the reconciler, which reads through [`FileSource`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -806,7 +806,7 @@ fn thread_names() -> Vec<String> {
 #[cfg(target_os = "linux")]
 /// (inotify instances open in this process, threads other than the blocking pool's). On
 /// Linux the feed is an inotify instance read by a task of the runtime: no thread of its own.
-fn thread_counts() -> (usize, usize) {
+fn feed_counts() -> (usize, usize) {
     let instances = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
@@ -820,11 +820,11 @@ fn thread_counts() -> (usize, usize) {
 }
 
 #[cfg(target_os = "linux")]
-/// Waits until the thread counts are `expected`; returns the last counts seen.
-async fn wait_for_threads(expected: (usize, usize)) -> (usize, usize) {
+/// Waits until the feed counts (see [`feed_counts`]) are `expected`; returns the last seen.
+async fn wait_for_feed_counts(expected: (usize, usize)) -> (usize, usize) {
     let until = Instant::now() + DEADLINE;
     loop {
-        let counts = thread_counts();
+        let counts = feed_counts();
         if counts == expected || Instant::now() > until {
             return counts;
         }
@@ -833,10 +833,10 @@ async fn wait_for_threads(expected: (usize, usize)) -> (usize, usize) {
 }
 
 #[cfg(target_os = "linux")]
-async fn thread_check(role: &str) {
+async fn feed_check(role: &str) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), WatchMode::Events);
-    let (instances_before, others_before) = thread_counts();
+    let (instances_before, others_before) = feed_counts();
     assert_eq!(instances_before, 0);
 
     let mut streams = Vec::new();
@@ -856,7 +856,7 @@ async fn thread_check(role: &str) {
     }
     assert!(store.watch_is_running());
     // One inotify instance for the five, and no thread: it is read by a task.
-    let during = wait_for_threads((1, others_before)).await;
+    let during = wait_for_feed_counts((1, others_before)).await;
     assert_eq!(
         during,
         (1, others_before),
@@ -885,7 +885,7 @@ async fn thread_check(role: &str) {
     if role == "stop" {
         drop(streams);
         assert!(!store.watch_is_running(), "the hub outlived its streams");
-        let after = wait_for_threads((0, others_before)).await;
+        let after = wait_for_feed_counts((0, others_before)).await;
         assert_eq!(
             after,
             (0, others_before),
@@ -896,10 +896,10 @@ async fn thread_check(role: &str) {
         // backend passes, counting inotify instances.
         {
             let _outside_window = INOTIFY_START.read().await;
-            check_last_watch_stops_its_feed(&store, async || thread_counts().0).await;
+            check_last_watch_stops_its_feed(&store, async || feed_counts().0).await;
         }
         assert_eq!(
-            wait_for_threads((0, others_before)).await,
+            wait_for_feed_counts((0, others_before)).await,
             (0, others_before)
         );
     }
@@ -907,7 +907,7 @@ async fn thread_check(role: &str) {
 
 #[cfg(target_os = "linux")]
 #[test]
-fn child_threads() {
+fn child_feed() {
     let Some((role, _)) = child::role() else {
         return;
     };
@@ -919,21 +919,21 @@ fn child_threads() {
         .thread_name(POOL_THREAD)
         .build()
         .unwrap()
-        .block_on(thread_check(&role));
+        .block_on(feed_check(&role));
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn dropping_every_stream_closes_the_inotify_instance() {
     let dir = tempfile::tempdir().unwrap();
-    child::run("child_threads", "stop", dir.path(), &[]).await;
+    child::run("child_feed", "stop", dir.path(), &[]).await;
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn streams_of_one_store_share_one_inotify_instance_and_start_no_thread() {
     let dir = tempfile::tempdir().unwrap();
-    child::run("child_threads", "share", dir.path(), &[]).await;
+    child::run("child_feed", "share", dir.path(), &[]).await;
 }
 
 #[tokio::test]

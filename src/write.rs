@@ -46,6 +46,8 @@ impl IdLocks {
 
     /// The lock of `id` if one exists: looked up, not made (a sweep over many ids must not
     /// fill the map; a writer that comes after the look is ordered by the store's own locks).
+    /// Only the file store's sweeps where it has no commit lock look (see `file::cleanup`).
+    #[cfg(not(unix))]
     pub(crate) fn existing(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
         self.map().get(id).cloned()
     }
@@ -128,7 +130,7 @@ mod tests {
         }
         // Past the bound, the locks nobody holds were dropped: the held one stays the same.
         assert!(locks.map().len() <= PRUNE_ABOVE);
-        assert!(locks.existing("id-0").is_none());
+        assert!(!locks.map().contains_key("id-0"));
         assert!(Arc::ptr_eq(&held, &locks.of("held")));
     }
 

@@ -1,43 +1,51 @@
 //! Removing expired records, for an explicit cleanup and for the lazy sweep: each record is
-//! judged by one read, and on Unix removed with its lock file in runs under one commit lock.
+//! judged by one read, and on Unix read and removed with its lock file in runs under one
+//! commit lock, without taking the ids' locks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Inner;
 use super::disk::{self, Layout};
+#[cfg(unix)]
 use super::format::Head;
 use crate::error::{Error, Result};
 use crate::storage::{CleanupOptions, CleanupProblem, CleanupReport, SWEEP_LOCK};
 
-/// How many removals share one hold of the directory's commit lock. Writers of the store
-/// wait for that lock while a run holds it, and a run of this many `stat` + `unlink` pairs
-/// takes about a millisecond; taking it per removal (open, `flock`, close of the directory)
-/// was a third of a removal's system calls.
+/// How many records share one hold of the directory's commit lock. Writers of the store wait
+/// for that lock while a run holds it, and a run of this many reads and removals takes about
+/// half a millisecond; taking it per removal (open, `flock`, close of the directory) was a
+/// third of a removal's system calls.
 #[cfg(unix)]
-const REMOVALS_PER_COMMIT_LOCK: usize = 64;
+const REMOVALS_PER_COMMIT_LOCK: usize = 32;
 
-/// Expired records judged without their ids' locks, to be removed together.
+/// Records old enough to be expired, to be judged and removed together.
 #[cfg(unix)]
 #[derive(Default)]
-struct PendingRemovals(Vec<disk::ExpiredRecord>);
+struct PendingRemovals(Vec<disk::RemovalCandidate>);
 
 #[cfg(unix)]
 impl PendingRemovals {
-    /// Removes the records still as they were read, under one commit lock, and tells the
+    /// Reads the pending records under one commit lock, removes those expired, and tells the
     /// report what became of each.
-    fn flush(&mut self, inner: &Inner, report: &mut CleanupReport) -> Result<()> {
+    fn flush(
+        &mut self,
+        inner: &Inner,
+        options: &CleanupOptions,
+        report: &mut CleanupReport,
+    ) -> Result<()> {
         if self.0.is_empty() {
             return Ok(());
         }
+        let expired = |head: &Head| head.is_expired(inner.clock.now(), options.ttl);
         let outcomes = inner
             .layout
-            .remove_unlocked_run(&self.0, inner.durability)?;
-        for (expired, outcome) in self.0.drain(..).zip(outcomes) {
-            let id = expired.id;
+            .remove_expired_run(&self.0, expired, inner.durability)?;
+        for (candidate, outcome) in self.0.drain(..).zip(outcomes) {
+            let id = candidate.id;
             match outcome {
-                Ok(true) => report.removed.push(id),
-                // Replaced or removed by someone else since it was read.
-                Ok(false) => report.kept += 1,
+                Ok(disk::RunOutcome::Removed) => report.removed.push(id),
+                Ok(disk::RunOutcome::Kept) => report.kept += 1,
+                Ok(disk::RunOutcome::Gone) => {}
                 Err(error) => report.errors.push(CleanupProblem {
                     id: Some(id),
                     message: error.to_string(),
@@ -49,10 +57,12 @@ impl PendingRemovals {
 }
 
 impl Inner {
-    /// Removes what is expired. Never waits for a lock: a record whose lock is held is being
-    /// written (fresh by definition) or held by a frozen process, and either way is left for a
-    /// later sweep, so one held lock cannot stall a sweep nor what waits on it. Stops early
-    /// once `stop` is set.
+    /// Removes what is expired. Never waits for an id's lock, so one held lock (a frozen
+    /// process) cannot stall a sweep nor what waits on it. On Unix an expired record is
+    /// removed even while a writer holds its lock: that writer read it as absent and, finding
+    /// it and its lock file gone at its commit, starts over and reads it so again (see
+    /// `Layout::remove_expired_run`). Elsewhere a record whose lock is held is left for a
+    /// later sweep. Stops early once `stop` is set.
     pub(super) fn cleanup(
         &self,
         options: &CleanupOptions,
@@ -120,19 +130,23 @@ impl Inner {
                 continue;
             }
             if !options.dry_run {
-                // Judged under the id's lock, by the one read that is needed anyway.
+                // Judged by the one read that is needed anyway, on Unix under the commit lock
+                // with others, elsewhere under the id's lock.
+                #[cfg(unix)]
+                {
+                    pending.0.push(disk::RemovalCandidate {
+                        id,
+                        has_lock_file: may_have_lock_file,
+                    });
+                    if pending.0.len() >= REMOVALS_PER_COMMIT_LOCK {
+                        pending.flush(self, options, &mut report)?;
+                    }
+                }
+                #[cfg(not(unix))]
                 match self.remove_if_expired(&id, options, may_have_lock_file) {
-                    #[cfg(not(unix))]
                     Ok(Removal::Removed) => report.removed.push(id),
                     Ok(Removal::Kept) => report.kept += 1,
                     Ok(Removal::Gone) => {}
-                    #[cfg(unix)]
-                    Ok(Removal::Unlocked { read, lock }) => {
-                        pending.0.push(disk::ExpiredRecord { id, read, lock });
-                        if pending.0.len() >= REMOVALS_PER_COMMIT_LOCK {
-                            pending.flush(self, &mut report)?;
-                        }
-                    }
                     Err(error) => report.errors.push(CleanupProblem {
                         id: Some(id.clone()),
                         message: error.to_string(),
@@ -154,7 +168,7 @@ impl Inner {
             }
         }
         #[cfg(unix)]
-        pending.flush(self, &mut report)?;
+        pending.flush(self, options, &mut report)?;
         report.removed.sort();
         if !options.dry_run {
             report.leftovers_removed += self.layout.remove_orphan_staging(&mut io_problems);
@@ -176,9 +190,10 @@ impl Inner {
     }
 
     /// Removes `id` if it is still expired once its locks are held; a lock someone holds
-    /// means keep it (see [`Inner::cleanup`]). On Unix an expired record is handed back
-    /// instead, with its lock still held, to be removed with others under one commit lock.
-    /// `may_have_lock_file` false means the id had none when the sweep looked.
+    /// means keep it (see [`Inner::cleanup`]). `may_have_lock_file` false means the id had
+    /// none when the sweep looked. Where there is no commit lock (see `PendingRemovals` for
+    /// Unix), the id's lock is what orders the removal with a writer.
+    #[cfg(not(unix))]
     fn remove_if_expired(
         &self,
         id: &str,
@@ -196,7 +211,6 @@ impl Inner {
             },
             None => None,
         };
-        let expired = |head: &Head| head.is_expired(self.clock.now(), options.ttl);
         // The id's lock file is taken as a writer takes it, and held until the removal so
         // that it goes with the record.
         let existing = if may_have_lock_file {
@@ -206,17 +220,8 @@ impl Inner {
         };
         let file_lock = match existing {
             disk::ExistingLock::Held => return Ok(Removal::Kept),
-            disk::ExistingLock::Locked(file_lock) => Some(file_lock),
-            disk::ExistingLock::Absent => None,
-        };
-        // No lock file, so nobody is writing the id (a writer makes it first). On Unix making
-        // one only to remove it would double the cost of a removal: the commit lock orders
-        // the removal with a writer that starts now (see `Layout::remove_unlocked_run`).
-        // Elsewhere there is no commit lock, and the id's lock is what orders it.
-        #[cfg(not(unix))]
-        let file_lock = match file_lock {
-            Some(file_lock) => file_lock,
-            None => match self.layout.try_lock(id)? {
+            disk::ExistingLock::Locked(file_lock) => file_lock,
+            disk::ExistingLock::Absent => match self.layout.try_lock(id)? {
                 Some(file_lock) => file_lock,
                 None => return Ok(Removal::Kept),
             },
@@ -224,46 +229,34 @@ impl Inner {
         let (head, read) = self.layout.read_head_with_id(id)?;
         match head {
             None => return Ok(Removal::Gone),
-            Some(head) if !expired(&head) => return Ok(Removal::Kept),
+            Some(head) if !head.is_expired(self.clock.now(), options.ttl) => {
+                return Ok(Removal::Kept);
+            }
             Some(_) => {}
         }
-        #[cfg(unix)]
-        return Ok(Removal::Unlocked {
-            read,
-            lock: file_lock,
-        });
-        #[cfg(not(unix))]
+        match self
+            .layout
+            .remove_locked(id, self.durability, &file_lock, read)?
         {
-            match self
-                .layout
-                .remove_locked(id, self.durability, &file_lock, read)?
-            {
-                Ok(_) => {}
-                // Someone took the id meanwhile; leave it to them.
-                Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => {
-                    return Ok(Removal::Kept);
-                }
+            Ok(_) => {}
+            // Someone took the id meanwhile; leave it to them.
+            Err(disk::Commit::LockLost) | Err(disk::Commit::Done) => {
+                return Ok(Removal::Kept);
             }
-            file_lock
-                .remove()
-                .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
-            Ok(Removal::Removed)
         }
+        file_lock
+            .remove()
+            .map_err(|e| Error::io(self.layout.locks.join(format!("{id}.lock")), e))?;
+        Ok(Removal::Removed)
     }
 }
 
 /// What a sweep did with one record.
+#[cfg(not(unix))]
 enum Removal {
-    #[cfg(not(unix))]
     Removed,
     /// Live, or locked by a writer, or replaced meanwhile: left.
     Kept,
     /// There was no record by the time it was looked at.
     Gone,
-    /// Expired: to be removed, with its lock file if it has one, if it is still the file read.
-    #[cfg(unix)]
-    Unlocked {
-        read: Option<disk::ReadFile>,
-        lock: Option<disk::FileLock>,
-    },
 }

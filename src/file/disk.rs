@@ -21,11 +21,13 @@ use crate::ttl::TtlPolicy;
 
 use platform::symlink_error;
 
-pub(crate) use lock::{ExistingLock, FileLock};
+#[cfg(not(unix))]
+pub(crate) use lock::ExistingLock;
+pub(crate) use lock::FileLock;
 pub(crate) use read::{OpenRecord, ReadFile};
 pub(crate) use write::Commit;
 #[cfg(unix)]
-pub(crate) use write::ExpiredRecord;
+pub(crate) use write::{RemovalCandidate, RunOutcome};
 
 /// Where staging files live while they are written.
 pub(crate) const STAGING_DIR: &str = ".tmp";

@@ -16,7 +16,8 @@ use super::platform::{is_same_file, no_follow, symlink_aware};
 pub(super) const LOCK_POLL_MIN: Duration = Duration::from_millis(1);
 pub(super) const LOCK_POLL_MAX: Duration = Duration::from_millis(20);
 
-/// The lock file of an id, as a sweep finds it.
+/// The lock file of an id, as a sweep finds it where there is no commit lock.
+#[cfg(not(unix))]
 pub(crate) enum ExistingLock {
     /// There is none.
     Absent,
@@ -98,6 +99,7 @@ impl Layout {
 
     /// Like [`Layout::try_lock`], but never makes the lock file: a sweep has no use for the
     /// lock of an id nobody writes.
+    #[cfg(not(unix))]
     pub(crate) fn try_lock_existing(&self, name: &str) -> Result<ExistingLock> {
         let path = self.lock_path(name);
         let mut options = OpenOptions::new();

@@ -1,7 +1,7 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{Durability, ExpiredRecord, Layout, ReadFile};
+use super::{Durability, Layout};
 use crate::ttl::TtlPolicy;
 
 fn layout(dir: &std::path::Path) -> Layout {
@@ -15,67 +15,135 @@ fn layout(dir: &std::path::Path) -> Layout {
     layout
 }
 
-/// A run of removals judged without the ids' locks removes a record only if the file is
-/// still the one read: one replaced (renamed over, as every writer does) or removed since
-/// is left alone, and the others are removed. The lock file the sweep holds for a record goes
-/// with it, and stays with a record that stays.
+fn envelope(id: &str, expires_at: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","version":1,"created_at":"2026-12-01T00:00:00.000Z","updated_at":"2026-12-01T00:00:00.000Z","expires_at":"{expires_at}","status":{{"state":"running"}}}}"#
+    )
+}
+
+const PAST: &str = "2001-01-01T00:00:00.000Z";
+const FUTURE: &str = "2999-01-01T00:00:00.000Z";
+
+/// A run of removals reads each candidate under the commit lock and removes only what is
+/// expired then: a record replaced since the sweep listed it is judged by what replaced it
+/// (removed if that is expired too, kept if not), one removed meanwhile is reported gone. The
+/// lock file of a removed record goes with it even while a writer holds it, and that writer
+/// sees its lock lost (so it starts over at its commit); the lock file of a record that stays
+/// stays, still held.
+#[cfg(unix)]
 #[test]
-fn a_run_of_removals_removes_only_the_files_still_as_read() {
+fn a_run_of_removals_judges_each_record_as_it_is_under_the_commit_lock() {
+    use super::{RemovalCandidate, RunOutcome};
+    use crate::record::Timestamp;
+
     let tmp = tempfile::tempdir().unwrap();
     let layout = layout(tmp.path());
     let ids: Vec<String> = [
-        "same",
-        "replaced",
+        "expired",
+        "live",
+        "replaced-live",
+        "replaced-expired",
         "gone",
-        "also-same",
         "locked",
-        "locked-replaced",
+        "locked-replaced-live",
     ]
     .map(str::to_string)
     .into();
     let locked = |id: &str| id.starts_with("locked");
     for id in &ids {
-        fs::write(layout.record_path(id), b"{}\n").unwrap();
+        let expires = if id == "live" { FUTURE } else { PAST };
+        fs::write(layout.record_path(id), envelope(id, expires)).unwrap();
     }
-    let run: Vec<ExpiredRecord> = ids
+    // Writers in the middle of a write of these ids.
+    let held: Vec<_> = ids
         .iter()
-        .map(|id| ExpiredRecord {
+        .filter(|id| locked(id))
+        .map(|id| (id.clone(), layout.try_lock(id).unwrap().unwrap()))
+        .collect();
+    let run: Vec<RemovalCandidate> = ids
+        .iter()
+        .map(|id| RemovalCandidate {
             id: id.clone(),
-            read: ReadFile::at(&layout.record_path(id)).unwrap(),
-            lock: locked(id).then(|| layout.try_lock(id).unwrap().unwrap()),
+            has_lock_file: locked(id),
         })
         .collect();
-    for replaced in ["replaced", "locked-replaced"] {
+    // Replaced the way every writer replaces a record: a rename over it.
+    for (replaced, expires) in [
+        ("replaced-live", FUTURE),
+        ("replaced-expired", PAST),
+        ("locked-replaced-live", FUTURE),
+    ] {
         let staged = tmp.path().join("staged");
-        fs::write(&staged, b"{\"new\": true}\n").unwrap();
+        fs::write(&staged, envelope(replaced, expires)).unwrap();
         fs::rename(&staged, layout.record_path(replaced)).unwrap();
     }
     fs::remove_file(layout.record_path("gone")).unwrap();
 
+    let now = Timestamp::now();
+    let expired = |head: &crate::file::format::Head| head.expires_at.is_some_and(|at| at <= now);
+    use RunOutcome::{Gone, Kept, Removed};
     for durability in [Durability::Rename, Durability::Fsync] {
-        let outcomes = layout.remove_unlocked_run(&run, durability).unwrap();
-        let removed: Vec<bool> = outcomes.into_iter().map(|o| o.unwrap()).collect();
+        let outcomes: Vec<RunOutcome> = layout
+            .remove_expired_run(&run, expired, durability)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.unwrap())
+            .collect();
         // Run twice: the second finds nothing more to remove.
         if durability == Durability::Rename {
-            assert_eq!(removed, [true, false, false, true, true, false]);
+            assert_eq!(
+                outcomes,
+                [Removed, Kept, Kept, Removed, Gone, Removed, Kept]
+            );
         } else {
-            assert_eq!(removed, [false; 6]);
+            assert_eq!(outcomes, [Gone, Kept, Kept, Gone, Gone, Gone, Kept]);
         }
     }
-    for id in ["same", "also-same", "locked"] {
+    for id in ["expired", "replaced-expired", "locked"] {
         assert!(!layout.record_path(id).exists(), "{id}");
     }
-    assert!(!layout.lock_path("locked").exists());
-    assert!(layout.lock_path("locked-replaced").exists());
-    for replaced in ["replaced", "locked-replaced"] {
-        assert_eq!(
-            fs::read(layout.record_path(replaced)).unwrap(),
-            b"{\"new\": true}\n"
-        );
+    for id in ["live", "replaced-live", "locked-replaced-live"] {
+        assert!(layout.record_path(id).exists(), "{id}");
     }
-    // The locks are let go with the run.
-    drop(run);
-    assert!(layout.try_lock("locked-replaced").unwrap().is_some());
+    assert!(!layout.lock_path("locked").exists());
+    assert!(layout.lock_path("locked-replaced-live").exists());
+    for (id, lock) in &held {
+        assert_eq!(lock.still_held(), id == "locked-replaced-live", "{id}");
+    }
+}
+
+/// Nothing of a run is read or removed while another holder has the commit lock (a writer
+/// between its check and its rename): the run waits for it, here until its lock timeout.
+#[cfg(unix)]
+#[test]
+fn a_run_of_removals_waits_for_the_commit_lock() {
+    use super::RemovalCandidate;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(
+        tmp.path().to_path_buf(),
+        1 << 20,
+        Duration::from_millis(50),
+        TtlPolicy::default(),
+    );
+    layout.create_dirs().unwrap();
+    fs::write(layout.record_path("expired"), envelope("expired", PAST)).unwrap();
+    let writer = fs::File::open(tmp.path()).unwrap();
+    writer.lock().unwrap();
+    let run = [RemovalCandidate {
+        id: "expired".into(),
+        has_lock_file: false,
+    }];
+    let outcome = layout.remove_expired_run(&run, |_| true, Durability::Rename);
+    assert!(
+        matches!(outcome, Err(crate::error::Error::LockTimeout { .. })),
+        "{outcome:?}"
+    );
+    assert!(layout.record_path("expired").exists());
+    writer.unlock().unwrap();
+    let outcome = layout.remove_expired_run(&run, |_| true, Durability::Rename);
+    assert_eq!(outcome.unwrap().len(), 1);
+    assert!(!layout.record_path("expired").exists());
 }
 
 /// Reading a record leaves its access time alone (on Linux, where the owner may ask): with

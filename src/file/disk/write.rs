@@ -17,6 +17,8 @@ use super::lock::{LOCK_POLL_MAX, LOCK_POLL_MIN};
 use super::platform::sync_dir;
 use super::read::{FileId, ReadFile};
 use super::{Durability, Layout};
+#[cfg(unix)]
+use crate::file::format::Head;
 use crate::file::replace;
 
 /// What a write under a lock found when it came to replace the record file.
@@ -30,15 +32,25 @@ pub(crate) enum Commit {
     LockLost,
 }
 
-/// An expired record a sweep read, to be removed if its file is still the one read.
+/// A record a sweep found old enough to be expired, to be judged and removed under the
+/// commit lock.
 #[cfg(unix)]
 #[derive(Debug)]
-pub(crate) struct ExpiredRecord {
+pub(crate) struct RemovalCandidate {
     pub(crate) id: String,
-    /// The file read (`None`: there was none).
-    pub(crate) read: Option<ReadFile>,
-    /// The id's lock file, held since before the read, to be removed with the record.
-    pub(crate) lock: Option<FileLock>,
+    /// The id had a lock file when the sweep listed them, to be removed with the record.
+    pub(crate) has_lock_file: bool,
+}
+
+/// What a run of removals did with one candidate.
+#[cfg(unix)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    Removed,
+    /// Not expired when read under the commit lock.
+    Kept,
+    /// There was no record file by then.
+    Gone,
 }
 
 /// What stands for the commit lock where there is none to take.
@@ -86,45 +98,58 @@ impl Layout {
         Ok(NoCommitLock)
     }
 
-    /// Removes the record file of each expired record in `run` that is still the file read,
-    /// all under one hold of the commit lock, and the lock file of each removed that the
-    /// sweep holds. Safe without the ids' locks because every rename over a record file and
-    /// every removal happens under the commit lock after checking the file is still the one
-    /// its writer read: a writer that read a removed file starts over, and a file renamed in
-    /// before this check is not the one read, so it stays. Says for each whether it was
-    /// removed; an error fails the one record.
+    /// Reads each record of `run` and removes those `expired` judges so, with their lock
+    /// files, all under one hold of the commit lock. Safe without the ids' locks because every
+    /// rename over a record file and every removal happens under that lock after its writer
+    /// checked that its lock file and the record file are still the ones it locked and read:
+    /// nothing a writer does falls between this read and the removal, and a writer that holds
+    /// the lock of a record removed here, or read it, finds both changed and starts over (it
+    /// read the expired record as absent, and reads it so again). Judged here rather than
+    /// before the lock, the file needs no second look (a `stat` that it is still the one read)
+    /// nor to stay open meanwhile, and no lock file needs opening and locking to be removed.
+    /// Says for each what became of it; an error fails the one record.
     #[cfg(unix)]
-    pub(crate) fn remove_unlocked_run(
+    pub(crate) fn remove_expired_run(
         &self,
-        run: &[ExpiredRecord],
+        run: &[RemovalCandidate],
+        expired: impl Fn(&Head) -> bool,
         durability: Durability,
-    ) -> Result<Vec<Result<bool>>> {
-        let outcomes: Vec<Result<bool>> = {
+    ) -> Result<Vec<Result<RunOutcome>>> {
+        let outcomes: Vec<Result<RunOutcome>> = {
             let _commit = self.commit_lock()?;
             run.iter()
-                .map(|expired| {
-                    let path = self.record_path(&expired.id);
-                    if FileId::at(&path).map_err(|e| Error::io(&path, e))?
-                        != expired.read.as_ref().map(|r| r.key)
-                    {
-                        return Ok(false);
+                .map(|candidate| {
+                    let (head, read) = self.read_head_with_id(&candidate.id)?;
+                    // Closed before the removal: nothing can replace it while this lock is held.
+                    drop(read);
+                    match head {
+                        None => return Ok(RunOutcome::Gone),
+                        Some(head) if !expired(&head) => return Ok(RunOutcome::Kept),
+                        Some(_) => {}
                     }
+                    let path = self.record_path(&candidate.id);
                     match fs::remove_file(&path) {
                         Ok(()) => {}
-                        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+                        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                            return Ok(RunOutcome::Gone);
+                        }
                         Err(error) => return Err(Error::io(&path, error)),
                     }
-                    if let Some(lock) = &expired.lock {
+                    if candidate.has_lock_file {
                         // One that cannot be removed now is a lock file of an id with no
                         // record, which the next cleanup's pass over unused lock files takes
                         // (this one's looks only at ids it saw no record of).
-                        let _ = lock.remove_held();
+                        let _ = fs::remove_file(self.lock_path(&candidate.id));
                     }
-                    Ok(true)
+                    Ok(RunOutcome::Removed)
                 })
                 .collect()
         };
-        if durability == Durability::Fsync && outcomes.iter().any(|o| matches!(o, Ok(true))) {
+        if durability == Durability::Fsync
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Ok(RunOutcome::Removed)))
+        {
             sync_dir(&self.dir)?;
         }
         Ok(outcomes)

@@ -12,9 +12,11 @@ use crate::error::{Error, Result};
 use crate::storage::{CleanupOptions, CleanupProblem, CleanupReport, SWEEP_LOCK};
 
 /// How many records share one hold of the directory's commit lock. Writers of the store wait
-/// for that lock while a run holds it, and a run of this many reads and removals takes about
-/// half a millisecond; taking it per removal (open, `flock`, close of the directory) was a
-/// third of a removal's system calls.
+/// for that lock while a run holds it: the 2026-12-06 cleanup bench removed 50,000 of 100,000
+/// records in 1.2–1.4 s, under 30 µs a record with the listing, so a run of 32 holds it under a
+/// millisecond (half the 64 of before, as the reads are now done under it too; a record whose
+/// head is not at the start of its file is read whole). Taking it per removal (open, `flock`,
+/// close of the directory) was a third of a removal's system calls.
 #[cfg(unix)]
 const REMOVALS_PER_COMMIT_LOCK: usize = 32;
 

@@ -7,15 +7,16 @@
 //! between the two.
 //!
 //! A write only records its event (in order, under the hub's lock); the hub's fan-out task
-//! makes the broadcast send, so the writer pays one wake per batch of writes instead of waking
-//! every waiting subscriber itself.
+//! hands the batch to the subscribers ([`super::fanout`]), so the writer pays one wake per
+//! batch of writes instead of waking every waiting subscriber itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use futures_util::StreamExt;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
+use super::fanout::{Fanout, Receiver, TakeError};
 use super::reconciler::Changes;
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -27,7 +28,11 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub(crate) enum HubMessage {
-    Event(Arc<WatchEvent>),
+    /// An upsert or a removal of one id.
+    Change(WatchEvent),
+    /// Every record there is, after lost continuity; each subscriber narrows it to its
+    /// selector.
+    Resync(Arc<[Arc<Record>]>),
     /// A problem of the source; subscribers see it as an error item. A resync follows.
     Problem(Arc<Error>),
 }
@@ -37,7 +42,6 @@ struct HubState {
     /// Shared with every event and snapshot that carries them: a subscriber costs a pointer
     /// per record it is sent, never a copy.
     records: HashMap<String, Arc<Record>>,
-    tx: broadcast::Sender<HubMessage>,
     /// Counts writes this process published itself ([`WatchHub::apply_local`]).
     local_epoch: u64,
     /// The epoch of the last local write per id while a read is open, so a re-read begun
@@ -58,6 +62,8 @@ struct HubState {
 #[derive(Debug)]
 pub(crate) struct WatchHub {
     state: Mutex<HubState>,
+    /// What was sent, for the subscribers to take.
+    sent: Arc<Fanout<HubMessage>>,
     /// Held while sending, so sends keep the order of `unsent` and a new receiver is taken
     /// only between two batches (never while one is half sent).
     sending: Mutex<()>,
@@ -85,22 +91,28 @@ fn is_recreation(known: &Record, new: &Record) -> bool {
     known.version > 0 && new.version > 0 && known.created_at != new.created_at
 }
 
+impl Drop for WatchHub {
+    /// Subscribers still holding the hub's events end once they have taken them.
+    fn drop(&mut self) {
+        self.sent.close();
+    }
+}
+
 impl WatchHub {
     pub(crate) fn new(initial: impl IntoIterator<Item = Record>) -> Self {
-        let (tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         WatchHub {
             state: Mutex::new(HubState {
                 records: initial
                     .into_iter()
                     .map(|record| (record.id.clone(), Arc::new(record)))
                     .collect(),
-                tx,
                 local_epoch: 0,
                 local_marks: HashMap::new(),
                 reading: false,
                 unsent: Vec::new(),
                 unsent_upserts: HashMap::new(),
             }),
+            sent: Fanout::new(SUBSCRIBER_BUFFER),
             sending: Mutex::new(()),
             fanout: OnceLock::new(),
         }
@@ -131,13 +143,8 @@ impl WatchHub {
             .sending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (tx, unsent) = {
-            let mut state = self.lock();
-            (state.tx.clone(), Self::take_unsent(&mut state))
-        };
-        for message in unsent.into_iter().flatten() {
-            let _ = tx.send(message);
-        }
+        let unsent = Self::take_unsent(&mut self.lock());
+        self.sent.send_all(unsent.into_iter().flatten());
     }
 
     /// Hands what was just published to the fan-out task, or sends it here if none runs.
@@ -164,9 +171,8 @@ impl WatchHub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut state = self.lock();
-        for message in Self::take_unsent(&mut state).into_iter().flatten() {
-            let _ = state.tx.send(message);
-        }
+        self.sent
+            .send_all(Self::take_unsent(&mut state).into_iter().flatten());
         (sending, state)
     }
 
@@ -288,10 +294,7 @@ impl WatchHub {
                 state.unsent_upserts.insert(id.to_string(), position);
             }
         }
-        Self::queue(
-            state,
-            HubMessage::Event(Arc::new(WatchEvent::Upsert(record))),
-        )
+        Self::queue(state, HubMessage::Change(WatchEvent::Upsert(record)))
     }
 
     /// Publishes one id; the position of its first queued event (see [`Self::dispatch`]).
@@ -332,7 +335,7 @@ impl WatchHub {
         state.unsent_upserts.remove(id);
         Self::queue(
             state,
-            HubMessage::Event(Arc::new(WatchEvent::Removed { id: id.to_string() })),
+            HubMessage::Change(WatchEvent::Removed { id: id.to_string() }),
         );
     }
 
@@ -343,10 +346,7 @@ impl WatchHub {
             .collect();
         // The resync carries every record: no upsert after it replaces one before it.
         state.unsent_upserts.clear();
-        Self::queue(
-            state,
-            HubMessage::Event(Arc::new(WatchEvent::Resync(records))),
-        )
+        Self::queue(state, HubMessage::Resync(records.into()))
     }
 
     /// Tells subscribers about a problem of the source (a resync follows when it is fixed).
@@ -380,7 +380,7 @@ impl WatchHub {
         keep_alive: Arc<dyn Send + Sync>,
     ) -> WatchStream {
         let mut pending = VecDeque::new();
-        let rx = {
+        let sent = {
             let (_sending, state) = self.lock_sent();
             if options.snapshot {
                 pending.push_back(Ok(WatchEvent::Resync(Self::snapshot(&state, &selector))));
@@ -400,12 +400,13 @@ impl WatchHub {
                     }
                 }
             }
-            state.tx.subscribe()
+            self.sent.subscribe()
         };
         let subscriber = Subscriber {
             hub: Arc::downgrade(self),
             selector,
-            rx,
+            sent,
+            taken: VecDeque::new(),
             pending,
             _keep_alive: keep_alive,
         };
@@ -420,51 +421,71 @@ impl WatchHub {
 struct Subscriber {
     hub: Weak<WatchHub>,
     selector: WatchSelector,
-    rx: broadcast::Receiver<HubMessage>,
+    sent: Receiver<HubMessage>,
+    /// What was taken from `sent` for this subscriber and not yet handed on.
+    taken: VecDeque<HubMessage>,
     pending: VecDeque<Result<WatchEvent>>,
     _keep_alive: Arc<dyn Send + Sync>,
 }
 
+/// What a subscriber of `selector` keeps of `message`, cloned while the hub's log is held:
+/// a pointer (and for a removal the id) for a change of an id it watches, nothing for the
+/// others, so 1,000 subscribers of one id each cost no copy of the others' events. A resync
+/// is narrowed to the selector only after it was taken, as it carries every record.
+fn kept(selector: &WatchSelector, message: &HubMessage) -> Option<HubMessage> {
+    match message {
+        HubMessage::Change(event) => event
+            .id()
+            .is_some_and(|id| selector.matches(id))
+            .then(|| message.clone()),
+        HubMessage::Resync(_) | HubMessage::Problem(_) => Some(message.clone()),
+    }
+}
+
 impl Subscriber {
     async fn next(&mut self) -> Option<Result<WatchEvent>> {
-        loop {
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            match self.rx.recv().await {
-                Ok(HubMessage::Event(event)) => match &*event {
-                    WatchEvent::Resync(records) => {
-                        return Some(Ok(WatchEvent::Resync(
-                            records
-                                .iter()
-                                .filter(|record| self.selector.matches(&record.id))
-                                .cloned()
-                                .collect(),
-                        )));
-                    }
-                    other => {
-                        if other.id().is_some_and(|id| self.selector.matches(id)) {
-                            return Some(Ok(other.clone()));
-                        }
-                    }
-                },
-                Ok(HubMessage::Problem(error)) => {
-                    return Some(Err(Error::backend("watch", SharedError(error))));
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind: start again from the hub's state, taking the new receiver
-                    // under the same lock so no event falls between snapshot and stream.
-                    let hub = self.hub.upgrade()?;
-                    let (_sending, state) = hub.lock_sent();
-                    self.rx = state.tx.subscribe();
-                    return Some(Ok(WatchEvent::Resync(WatchHub::snapshot(
-                        &state,
-                        &self.selector,
-                    ))));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        if let Some(item) = self.pending.pop_front() {
+            return Some(item);
+        }
+        if self.taken.is_empty() {
+            let selector = &self.selector;
+            match self
+                .sent
+                .take(&mut self.taken, |message| kept(selector, message))
+                .await
+            {
+                Ok(()) => {}
+                Err(TakeError::Closed) => return None,
+                Err(TakeError::Lagged) => return self.resync(),
             }
         }
+        Some(match self.taken.pop_front()? {
+            HubMessage::Change(event) => Ok(event),
+            HubMessage::Resync(records) => Ok(WatchEvent::Resync(
+                records
+                    .iter()
+                    .filter(|record| self.selector.matches(&record.id))
+                    .cloned()
+                    .collect(),
+            )),
+            HubMessage::Problem(error) => Err(Error::backend("watch", SharedError(error))),
+        })
+    }
+}
+
+impl Subscriber {
+    /// After falling behind: the hub's state as a resync, moving on to what is sent next under
+    /// the same lock, so no event falls between snapshot and stream. What was taken before is
+    /// older than the snapshot.
+    fn resync(&mut self) -> Option<Result<WatchEvent>> {
+        self.taken.clear();
+        let hub = self.hub.upgrade()?;
+        let (_sending, state) = hub.lock_sent();
+        self.sent.skip_to_head();
+        Some(Ok(WatchEvent::Resync(WatchHub::snapshot(
+            &state,
+            &self.selector,
+        ))))
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod backoff;
 mod expiry;
+mod fanout;
 mod hub;
 mod reconciler;
 

@@ -12,18 +12,23 @@ fn record(version: u64, created: u64, updated: u64) -> Record {
     }
 }
 
-fn published(rx: &mut broadcast::Receiver<HubMessage>) -> Vec<WatchEvent> {
-    let mut events = Vec::new();
-    while let Ok(HubMessage::Event(event)) = rx.try_recv() {
-        events.push((*event).clone());
-    }
-    events
+fn published(rx: &mut Receiver<HubMessage>) -> Vec<WatchEvent> {
+    let mut taken = VecDeque::new();
+    while let Ok(true) = rx.try_take(&mut taken, &mut |message| Some(message.clone())) {}
+    taken
+        .into_iter()
+        .filter_map(|message| match message {
+            HubMessage::Change(event) => Some(event),
+            HubMessage::Resync(records) => Some(WatchEvent::Resync(records.to_vec())),
+            HubMessage::Problem(_) => None,
+        })
+        .collect()
 }
 
 #[test]
 fn a_record_made_again_unseen_is_a_removal_then_the_new_record() {
     let hub = WatchHub::new([record(3, 10, 30)]);
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     hub.apply("job", Some(record(1, 40, 40)));
     assert_eq!(
         published(&mut rx),
@@ -37,7 +42,7 @@ fn a_record_made_again_unseen_is_a_removal_then_the_new_record() {
 #[test]
 fn a_read_that_began_before_a_local_write_cannot_move_back() {
     let hub = WatchHub::new([record(1, 10, 10)]);
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     let read = hub.open_read();
     hub.apply_local("job", Some(record(2, 10, 20)));
     hub.apply_read("job", Some(record(1, 10, 10)), read.epoch);
@@ -62,7 +67,7 @@ fn a_read_that_began_before_a_local_write_cannot_move_back() {
 #[test]
 fn newer_versions_and_repeats_are_not_removals() {
     let hub = WatchHub::new([record(3, 10, 30)]);
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     hub.apply("job", Some(record(3, 10, 30)));
     hub.apply("job", Some(record(4, 10, 35)));
     // Files of other tools (version 0) take their stamps from the file.
@@ -108,19 +113,21 @@ async fn every_stream_is_handed_the_hub_records_not_copies() {
 async fn a_local_write_leaves_the_send_to_the_fanout_task() {
     let hub = Arc::new(WatchHub::new([record(1, 10, 10)]));
     let _fanout = hub.start_fanout();
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     hub.apply_local("job", Some(record(2, 10, 20)));
     // On this one thread the fan-out task has not run yet: the writer sent nothing.
-    assert!(matches!(
-        rx.try_recv(),
-        Err(broadcast::error::TryRecvError::Empty)
-    ));
-    let Ok(Ok(HubMessage::Event(event))) =
-        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
-    else {
+    let mut taken = VecDeque::new();
+    let mut keep = |message: &HubMessage| Some(message.clone());
+    assert_eq!(rx.try_take(&mut taken, &mut keep), Ok(false));
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rx.take(&mut taken, keep),
+    );
+    assert_eq!(waited.await, Ok(Ok(())));
+    let Some(HubMessage::Change(event)) = taken.pop_front() else {
         panic!("no event");
     };
-    assert_eq!(*event, WatchEvent::Upsert(record(2, 10, 20).into()));
+    assert_eq!(event, WatchEvent::Upsert(record(2, 10, 20).into()));
 }
 
 fn other(version: u64) -> Record {
@@ -133,7 +140,7 @@ fn other(version: u64) -> Record {
 #[test]
 fn an_id_written_again_before_the_send_is_sent_once_in_the_place_of_its_last_write() {
     let hub = WatchHub::new([record(1, 10, 10)]);
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     {
         let mut state = hub.lock();
         WatchHub::apply_locked(&mut state, "job", Some(record(2, 10, 20).into()));
@@ -212,7 +219,7 @@ async fn a_subscriber_joining_before_the_send_gets_each_write_once() {
 async fn a_writer_that_never_yields_sends_once_a_buffer_is_queued() {
     let hub = Arc::new(WatchHub::new([]));
     let _fanout = hub.start_fanout();
-    let mut rx = hub.lock().tx.subscribe();
+    let mut rx = hub.sent.subscribe();
     for version in 1..=SUBSCRIBER_BUFFER as u64 {
         hub.apply_local("job", Some(record(version, 10, version * 10)));
     }

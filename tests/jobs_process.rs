@@ -81,7 +81,7 @@ async fn a_job_killed_ten_times_while_progressing_completes_with_every_attempt_i
     drop(worker);
     assert_eq!(done.state, State::Completed, "{done:?}");
     assert_eq!(done.progress, Some(Progress::new(pages, pages)));
-    assert_eq!(done.attempt, 11);
+    assert_eq!(done.attempt, 11, "{done:?}");
     assert_eq!(
         done.history.iter().map(|a| a.attempt).collect::<Vec<_>>(),
         (1..=11).collect::<Vec<_>>()

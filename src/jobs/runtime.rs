@@ -1,7 +1,7 @@
 //! The worker runtime: one job function, a supervisor that claims and recovers, and a
 //! graceful shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,8 @@ impl RuntimeConfig {
     /// A running job whose heartbeat is older than this is presumed dead and requeued (as a
     /// crash). Judged by the store's clock. The supervisor follows running jobs through the
     /// store's watch and checks them every half of it; only if the store cannot watch does it
-    /// list the running jobs instead.
+    /// list the running jobs instead. A runtime never recovers a job it runs itself, however
+    /// late its heartbeat (its process was stalled, not its job): only other workers do.
     pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
         self.stale_after = stale_after;
         self
@@ -383,8 +384,10 @@ impl Supervisor {
             .map(|(id, _)| id.clone())
             .collect();
         let policy = self.policy();
+        let own = self.own_leases();
         for id in stale {
-            match recover_if_stale(&*self.store, &id, self.config.stale_after, &policy).await {
+            match recover_if_stale(&*self.store, &id, self.config.stale_after, &policy, &own).await
+            {
                 Ok(Some(job)) => {
                     tracing::info!(id = %job.id, action = ?job.action, attempt = job.attempt, "recovered a stale job");
                     self.heartbeats.remove(&id);
@@ -395,12 +398,21 @@ impl Supervisor {
         }
     }
 
+    /// The leases of the jobs this runtime runs: never recovered by it (see `is_stale`).
+    fn own_leases(&self) -> HashSet<String> {
+        self.running
+            .values()
+            .map(|handle| handle.lease().to_string())
+            .collect()
+    }
+
     async fn recover_listed(&self) {
         match recover_stale_matching(
             &*self.store,
             self.config.prefix.as_deref(),
             self.config.stale_after,
             &self.policy(),
+            &self.own_leases(),
         )
         .await
         {

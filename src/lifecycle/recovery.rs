@@ -1,6 +1,6 @@
 //! Heartbeats, stale-job recovery and stats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -53,6 +53,28 @@ pub fn last_heartbeat(record: &Record) -> Timestamp {
                 .and_then(Timestamp::parse)
         })
         .unwrap_or(record.updated_at)
+}
+
+/// The lease a job's current attempt was claimed with, if it has one.
+fn lease_of(record: &Record) -> Option<&str> {
+    record.status.get("lease").and_then(Value::as_str)
+}
+
+/// Whether `record` is a running job, other than a batch's parent, silent for `stale_after`
+/// at `now`, and not claimed with one of the `spared` leases: those of the jobs the recovering
+/// runtime runs itself. A runtime's own job is alive whatever its heartbeat says (it is late
+/// only when the whole process was, and then the job was too); recovering it would throw away
+/// its attempt and count a crash. Other processes, which cannot tell, still recover it.
+fn is_stale(
+    record: &Record,
+    now: Timestamp,
+    stale_after: Duration,
+    spared: &HashSet<String>,
+) -> bool {
+    record.state() == Some(State::Running.as_str())
+        && !is_batch(record)
+        && last_heartbeat(record).age_at(now) >= stale_after
+        && lease_of(record).is_none_or(|lease| !spared.contains(lease))
 }
 
 /// What recovery does with a job whose worker died.
@@ -230,15 +252,17 @@ pub async fn recover_stale(
     stale_after: Duration,
     policy: &RecoveryPolicy,
 ) -> Result<RecoveryReport> {
-    recover_stale_matching(store, None, stale_after, policy).await
+    recover_stale_matching(store, None, stale_after, policy, &HashSet::new()).await
 }
 
-/// [`recover_stale`] of the ids starting with `prefix` only.
+/// [`recover_stale`] of the ids starting with `prefix` only, sparing the jobs claimed with one
+/// of the `spared` leases.
 pub(crate) async fn recover_stale_matching(
     store: &dyn SyncStorage,
     prefix: Option<&str>,
     stale_after: Duration,
     policy: &RecoveryPolicy,
+    spared: &HashSet<String>,
 ) -> Result<RecoveryReport> {
     let mut filter = ListFilter::state(State::Running.as_str());
     filter.prefix = prefix.map(str::to_string);
@@ -260,7 +284,7 @@ pub(crate) async fn recover_stale_matching(
         if is_batch(record) {
             continue;
         }
-        if last_heartbeat(record).age_at(now) < stale_after {
+        if !is_stale(record, now, stale_after, spared) {
             report.alive += 1;
             continue;
         }
@@ -288,22 +312,21 @@ fn stale_why(stale_after: Duration) -> String {
     )
 }
 
-/// Recovers `id` if it is running and silent for `stale_after`, as [`recover_stale`] does;
-/// `Ok(None)` when it is not (or its worker wrote first).
+/// Recovers `id` if it is running and silent for `stale_after`, as [`recover_stale`] does,
+/// unless it was claimed with one of the `spared` leases; `Ok(None)` when it is not recovered
+/// (or its worker wrote first).
 pub(crate) async fn recover_if_stale(
     store: &dyn SyncStorage,
     id: &str,
     stale_after: Duration,
     policy: &RecoveryPolicy,
+    spared: &HashSet<String>,
 ) -> Result<Option<RecoveredJob>> {
     let Some(record) = store.get(id).await? else {
         return Ok(None);
     };
     let now = store.clock().now();
-    if record.state() != Some(State::Running.as_str())
-        || is_batch(&record)
-        || last_heartbeat(&record).age_at(now) < stale_after
-    {
+    if !is_stale(&record, now, stale_after, spared) {
         return Ok(None);
     }
     recover_record(store, &record, now, policy, &stale_why(stale_after)).await

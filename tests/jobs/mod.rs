@@ -346,6 +346,36 @@ pub async fn check_a_worker_presumed_dead_cannot_write_over_the_new_owner(f: Fix
     successor.shutdown().await;
 }
 
+pub async fn check_a_runtime_never_recovers_a_job_it_runs_itself(f: Fixture) {
+    // Another worker's job, running and silent: the witness that a recovery round ran.
+    put_running_without_worker(&f.other, "theirs", f.clock.now_ts_()).await;
+    // Its own job's heartbeats come too late: as when the whole process stalls.
+    let stale_after = Duration::from_millis(200);
+    let runtime = Runtime::start(
+        f.store.clone(),
+        config()
+            .with_stale_after(stale_after)
+            .with_heartbeat_every(Duration::from_secs(3600)),
+        endless_job,
+    );
+    runtime.submit("mine", SyncStatus::pending()).await.unwrap();
+    let mine = wait_for_status(&f.store, "mine", "the claim", |s| s.state == State::Running).await;
+    f.clock.advance(Duration::from_secs(1));
+    // The round that recovers "theirs" looks at "mine" too; the claim of "theirs" is handled
+    // after that round.
+    let theirs = wait_for_status(&f.store, "theirs", "its recovery and claim", |s| {
+        s.state == State::Running && s.lease.is_some()
+    })
+    .await;
+    assert_eq!(theirs.crashes, 1, "{theirs:?}");
+    let still = parse(&f.store.get("mine").await.unwrap().unwrap());
+    assert_eq!(still.state, State::Running, "{still:?}");
+    assert_eq!(still.attempt, mine.attempt, "{still:?}");
+    assert_eq!(still.lease, mine.lease, "{still:?}");
+    assert_eq!(still.crashes, 0, "{still:?}");
+    runtime.shutdown().await;
+}
+
 pub async fn check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled(f: Fixture) {
     let job = |job: JobHandle| async move {
         job.set_progress(Progress::new(4, 10)).await?;
@@ -382,18 +412,7 @@ pub async fn check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled(f: Fix
 }
 
 pub async fn check_recovery_names_the_real_stale_limit(f: Fixture) {
-    let now = f.clock.now_ts_();
-    jobs::submit(&*f.store, "quiet", SyncStatus::pending())
-        .await
-        .unwrap();
-    f.store
-        .put(
-            "quiet",
-            serde_json::to_value(SyncStatus::pending().start(now)).unwrap(),
-            syncstatus::PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+    put_running_without_worker(&f.store, "quiet", f.clock.now_ts_()).await;
     f.clock.advance(Duration::from_millis(1700));
     let report = recover_stale(
         &*f.store,
@@ -406,6 +425,25 @@ pub async fn check_recovery_names_the_real_stale_limit(f: Fixture) {
     let status = parse(&f.store.get("quiet").await.unwrap().unwrap());
     let message = status.message.unwrap();
     assert!(message.starts_with("no heartbeat for 500ms;"), "{message}");
+}
+
+/// Writes `id` as a job running since `now` with no lease: a worker no runtime here knows of.
+async fn put_running_without_worker(
+    store: &syncstatus::DynSyncStorage,
+    id: &str,
+    now: syncstatus::Timestamp,
+) {
+    jobs::submit(&**store, id, SyncStatus::pending())
+        .await
+        .unwrap();
+    store
+        .put(
+            id,
+            serde_json::to_value(SyncStatus::pending().start(now)).unwrap(),
+            syncstatus::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
 }
 
 trait NowTsExt {
@@ -441,6 +479,7 @@ macro_rules! all_jobs_tests {
             one!(check_cancel_pending_and_running);
             one!(check_retry_keeps_history);
             one!(check_a_worker_presumed_dead_cannot_write_over_the_new_owner);
+            one!(check_a_runtime_never_recovers_a_job_it_runs_itself);
             one!(check_a_job_asked_to_cancel_whose_worker_died_ends_cancelled);
             one!(check_recovery_names_the_real_stale_limit);
             one!(check_batch_rolls_up_its_children_in_one_record);

@@ -163,11 +163,13 @@ pub(crate) fn snapshots() {
 }
 
 /// What a fan-out case writes to: `file` (the disk sets the write's pace), `memory` (the
-/// write costs microseconds, so what is left is the fan-out) and `broadcast`, the floor: a bare
-/// `tokio::sync::broadcast` channel of shared records, each subscriber a task receiving from
-/// it, no store at all. Its ratio of 1,000 subscribers to one is what waking and polling 1,000
-/// tasks on 2 workers costs by itself, whatever a store does.
-pub(crate) const STORES: [&str; 3] = ["file", "memory", "broadcast"];
+/// write costs microseconds, so what is left is the fan-out) and two floors without any store:
+/// `broadcast`, a bare `tokio::sync::broadcast` channel of shared records, each subscriber a
+/// task receiving from it; `channels`, a `tokio::sync::mpsc` channel of its own per subscriber
+/// task, which the writer sends to one by one (no waiter list shared by the subscribers). The
+/// floors' 1,000-subscriber p99 is what waking and polling 1,000 tasks on 2 workers costs by
+/// itself, whatever a store does.
+pub(crate) const STORES: [&str; 4] = ["file", "memory", "broadcast", "channels"];
 
 /// `fanout:STORE:N` in a child process.
 pub(crate) fn fanout_child(what: &str) {
@@ -180,6 +182,7 @@ pub(crate) fn fanout_child(what: &str) {
             n,
         ),
         "broadcast" => broadcast_child(n),
+        "channels" => channels_child(n),
         _ => fanout_child_on(open(dir.path()), n),
     }
 }
@@ -238,20 +241,56 @@ fn broadcast_child(n: usize) {
         measure(streams, move |id: String, status: serde_json::Value| {
             let tx = tx.clone();
             async move {
-                let now = Timestamp::now();
-                let _ = tx.send(Arc::new(Record {
-                    id,
-                    version: 1,
-                    created_at: now,
-                    updated_at: now,
-                    expires_at: None,
-                    status,
-                }));
+                let _ = tx.send(shared_record(id, status));
             }
         })
         .await
     });
     println!("{measured}");
+}
+
+/// The other floor: `n` tasks each receiving from a channel of its own, the writer sending
+/// the shared record to every channel in turn.
+fn channels_child(n: usize) {
+    let rt = runtime();
+    let measured = rt.block_on(async {
+        let (senders, streams): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Arc<Record>>();
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    let record = rx.recv().await?;
+                    Some((Ok(WatchEvent::Upsert(record)), rx))
+                })
+                .boxed();
+                (tx, stream)
+            })
+            .unzip();
+        let senders = Arc::new(senders);
+        measure(streams, move |id: String, status: serde_json::Value| {
+            let senders = senders.clone();
+            async move {
+                let record = shared_record(id, status);
+                for tx in senders.iter() {
+                    let _ = tx.send(record.clone());
+                }
+            }
+        })
+        .await
+    });
+    println!("{measured}");
+}
+
+/// A record as a store's write of `id` would make it, shared by every subscriber.
+fn shared_record(id: String, status: serde_json::Value) -> Arc<Record> {
+    let now = Timestamp::now();
+    Arc::new(Record {
+        id,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        status,
+    })
 }
 
 /// With one task per stream receiving: first 500 paced writes (one every 2 ms, each a new

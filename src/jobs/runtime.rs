@@ -383,6 +383,9 @@ impl Supervisor {
             .filter(|(_, beat)| beat.age_at(now) >= self.config.stale_after)
             .map(|(id, _)| id.clone())
             .collect();
+        if stale.is_empty() {
+            return;
+        }
         let policy = self.policy();
         let own = self.own_leases();
         for id in stale {

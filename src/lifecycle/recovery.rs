@@ -60,9 +60,8 @@ fn lease_of(record: &Record) -> Option<&str> {
     record.status.get("lease").and_then(Value::as_str)
 }
 
-/// Whether `record` is a running job, other than a batch's parent, silent for `stale_after`
-/// at `now`, and not claimed with one of the `spared` leases: those of the jobs the recovering
-/// runtime runs itself. A runtime's own job is alive whatever its heartbeat says (it is late
+/// Whether `record` is a running job silent for `stale_after` at `now` and not claimed with
+/// one of the `spared` leases: those of the jobs the recovering runtime runs itself. A runtime's own job is alive whatever its heartbeat says (it is late
 /// only when the whole process was, and then the job was too); recovering it would throw away
 /// its attempt and count a crash. Other processes, which cannot tell, still recover it.
 fn is_stale(
@@ -72,7 +71,6 @@ fn is_stale(
     spared: &HashSet<String>,
 ) -> bool {
     record.state() == Some(State::Running.as_str())
-        && !is_batch(record)
         && last_heartbeat(record).age_at(now) >= stale_after
         && lease_of(record).is_none_or(|lease| !spared.contains(lease))
 }
@@ -326,7 +324,7 @@ pub(crate) async fn recover_if_stale(
         return Ok(None);
     };
     let now = store.clock().now();
-    if !is_stale(&record, now, stale_after, spared) {
+    if is_batch(&record) || !is_stale(&record, now, stale_after, spared) {
         return Ok(None);
     }
     recover_record(store, &record, now, policy, &stale_why(stale_after)).await

@@ -471,9 +471,7 @@ impl Subscriber {
             HubMessage::Problem(error) => Err(Error::backend("watch", SharedError(error))),
         })
     }
-}
 
-impl Subscriber {
     /// After falling behind: the hub's state as a resync, moving on to what is sent next under
     /// the same lock, so no event falls between snapshot and stream. What was taken before is
     /// older than the snapshot.

@@ -9,6 +9,14 @@ fn all(item: &u64) -> Option<u64> {
     Some(*item)
 }
 
+/// What `task` returned, failing the test with `what` if it did not end within the deadline.
+async fn joined<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    match tokio::time::timeout(DEADLINE, task).await {
+        Ok(ended) => ended.expect("the task panicked"),
+        Err(_) => panic!("{what}"),
+    }
+}
+
 fn taken(rx: &mut Receiver<u64>) -> Result<Vec<u64>, TakeError> {
     let mut out = VecDeque::new();
     while rx.try_take(&mut out, &mut all)? {}
@@ -60,10 +68,7 @@ async fn a_receiver_waits_for_an_item_it_keeps_and_clones_only_those() {
     fanout.send_all([1, 2]);
     tokio::task::yield_now().await;
     fanout.send_all([3, 10, 11]);
-    let (kept, out, looked_at) = tokio::time::timeout(DEADLINE, waiting)
-        .await
-        .expect("the receiver never came back")
-        .expect("receiver task");
+    let (kept, out, looked_at) = joined(waiting, "the receiver never came back").await;
     assert_eq!(kept, Ok(()));
     assert_eq!(out, [10, 11]);
     assert_eq!(looked_at, [1, 2, 3, 10, 11]);
@@ -115,10 +120,7 @@ async fn a_waiting_receiver_is_woken_by_a_send() {
     // Whether the task is already waiting or not yet polled, the send must reach it.
     tokio::task::yield_now().await;
     fanout.send_all([7]);
-    let out = tokio::time::timeout(DEADLINE, waiting)
-        .await
-        .expect("the receiver was never woken")
-        .expect("receiver task");
+    let out = joined(waiting, "the receiver was never woken").await;
     assert_eq!(out, Ok(VecDeque::from([7])));
 }
 
@@ -156,10 +158,7 @@ async fn every_receiver_gets_every_item_in_order_under_a_racing_sender() {
     .await
     .expect("sender");
     for receiver in receivers {
-        tokio::time::timeout(DEADLINE, receiver)
-            .await
-            .expect("a receiver missed a wake")
-            .expect("receiver task");
+        joined(receiver, "a receiver missed a wake").await;
     }
 }
 
@@ -243,9 +242,6 @@ async fn a_closed_fanout_ends_its_receivers_after_what_was_sent() {
     assert_eq!(rx.try_take(&mut out, &mut all), Ok(true));
     assert_eq!(out, [1]);
     assert_eq!(rx.try_take(&mut out, &mut all), Err(TakeError::Closed));
-    let first = tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .expect("the waiting receiver was never woken")
-        .expect("receiver task");
+    let first = joined(waiter, "the waiting receiver was never woken").await;
     assert_eq!(first, Ok(()));
 }
